@@ -1,0 +1,1 @@
+"""PPlug Studio: personal embeddings (PPlug) for a frozen LLM, shown side by side."""

