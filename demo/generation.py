@@ -1,0 +1,151 @@
+"""Prompt building and batched generation with soft tokens.
+
+Where the soft tokens go: inside the user turn, right after the role header, so the chat
+template around them stays intact (placing them before the template knocked the small model
+off its chat behaviour):
+
+    <|im_start|>system ... <|im_end|> <|im_start|>user\\n [I][P] request <|im_end|> <|im_start|>assistant\\n
+
+A prompt is therefore split once into ``prefix`` ids (up to the user role header) and
+``suffix`` ids (the request and everything after it). A row is ``prefix + soft + suffix``;
+the generic row is the same ids with no soft tokens.
+
+``stream`` runs one batched forward pass per step for all rows (left padding, attention mask,
+explicit position ids, KV cache), stops each row at its own end token, and yields the decoded
+text of every row after each step. ``TextIteratorStreamer`` handles only one row, hence this loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_MARKER = "\u2063PPLUG_REQUEST\u2063"  # invisible separator; never appears in real requests
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    prefix: list[int]  # chat template up to and including the user role header
+    suffix: list[int]  # the request, end of turn, assistant header
+
+    @property
+    def plain(self) -> list[int]:
+        return self.prefix + self.suffix
+
+
+class Generator:
+    """Frozen LLM + tokenizer, with the one decode loop the app uses for every row."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.embedding = model.get_input_embeddings()
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.stop_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.stop_ids))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    def prompt_ids(self, request: str) -> PromptIds:
+        """Split the chat-templated request into the ids before and after the soft tokens."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": _MARKER}], tokenize=False, add_generation_prompt=True
+        )
+        head, tail = text.split(_MARKER)
+        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return PromptIds(prefix=encode(head), suffix=encode(request) + encode(tail))
+
+    def embed(self, prompts: list[PromptIds], soft: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input embeddings for a batch of rows.
+
+        prompts: B prompts; soft: B tensors [k, d_llm] (k may differ) or None.
+        -> (embeds [B, T, d_llm], attention mask [B, T] of 0/1).
+        """
+        rows = []
+        for ids, tokens in zip(prompts, soft):
+            pre = self.embedding(torch.tensor(ids.prefix, device=self.device))
+            suf = self.embedding(torch.tensor(ids.suffix, device=self.device))
+            parts = [pre] if tokens is None else [pre, tokens.to(pre.dtype)]
+            rows.append(torch.cat([*parts, suf]))
+        length = max(r.shape[0] for r in rows)
+        d = rows[0].shape[1]
+        embeds = torch.zeros(len(rows), length, d, dtype=rows[0].dtype, device=self.device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            embeds[i, length - r.shape[0]:] = r
+            mask[i, length - r.shape[0]:] = 1
+        return embeds, mask
+
+    # --- decoding --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def stream(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> Iterator[list[str]]:
+        """Decode all rows together; yield every row's text so far after each step.
+
+        embeds [B, T, d_llm], mask [B, T]. Each row stops at its own end token; the loop ends
+        when all rows have stopped or after ``params.max_new_tokens`` steps.
+        """
+        batch = embeds.shape[0]
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        for _ in range(params.max_new_tokens):
+            next_ids = self._pick(out.logits[:, -1, :], params, generator)
+            next_ids = torch.where(done, torch.full_like(next_ids, self.pad_id), next_ids)
+            for i in range(batch):
+                if not done[i]:
+                    if next_ids[i].item() in self.stop_ids:
+                        done[i] = True
+                    else:
+                        tokens[i].append(next_ids[i].item())
+            yield [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                             cache=out.cache, use_cache=True)
+
+    def _pick(self, logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> torch.Tensor:
+        """Next token per row from logits [B, vocab]: argmax, or temperature/top-p sampling."""
+        if params.greedy:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+        # Sampling on CPU with a seeded generator: the same seed gives the same text on any device.
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+    def generate(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> list[str]:
+        """Final texts of ``stream``."""
+        texts: list[str] = [""] * embeds.shape[0]
+        for texts in self.stream(embeds, mask, params):
+            pass
+        return texts

@@ -1,0 +1,178 @@
+"""The PPlug module: history embeddings in, two soft tokens for the frozen LLM out.
+
+Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and current input x
+(all embedded by the frozen sentence encoder and L2-normalized):
+
+    w_i = softmax_i(x · h_i / tau)                      input-aware aggregator
+    P   = sum_i w_i · Proj(h_i)                          personal embedding, Proj = Linear-GELU-Linear
+    I   = Proj_I(e)                                      learned instruction embedding, own projector
+    soft tokens = [I; P], each rescaled to the norm of the LLM's own token embeddings
+
+The soft tokens are placed into the prompt by ``demo.generation``. Only this module's
+parameters are trained; the encoder and the LLM stay frozen.
+
+A checkpoint is a folder with ``config.json`` (``PlugConfig``) and ``model.safetensors``,
+in the manner of sentence-transformers' modules.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class PlugMismatchError(ValueError):
+    """The plug was made for other models than the ones loaded."""
+
+
+@dataclass
+class PlugConfig:
+    encoder_id: str  # canonical (Hub) id of the history encoder it was made for
+    llm_id: str  # canonical (Hub) id of the LLM it was made for
+    d_enc: int  # encoder embedding size (384 for all-MiniLM-L6-v2)
+    d_llm: int  # LLM hidden size (576 for SmolLM2-135M)
+    tau: float = 0.05  # aggregator temperature on cosine logits
+    token_norm: float = 1.0  # mean L2 norm of the LLM's token-embedding rows
+    origin: str = "untrained"  # "untrained" | "training-free" | "trained"
+    seed: int = 0
+    made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlugConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _mlp(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+
+
+class PPlug(nn.Module):
+    def __init__(self, config: PlugConfig):
+        super().__init__()
+        self.config = config
+        # Seeded so that an "untrained plug" is the same plug in every process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.projector = _mlp(config.d_enc, config.d_llm)
+            self.instruction_projector = _mlp(config.d_enc, config.d_llm)
+            # Random, not zero: all-zero soft tokens gave NaN gradients through the rescaling.
+            self.instruction = nn.Parameter(F.normalize(torch.randn(config.d_enc), dim=0))
+        # Learned strength of the soft tokens (log scale; 0 = the norm of a token embedding).
+        self.log_gate = nn.Parameter(torch.zeros(()))
+
+    # --- the aggregator and projectors ----------------------------------------------------
+
+    def weights(self, x: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Aggregator weights. x [B, d_enc], items [B, n, d_enc], mask [B, n] (True = real) -> [B, n]."""
+        logits = torch.einsum("bd,bnd->bn", x, items) / self.config.tau
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return torch.softmax(logits, dim=-1)
+
+    def project_items(self, items: torch.Tensor) -> torch.Tensor:
+        """Proj(h_i) for every item: [..., n, d_enc] -> [..., n, d_llm]."""
+        return self.projector(items)
+
+    def instruction_embedding(self) -> torch.Tensor:
+        """I before rescaling: [d_llm]."""
+        return self.instruction_projector(self.instruction)
+
+    def rescale(self, v: torch.Tensor) -> torch.Tensor:
+        """Put vectors [..., d_llm] at the norm of the LLM's token embeddings (times the gate)."""
+        return F.normalize(v, dim=-1) * (self.config.token_norm * self.log_gate.exp())
+
+    def soft_tokens(
+        self,
+        x: torch.Tensor,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        projected: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two soft tokens [I; P] and the aggregator weights.
+
+        x [B, d_enc], items [B, n, d_enc], mask [B, n] or None, projected [B, n, d_llm]
+        (Proj(items), when cached) -> (soft [B, 2, d_llm], weights [B, n]).
+        """
+        w = self.weights(x, items, mask)
+        if projected is None:
+            projected = self.project_items(items)
+        personal = torch.einsum("bn,bnd->bd", w, projected.to(w.dtype))
+        instruction = self.instruction_embedding().expand(x.shape[0], -1)
+        soft = self.rescale(torch.stack([instruction, personal], dim=1))
+        return soft, w
+
+    # --- identity, save and load ------------------------------------------------------------
+
+    @property
+    def plug_id(self) -> str:
+        """Stable id of these exact weights: origin plus a hash of the parameters."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return f"{self.config.origin}-{digest.hexdigest()[:12]}"
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        *,
+        encoder_id: str | None = None,
+        llm_id: str | None = None,
+        d_enc: int | None = None,
+        d_llm: int | None = None,
+    ) -> "PPlug":
+        """Load a checkpoint; fail clearly if it was made for other models than the given ones."""
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{folder} is not a plug checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+        config = PlugConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+        expected = {"encoder_id": encoder_id, "llm_id": llm_id, "d_enc": d_enc, "d_llm": d_llm}
+        wrong = [
+            f"{key} is {getattr(config, key)!r} in the plug but {value!r} is loaded"
+            for key, value in expected.items()
+            if value is not None and getattr(config, key) != value
+        ]
+        if wrong:
+            raise PlugMismatchError(
+                f"The plug in {folder} was made for other models: {'; '.join(wrong)}. "
+                "Use a plug made for these models, or load the models it was made for."
+            )
+        plug = cls(config)
+        plug.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        return plug
+
+    @classmethod
+    def untrained(cls, encoder_id: str, llm_id: str, d_enc: int, token_embeddings: torch.Tensor,
+                  tau: float = 0.05, seed: int = 0) -> "PPlug":
+        """A randomly initialized plug for the given models. token_embeddings: [vocab, d_llm]."""
+        norm = token_embeddings.detach().float().norm(dim=-1).mean().item()
+        config = PlugConfig(encoder_id=encoder_id, llm_id=llm_id, d_enc=d_enc,
+                            d_llm=token_embeddings.shape[1], tau=tau, token_norm=norm, seed=seed)
+        return cls(config)
+
+
+def cosine_spread(vectors: torch.Tensor) -> float:
+    """Mean pairwise cosine similarity of vectors [m, d] (1.0 = all the same direction)."""
+    v = F.normalize(vectors.float(), dim=-1)
+    sims = v @ v.T
+    m = v.shape[0]
+    return float((sims.sum() - sims.diagonal().sum()) / max(m * (m - 1), 1)) if m > 1 else math.nan
