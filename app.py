@@ -1,0 +1,19 @@
+"""PPlug Studio: the Hugging Face Spaces entry point (``python app.py``).
+
+Loads the models once, opens the database, and builds the Gradio app as ``demo``.
+Configuration comes from ``PPLUG_*`` environment variables (see ``demo/settings.py``).
+"""
+import logging
+
+from demo.service import Studio
+from demo.settings import Settings
+from demo.ui import build_demo
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+settings = Settings.from_env()
+studio = Studio(settings)
+demo = build_demo(studio)
+
+if __name__ == "__main__":
+    demo.launch()

@@ -1,0 +1,272 @@
+"""The service layer: what the app can do, in plain Python calls.
+
+The UI (``demo.ui``) and the API endpoints call only this module; it owns the models, the
+plug and the store, and it is the only place that turns user actions into tensors and rows.
+
+A request's path:
+    history text/files --demo.history--> items --encode (cached by content hash)--> H [n, d_enc]
+    --plug.project_items--> Proj(H) [n, d_llm]  (stored: the profile's personal embedding)
+    request --encode--> x [d_enc] --plug.soft_tokens(x, H, Proj(H))--> [I; P] [2, d_llm]
+    --generation.Generator (one batched pass: personalized row + generic row)--> both texts
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .generation import GenerationParams, Generator
+from .models import canonical_id, load_encoder, load_llm
+from .plug import PPlug
+from .settings import Settings
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (items encoded so far, total)
+
+
+class ServiceError(ValueError):
+    """A request the app cannot serve; the message is shown to the user as is."""
+
+
+@dataclass
+class ProfileResult:
+    profile_id: str
+    name: str
+    n_items: int
+    n_encoded: int  # items encoded now (the rest came from the cache)
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return self.n_encoded / self.seconds if self.seconds > 0 and self.n_encoded else float("nan")
+
+
+@dataclass
+class TopItem:
+    position: int
+    weight: float
+    text: str
+
+
+@dataclass
+class Comparison:
+    """Both sides of one request, as far as generated."""
+
+    personalized: str = ""
+    generic: str = ""
+    top_items: list[TopItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    done: bool = False
+    timings: dict = field(default_factory=dict)
+    generation_id: int | None = None
+
+
+@dataclass
+class _LoadedProfile:
+    texts: list[str]
+    items: torch.Tensor  # H [n, d_enc]
+    projected: torch.Tensor  # Proj(H) [n, d_llm]
+
+
+class Studio:
+    """Models loaded once; every user action is a method."""
+
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.store = store if store is not None else Store(settings.db_path)
+        self.encoder = load_encoder(settings)
+        self.model, self.tokenizer = load_llm(settings)
+        self.generator = Generator(self.model, self.tokenizer)
+        self.encoder_id = canonical_id(settings.encoder)
+        self.llm_id = canonical_id(settings.llm)
+        self.plug = self._load_plug().to(settings.device).eval()
+        self.plug.requires_grad_(False)
+        self.plug_id = self.plug.plug_id
+        self._profiles: OrderedDict[str, _LoadedProfile] = OrderedDict()  # small LRU of loaded histories
+        self._profiles_lock = threading.Lock()
+
+    # --- the plug ------------------------------------------------------------------------
+
+    def _load_plug(self) -> PPlug:
+        d_enc = self.encoder.get_sentence_embedding_dimension()
+        token_embeddings = self.model.get_input_embeddings().weight
+        if self.settings.plug and Path(self.settings.plug, "config.json").is_file():
+            return PPlug.load(self.settings.plug, encoder_id=self.encoder_id, llm_id=self.llm_id,
+                              d_enc=d_enc, d_llm=token_embeddings.shape[1])
+        if self.settings.plug:
+            log.warning("No plug checkpoint at %s: using an untrained plug", self.settings.plug)
+        return PPlug.untrained(self.encoder_id, self.llm_id, d_enc, token_embeddings, tau=self.settings.tau)
+
+    @property
+    def plug_description(self) -> str:
+        """One honest sentence about the plug in use."""
+        made = self.plug.config.made
+        if self.plug.config.origin == "untrained":
+            return ("**Untrained plug** (random projector): the personalized side shows the mechanism, "
+                    "not learned personalization.")
+        what = made.get("summary") or f"{self.plug.config.origin} plug"
+        return f"Plug `{self.plug_id}`: {what}"
+
+    # --- encoding ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], progress: Progress | None = None) -> np.ndarray:
+        """L2-normalized encoder embeddings [n, d_enc] (float32), in the order given.
+
+        Sorted by length and encoded in chunks so that progress can be reported between them.
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out = np.zeros((len(texts), self.encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        chunk = max(self.settings.encode_batch_size * 4, 1)
+        for start in range(0, len(order), chunk):
+            idx = order[start:start + chunk]
+            out[idx] = self.encoder.encode([texts[i] for i in idx], batch_size=self.settings.encode_batch_size,
+                                           normalize_embeddings=True, convert_to_numpy=True)
+            if progress:
+                progress(min(start + chunk, len(order)), len(order))
+        return out
+
+    def _item_matrix(self, texts: list[str], progress: Progress | None) -> tuple[np.ndarray, int]:
+        """[n, d_enc] for the texts, encoding only what the cache lacks. -> (matrix, number encoded)."""
+        hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        cached = self.store.cached_embeddings(self.encoder_id, list(dict.fromkeys(hashes)))
+        missing = list(dict.fromkeys(h for h in hashes if h not in cached))
+        if progress:
+            progress(len(texts) - len(missing), len(texts))
+        if missing:
+            text_of = dict(zip(hashes, texts))
+            done_before = len(texts) - len(missing)
+            report = (lambda done, _total: progress(done_before + done, len(texts))) if progress else None
+            vectors = self.encode([text_of[h] for h in missing], report)
+            new = dict(zip(missing, vectors))
+            self.store.put_embeddings(self.encoder_id, new)
+            cached.update(new)
+        return np.stack([cached[h] for h in hashes]).astype(np.float32), len(missing)
+
+    # --- profiles ------------------------------------------------------------------------
+
+    def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
+                        progress: Progress | None = None) -> ProfileResult:
+        """Store a history, encode it (cached), and store its personal embedding for the plug."""
+        if not owner:
+            raise ServiceError("Missing owner token: reload the page.")
+        if not items:
+            raise ServiceError("The history is empty: paste some of your writing, one item per paragraph.")
+        if len(items) > self.settings.limits.max_items:
+            raise ServiceError(f"Too many items ({len(items):,}); the limit is {self.settings.limits.max_items:,}.")
+        start = time.perf_counter()
+        matrix, n_encoded = self._item_matrix(items, progress)
+        profile_id = self.store.create_profile(owner, name or "My history", items, source=source)
+        self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
+        self._store_personal_embedding(profile_id, matrix)
+        return ProfileResult(profile_id, name, len(items), n_encoded, time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def _store_personal_embedding(self, profile_id: str, matrix: np.ndarray) -> _LoadedProfile:
+        items = torch.from_numpy(matrix).to(self.settings.device)
+        projected = self.plug.project_items(items)  # [n, d_llm]
+        summary = self.plug.rescale(projected.mean(0))  # input-free view of P (uniform weights)
+        self.store.put_personal_embedding(profile_id, self.plug_id, projected.float().cpu().numpy(),
+                                          summary.float().cpu().numpy())
+        return _LoadedProfile([], items, projected)
+
+    def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
+        """A profile's texts, H and Proj(H): from memory, else one read each from the store."""
+        if not profile_id or self.store.get_profile(profile_id, owner) is None:
+            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+        with self._profiles_lock:
+            if profile_id in self._profiles:
+                self._profiles.move_to_end(profile_id)
+                return self._profiles[profile_id]
+        texts = [row["text"] for row in self.store.profile_items(profile_id)]
+        matrix = self.store.profile_matrix(profile_id, self.encoder_id)
+        if matrix is None:  # made with another encoder: encode again (cached per item)
+            matrix, _ = self._item_matrix(texts, None)
+            self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
+        stored = self.store.personal_embedding(profile_id, self.plug_id)
+        if stored is None:  # made with another plug
+            loaded = self._store_personal_embedding(profile_id, matrix)
+        else:
+            device = self.settings.device
+            loaded = _LoadedProfile([], torch.from_numpy(matrix).to(device), torch.from_numpy(stored[0]).to(device))
+        loaded.texts = texts
+        with self._profiles_lock:
+            self._profiles[profile_id] = loaded
+            while len(self._profiles) > 32:
+                self._profiles.popitem(last=False)
+        return loaded
+
+    def list_profiles(self, owner: str) -> list[dict]:
+        return self.store.list_profiles(owner) if owner else []
+
+    def delete_my_data(self, owner: str) -> dict[str, int]:
+        """Remove every row that belongs to ``owner``."""
+        with self._profiles_lock:
+            for p in self.store.list_profiles(owner):
+                self._profiles.pop(p["id"], None)
+        return self.store.delete_owner_data(owner)
+
+    # --- generation ----------------------------------------------------------------------
+
+    def _fit_request(self, request: str, params: GenerationParams, notes: list[str]):
+        """Prompt ids for the request, the request cut to fit the model's context if needed."""
+        limits = self.settings.limits
+        request = request.strip()
+        if not request:
+            raise ServiceError("Type a request first.")
+        if len(request) > limits.max_prompt_chars:
+            request = request[:limits.max_prompt_chars]
+            notes.append(f"The request was cut to {limits.max_prompt_chars:,} characters.")
+        ids = self.generator.prompt_ids(request)
+        room = self.generator.max_context - params.max_new_tokens - 2  # 2 soft tokens
+        if len(ids.plain) > room:
+            keep = max(room - len(ids.prefix) - 8, 1)
+            tail = self.generator.prompt_ids("").suffix  # end of turn + assistant header
+            ids = type(ids)(ids.prefix, ids.suffix[:keep] + tail)
+            notes.append(f"The request was cut to {keep:,} tokens to fit the model's context.")
+        return request, ids
+
+    def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,
+                 top_k: int = 8) -> Iterator[Comparison]:
+        """Stream the personalized and the generic answer to ``request`` side by side."""
+        limits = self.settings.limits
+        if params.max_new_tokens < 1 or params.max_new_tokens > limits.max_new_tokens:
+            raise ServiceError(f"Max new tokens must be between 1 and {limits.max_new_tokens}.")
+        notes: list[str] = []
+        t0 = time.perf_counter()
+        profile = self._profile(owner, profile_id)
+        request, ids = self._fit_request(request, params, notes)
+        with torch.inference_mode():
+            x = torch.from_numpy(self.encode([request])).to(self.settings.device)  # [1, d_enc]
+            soft, weights = self.plug.soft_tokens(x, profile.items[None], projected=profile.projected[None])
+            embeds, mask = self.generator.embed([ids, ids], [soft[0], None])
+        w = weights[0].float().cpu()
+        top = torch.topk(w, min(top_k, w.numel()))
+        result = Comparison(notes=notes, top_items=[
+            TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
+        ])
+        t_prep = time.perf_counter()
+        first = None
+        for texts in self.generator.stream(embeds, mask, params):
+            first = first or time.perf_counter()
+            result.personalized, result.generic = texts
+            yield result
+        end = time.perf_counter()
+        result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
+        result.generation_id = self.store.log_generation(
+            owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=request,
+            params=asdict(params), personalized=result.personalized, generic=result.generic,
+            timings=result.timings,
+        )
+        result.done = True
+        yield result

@@ -1,0 +1,262 @@
+"""The Gradio app: history in, personal embedding computed, two answers side by side.
+
+Everything here is layout and glue. The handlers call ``demo.service.Studio`` and turn its
+errors (``HistoryError``, ``ServiceError``) into messages; no torch, no SQL.
+
+The visitor's identity is an unguessable owner token kept in their browser
+(``gr.BrowserState``); every profile and generation is stored under it.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import spaces
+
+from .generation import GenerationParams
+from .history import HistoryError, ParsedHistory, parse_files, parse_text, preview
+from .service import Comparison, ServiceError, Studio
+from .settings import REPO_ROOT
+
+PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
+GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
+
+INTRO = """# PPlug Studio
+**PPlug** turns your writing history into a *personal embedding*: each item is embedded by a
+frozen sentence encoder, weighed by how related it is to your current request, and projected
+into the language model's input space as one soft token. The model itself is not changed: the
+same model answers everyone, and only this token carries you.
+"""
+
+EXAMPLE_REQUESTS = [
+    "Write a short blog post about my weekend.",
+    "Write a tweet about the news today.",
+    "Describe your ideal Sunday in three sentences.",
+]
+
+
+def _personas() -> dict[str, Path]:
+    return {p.stem.replace("_", " ").title(): p for p in sorted(PERSONAS_DIR.glob("*.txt"))}
+
+
+def _browser_secret(db_path: Path) -> str:
+    """The key that encrypts the owner token in the browser, kept beside the database so that
+    a restart does not orphan everyone's profiles."""
+    path = db_path.with_suffix(db_path.suffix + ".secret")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _parse(studio: Studio, text: str, files: list | None, column: str, user: str | None) -> ParsedHistory:
+    limits = studio.settings.limits
+    kwargs = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
+    if files:
+        return parse_files([getattr(f, "name", f) for f in files], text_column=column or "text",
+                           user=user or None, max_bytes=int(limits.max_upload_mb * 2**20), **kwargs)
+    return parse_text(text or "", **kwargs)
+
+
+def _weights_frame(result: Comparison) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"item": f"#{t.position + 1}", "weight": round(t.weight, 4), "text": t.text[:300]} for t in result.top_items],
+        columns=["item", "weight", "text"],
+    )
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    limits = studio.settings.limits
+    personas = _personas()
+
+    # --- handlers ------------------------------------------------------------------------
+
+    def ensure_owner(owner: str | None) -> str:
+        return owner or secrets.token_urlsafe(24)
+
+    def show_preview(text, files, column, user):
+        try:
+            parsed = _parse(studio, text, files, column, user)
+        except HistoryError as err:
+            return f"⚠️ {err}", gr.update(visible=False)
+        users = gr.update(choices=parsed.users, value=user if user in parsed.users else (parsed.users or [None])[0],
+                          visible=bool(parsed.users))
+        return preview(parsed), users
+
+    def profile_choices(owner: str | None, selected: str | None = None):
+        profiles = studio.list_profiles(owner or "")
+        choices = [(f"{p['name']} · {p['n_items']} items · {p['created_at'][:16]}", p["id"]) for p in profiles]
+        ids = [c[1] for c in choices]
+        value = selected if selected in ids else (ids[0] if ids else None)
+        return gr.update(choices=choices, value=value)
+
+    @spaces.GPU(duration=120)
+    def compute(owner, text, files, column, user, name, progress=gr.Progress()):
+        try:
+            parsed = _parse(studio, text, files, column, user)
+            progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
+            result = studio.compute_profile(
+                owner, name.strip() or parsed.source, parsed.items, source=parsed.source,
+                progress=lambda done, total: progress((done, total), desc="Encoding history items", unit="items"),
+            )
+        except (HistoryError, ServiceError) as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        cached = result.n_items - result.n_encoded
+        status = (f"✅ **{result.name}**: {result.n_items} items, {result.n_encoded} encoded now"
+                  f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
+        return status, profile_choices(owner, result.profile_id), result.profile_id
+
+    @spaces.GPU(duration=60)
+    def generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
+        params = GenerationParams(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature) if decoding == "Sample" else 0.0,
+            top_p=float(top_p),
+            seed=int(seed or 0),
+        )
+        try:
+            for result in studio.generate(owner, profile_id, request, params):
+                notes = " ".join(result.notes)
+                if result.done:
+                    notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
+                             f"(first token after {result.timings['first_token_s']:.2f} s).").strip()
+                frame = _weights_frame(result)
+                yield result.personalized, result.generic, frame, frame, notes
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    def delete_data(owner):
+        counts = studio.delete_my_data(owner or "")
+        removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
+        return f"Deleted: {removed}.", profile_choices(owner), None
+
+    def load_persona(name):
+        return personas[name].read_text(encoding="utf-8"), None, name
+
+    # --- layout --------------------------------------------------------------------------
+
+    with gr.Blocks(title="PPlug Studio") as demo:
+        owner = gr.BrowserState(None, storage_key="pplug_owner", secret=_browser_secret(studio.settings.db_path))
+        profile_id = gr.State(None)
+        gr.Markdown(INTRO)
+        gr.Markdown(studio.plug_description)
+
+        with gr.Row():
+            with gr.Column(scale=3):
+                history = gr.Textbox(label="Your writing history", lines=10, max_lines=20,
+                                     placeholder="Paste your posts, e-mails or essays here: one item per paragraph "
+                                                 "(separate items with a blank line).")
+                files = gr.File(label="…or upload files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
+                                file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
+                with gr.Row():
+                    column = gr.Textbox(label="CSV text column", value="text", scale=1)
+                    lamp_user = gr.Dropdown(label="LaMP user", choices=[], visible=False, scale=1)
+                if personas:
+                    gr.Markdown("Or try an example persona:")
+                    with gr.Row():
+                        persona_buttons = [gr.Button(name, size="sm") for name in personas]
+            with gr.Column(scale=2):
+                parsed_preview = gr.Markdown("Paste or upload a history to see its items here.")
+                name = gr.Textbox(label="Profile name", placeholder="e.g. My blog")
+                compute_btn = gr.Button("Compute my PPlug embedding", variant="primary")
+                status = gr.Markdown()
+                profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
+
+        gr.Markdown("## Ask for something")
+        request = gr.Textbox(label="Request", lines=2, placeholder=EXAMPLE_REQUESTS[0])
+        gr.Examples(EXAMPLE_REQUESTS, inputs=request)
+        with gr.Accordion("Generation settings (shared by both sides)", open=False):
+            with gr.Row():
+                max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1,
+                                           label="Max new tokens")
+                decoding = gr.Radio(["Greedy", "Sample"], value="Greedy", label="Decoding")
+                temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
+                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p (sampling)")
+                seed = gr.Number(0, precision=0, label="Seed")
+        generate_btn = gr.Button("Generate", variant="primary")
+        with gr.Row():
+            personalized = gr.Textbox(label="Personalized (PPlug)", lines=8, interactive=False)
+            generic = gr.Textbox(label="Generic (same model, no plug)", lines=8, interactive=False)
+        notes = gr.Markdown()
+        with gr.Row():
+            weights_plot = gr.BarPlot(x="item", y="weight", tooltip=["item", "weight", "text"], sort="-y",
+                                      title="History items that weighed most for this request",
+                                      y_title="aggregator weight")
+            weights_table = gr.Dataframe(headers=["item", "weight", "text"], wrap=True, interactive=False,
+                                         label="Their text")
+
+        with gr.Accordion("Your data", open=False):
+            gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
+                        f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
+                        "are visible only from this browser.")
+            delete_btn = gr.Button("Delete my data", variant="stop")
+            deleted = gr.Markdown()
+
+        # --- wiring ----------------------------------------------------------------------
+        private = dict(api_visibility="private")
+        demo.load(ensure_owner, owner, owner, **private).then(profile_choices, owner, profiles, **private)
+        for trigger in (history.change, files.change, column.submit, lamp_user.change):
+            trigger(show_preview, [history, files, column, lamp_user], [parsed_preview, lamp_user], **private)
+        if personas:
+            for button, persona in zip(persona_buttons, personas):
+                button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
+        compute_btn.click(compute, [owner, history, files, column, lamp_user, name], [status, profiles, profile_id],
+                          concurrency_id=GPU_QUEUE, **private)
+        profiles.change(lambda p: p, profiles, profile_id, **private)
+        gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
+        gen_outputs = [personalized, generic, weights_plot, weights_table, notes]
+        generate_btn.click(generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
+        request.submit(generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
+        delete_btn.click(delete_data, owner, [deleted, profiles, profile_id], **private)
+
+        _api(studio)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo
+
+
+def _api(studio: Studio) -> None:
+    """Named endpoints for ``gradio_client``. The caller passes its own owner token."""
+
+    @spaces.GPU(duration=120)
+    def compute_profile(history: str, owner_token: str, name: str = "API profile") -> dict:
+        """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
+        limits = studio.settings.limits
+        try:
+            parsed = parse_text(history, max_items=limits.max_items, max_item_chars=limits.max_item_chars)
+            result = studio.compute_profile(owner_token, name, parsed.items, source="api")
+        except (HistoryError, ServiceError) as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
+                "seconds": round(result.seconds, 3), "notes": parsed.notes}
+
+    @spaces.GPU(duration=60)
+    def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
+        """Generate the personalized and the generic answer to a request (temperature 0 = greedy)."""
+        params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
+        try:
+            result = Comparison()
+            for result in studio.generate(owner_token, profile_id, request, params):
+                pass
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
+                "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
+                "plug_id": studio.plug_id, "generation_id": result.generation_id}
+
+    def list_profiles(owner_token: str) -> list[dict]:
+        """The caller's profiles, newest first."""
+        return studio.list_profiles(owner_token)
+
+    def delete_my_data(owner_token: str) -> dict:
+        """Delete every profile, embedding and generation of the caller."""
+        return studio.delete_my_data(owner_token)
+
+    gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
+    gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)
+    gr.api(list_profiles, api_name="list_profiles")
+    gr.api(delete_my_data, api_name="delete_my_data")
