@@ -98,7 +98,7 @@ class Studio:
     # --- the plug ------------------------------------------------------------------------
 
     def _load_plug(self) -> PPlug:
-        d_enc = self.encoder.get_sentence_embedding_dimension()
+        d_enc = self.encoder.get_embedding_dimension()
         token_embeddings = self.model.get_input_embeddings().weight
         if self.settings.plug and Path(self.settings.plug, "config.json").is_file():
             return PPlug.load(self.settings.plug, encoder_id=self.encoder_id, llm_id=self.llm_id,
@@ -126,7 +126,7 @@ class Studio:
         Sorted by length and encoded in chunks so that progress can be reported between them.
         """
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out = np.zeros((len(texts), self.encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        out = np.zeros((len(texts), self.encoder.get_embedding_dimension()), dtype=np.float32)
         chunk = max(self.settings.encode_batch_size * 4, 1)
         for start in range(0, len(order), chunk):
             idx = order[start:start + chunk]

@@ -1,0 +1,75 @@
+"""The service layer end to end on the real embedded models and a real SQLite file."""
+import pytest
+
+from demo.generation import GenerationParams
+from demo.service import ServiceError
+
+HISTORY = [
+    "Rode my bike to the farmers market again, bought way too many peaches.",
+    "My sourdough starter Gerald is finally bubbly after a week of feeding.",
+    "Tried a Sichuan pepper chili oil on my eggs this morning, mouth still tingling.",
+    "Rainy Sunday: stayed in, baked focaccia with rosemary from the balcony.",
+    "The cycling club did sixty miles along the coast today, legs are jelly.",
+]
+
+
+def test_compute_then_generate_both_sides(studio, owner):
+    seen = []
+    result = studio.compute_profile(owner, "food", HISTORY, progress=lambda d, t: seen.append((d, t)))
+    assert result.n_items == 5 and result.n_encoded == 5
+    assert seen[-1] == (5, 5)
+    assert studio.store.get_profile(result.profile_id, owner)["n_items"] == 5
+
+    steps = list(studio.generate(owner, result.profile_id, "Write a tweet about bread.",
+                                 GenerationParams(max_new_tokens=16)))
+    final = steps[-1]
+    assert final.done and final.generation_id is not None
+    assert final.personalized and final.generic
+    assert len(steps) >= 3  # streamed: texts arrive step by step
+    assert len(final.top_items) == 5
+    assert sum(t.weight for t in final.top_items) == pytest.approx(1.0, abs=1e-4)
+    top_text = final.top_items[0].text.lower()
+    assert "focaccia" in top_text or "sourdough" in top_text  # the bread items weigh most
+    logged = studio.store.generations(owner)[0]
+    assert logged["personalized"] == final.personalized and logged["generic"] == final.generic
+
+
+def test_items_are_never_encoded_twice(studio, owner):
+    studio.compute_profile(owner, "first", HISTORY[:3])
+    again = studio.compute_profile(owner, "second", HISTORY)  # 3 known + 2 new
+    assert again.n_encoded <= 2
+    third = studio.compute_profile(owner, "third", list(reversed(HISTORY)))
+    assert third.n_encoded == 0
+
+
+def test_generic_side_does_not_depend_on_the_history(studio, owner):
+    a = studio.compute_profile(owner, "a", HISTORY[:2]).profile_id
+    b = studio.compute_profile(owner, "b", ["Quarterly earnings beat expectations.", "The merger closed."]).profile_id
+    params = GenerationParams(max_new_tokens=12)
+    out_a = list(studio.generate(owner, a, "Write a tweet about my day.", params))[-1]
+    out_b = list(studio.generate(owner, b, "Write a tweet about my day.", params))[-1]
+    assert out_a.generic == out_b.generic
+
+
+def test_another_owner_cannot_use_a_profile(studio, owner):
+    profile = studio.compute_profile(owner, "mine", HISTORY[:2]).profile_id
+    with pytest.raises(ServiceError, match="No such profile"):
+        next(studio.generate("someone-else-entirely-0000", profile, "hi", GenerationParams(max_new_tokens=4)))
+    assert studio.list_profiles("someone-else-entirely-0000") == []
+
+
+def test_bad_requests_get_clear_errors(studio, owner):
+    profile = studio.compute_profile(owner, "mine", HISTORY[:2]).profile_id
+    with pytest.raises(ServiceError, match="Type a request"):
+        next(studio.generate(owner, profile, "   ", GenerationParams()))
+    with pytest.raises(ServiceError, match="Max new tokens"):
+        next(studio.generate(owner, profile, "hi", GenerationParams(max_new_tokens=10_000)))
+    with pytest.raises(ServiceError, match="empty"):
+        studio.compute_profile(owner, "none", [])
+
+
+def test_overlong_request_is_cut_with_a_notice(studio, owner):
+    profile = studio.compute_profile(owner, "mine", HISTORY[:2]).profile_id
+    final = list(studio.generate(owner, profile, "word " * 5000, GenerationParams(max_new_tokens=4)))[-1]
+    assert any("cut" in n for n in final.notes)
+    assert final.done
