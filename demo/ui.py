@@ -95,7 +95,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         return gr.update(choices=choices, value=value)
 
     @spaces.GPU(duration=120)
-    def compute(owner, text, files, column, user, name, progress=gr.Progress()):
+    def on_compute(owner, text, files, column, user, name, progress=gr.Progress()):
         try:
             parsed = _parse(studio, text, files, column, user)
             progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
@@ -111,7 +111,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         return status, profile_choices(owner, result.profile_id), result.profile_id
 
     @spaces.GPU(duration=60)
-    def generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
+    def on_generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
         params = GenerationParams(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature) if decoding == "Sample" else 0.0,
@@ -129,7 +129,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         except ServiceError as err:
             raise gr.Error(str(err), print_exception=False) from None
 
-    def delete_data(owner):
+    def on_delete(owner):
         counts = studio.delete_my_data(owner or "")
         removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
         return f"Deleted: {removed}.", profile_choices(owner), None
@@ -204,14 +204,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
         if personas:
             for button, persona in zip(persona_buttons, personas):
                 button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
-        compute_btn.click(compute, [owner, history, files, column, lamp_user, name], [status, profiles, profile_id],
+        compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name], [status, profiles, profile_id],
                           concurrency_id=GPU_QUEUE, **private)
         profiles.change(lambda p: p, profiles, profile_id, **private)
         gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
         gen_outputs = [personalized, generic, weights_plot, weights_table, notes]
-        generate_btn.click(generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
-        request.submit(generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
-        delete_btn.click(delete_data, owner, [deleted, profiles, profile_id], **private)
+        generate_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
+        request.submit(on_generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
+        delete_btn.click(on_delete, owner, [deleted, profiles, profile_id], **private)
 
         _api(studio)
     demo.queue(default_concurrency_limit=1, max_size=64)
