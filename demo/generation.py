@@ -123,7 +123,8 @@ class Generator:
                         done[i] = True
                     else:
                         tokens[i].append(next_ids[i].item())
-            yield [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+            # A trailing U+FFFD is a character whose bytes are not all generated yet.
+            yield [self.tokenizer.decode(t, skip_special_tokens=True).rstrip("\ufffd") for t in tokens]
             if bool(done.all()):
                 break
             mask = torch.cat([mask, (~done).long()[:, None]], dim=1)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .generation import GenerationParams, Generator
+from .generation import GenerationParams, Generator, PromptIds
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
 from .settings import Settings
@@ -31,6 +31,7 @@ from .storage import Store
 
 log = logging.getLogger(__name__)
 
+CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")
 Progress = Callable[[int, int], None]  # (items encoded so far, total)
 
 
@@ -60,15 +61,22 @@ class TopItem:
 
 @dataclass
 class Comparison:
-    """Both sides of one request, as far as generated."""
+    """The answers to one request under each condition, as far as generated."""
 
-    personalized: str = ""
-    generic: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # condition -> text
     top_items: list[TopItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     done: bool = False
     timings: dict = field(default_factory=dict)
     generation_id: int | None = None
+
+    @property
+    def personalized(self) -> str:
+        return self.outputs.get("pplug", "")
+
+    @property
+    def generic(self) -> str:
+        return self.outputs.get("generic", "")
 
 
 @dataclass
@@ -218,55 +226,75 @@ class Studio:
 
     # --- generation ----------------------------------------------------------------------
 
-    def _fit_request(self, request: str, params: GenerationParams, notes: list[str]):
-        """Prompt ids for the request, the request cut to fit the model's context if needed."""
-        limits = self.settings.limits
-        request = request.strip()
-        if not request:
-            raise ServiceError("Type a request first.")
-        if len(request) > limits.max_prompt_chars:
-            request = request[:limits.max_prompt_chars]
-            notes.append(f"The request was cut to {limits.max_prompt_chars:,} characters.")
+    def _fit_request(self, request: str, params: GenerationParams, notes: list[str]) -> PromptIds:
+        """Prompt ids for the request, cut to fit the model's context if needed."""
         ids = self.generator.prompt_ids(request)
         room = self.generator.max_context - params.max_new_tokens - 2  # 2 soft tokens
         if len(ids.plain) > room:
             keep = max(room - len(ids.prefix) - 8, 1)
             tail = self.generator.prompt_ids("").suffix  # end of turn + assistant header
-            ids = type(ids)(ids.prefix, ids.suffix[:keep] + tail)
+            ids = PromptIds(ids.prefix, ids.suffix[:keep] + tail)
             notes.append(f"The request was cut to {keep:,} tokens to fit the model's context.")
-        return request, ids
+        return ids
 
     def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,
-                 top_k: int = 8) -> Iterator[Comparison]:
-        """Stream the personalized and the generic answer to ``request`` side by side."""
+                 conditions: tuple[str, ...] = ("pplug", "generic"), top_k: int = 8,
+                 rag_k: int = 4) -> Iterator[Comparison]:
+        """Stream the answers to ``request`` under each condition, all rows in one batch.
+
+        Conditions: ``pplug`` (soft tokens), ``generic`` (same model, same prompt, no plug),
+        ``rag`` (the ``rag_k`` history items most similar to the request pasted into the prompt),
+        ``pplug+rag`` (both).
+        """
         limits = self.settings.limits
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown or not conditions:
+            raise ServiceError(f"Unknown condition(s) {sorted(unknown)}; choose from {', '.join(CONDITIONS)}.")
         if params.max_new_tokens < 1 or params.max_new_tokens > limits.max_new_tokens:
             raise ServiceError(f"Max new tokens must be between 1 and {limits.max_new_tokens}.")
+        request = request.strip()
+        if not request:
+            raise ServiceError("Type a request first.")
         notes: list[str] = []
+        if len(request) > limits.max_prompt_chars:
+            request = request[:limits.max_prompt_chars]
+            notes.append(f"The request was cut to {limits.max_prompt_chars:,} characters.")
         t0 = time.perf_counter()
         profile = self._profile(owner, profile_id)
-        request, ids = self._fit_request(request, params, notes)
         with torch.inference_mode():
             x = torch.from_numpy(self.encode([request])).to(self.settings.device)  # [1, d_enc]
             soft, weights = self.plug.soft_tokens(x, profile.items[None], projected=profile.projected[None])
-            embeds, mask = self.generator.embed([ids, ids], [soft[0], None])
-        w = weights[0].float().cpu()
+            w = weights[0].float().cpu()
+            plain = self._fit_request(request, params, notes)
+            rag = None
+            if any("rag" in c for c in conditions):
+                # Retrieval ranks items by x·h, the same similarity the aggregator uses.
+                nearest = torch.topk(w, min(rag_k, w.numel())).indices.tolist()
+                rag = self._fit_request(rag_request(request, [profile.texts[i] for i in nearest]), params, notes)
+            prompts = [rag if "rag" in c else plain for c in conditions]
+            embeds, mask = self.generator.embed(prompts, [soft[0] if "pplug" in c else None for c in conditions])
         top = torch.topk(w, min(top_k, w.numel()))
-        result = Comparison(notes=notes, top_items=[
+        result = Comparison(notes=list(dict.fromkeys(notes)), top_items=[
             TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
         ])
         t_prep = time.perf_counter()
         first = None
         for texts in self.generator.stream(embeds, mask, params):
             first = first or time.perf_counter()
-            result.personalized, result.generic = texts
+            result.outputs = dict(zip(conditions, texts))
             yield result
         end = time.perf_counter()
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
         result.generation_id = self.store.log_generation(
             owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=request,
-            params=asdict(params), personalized=result.personalized, generic=result.generic,
-            timings=result.timings,
+            params={**asdict(params), "conditions": list(conditions)}, personalized=result.personalized,
+            generic=result.generic, timings=result.timings,
         )
         result.done = True
         yield result
+
+
+def rag_request(request: str, items: list[str], max_chars: int = 600) -> str:
+    """The request with retrieved history items pasted in front of it, as LaMP's RAG prompts do."""
+    context = "\n".join(f"- {' '.join(t.split())[:max_chars]}" for t in items)
+    return f"Here are some texts I wrote before:\n{context}\n\n{request}"

@@ -73,3 +73,14 @@ def test_overlong_request_is_cut_with_a_notice(studio, owner):
     final = list(studio.generate(owner, profile, "word " * 5000, GenerationParams(max_new_tokens=4)))[-1]
     assert any("cut" in n for n in final.notes)
     assert final.done
+
+
+def test_rag_conditions_put_the_nearest_items_into_the_prompt(studio, owner):
+    profile = studio.compute_profile(owner, "mine", HISTORY).profile_id
+    final = list(studio.generate(owner, profile, "Write a tweet about cycling.", GenerationParams(max_new_tokens=8),
+                                 conditions=("pplug", "generic", "rag", "pplug+rag"), rag_k=2))[-1]
+    assert set(final.outputs) == {"pplug", "generic", "rag", "pplug+rag"}
+    assert all(final.outputs.values())
+    assert "cycling club" in final.top_items[0].text  # the retrieved item is the most similar one
+    with pytest.raises(ServiceError, match="Unknown condition"):
+        next(studio.generate(owner, profile, "hi", GenerationParams(), conditions=("magic",)))
