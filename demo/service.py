@@ -163,11 +163,16 @@ class Studio:
 
     # --- profiles ------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_owner(owner: str) -> None:
+        # Owner tokens are the only key to a person's data: refuse short, guessable ones.
+        if not isinstance(owner, str) or len(owner) < 16:
+            raise ServiceError("Missing or too short owner token (at least 16 characters): reload the page.")
+
     def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
                         progress: Progress | None = None) -> ProfileResult:
         """Store a history, encode it (cached), and store its personal embedding for the plug."""
-        if not owner:
-            raise ServiceError("Missing owner token: reload the page.")
+        self._check_owner(owner)
         if not items:
             raise ServiceError("The history is empty: paste some of your writing, one item per paragraph.")
         if len(items) > self.settings.limits.max_items:
@@ -190,6 +195,7 @@ class Studio:
 
     def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
         """A profile's texts, H and Proj(H): from memory, else one read each from the store."""
+        self._check_owner(owner)
         if not profile_id or self.store.get_profile(profile_id, owner) is None:
             raise ServiceError("No such profile for you: compute your PPlug embedding first.")
         with self._profiles_lock:
@@ -215,10 +221,12 @@ class Studio:
         return loaded
 
     def list_profiles(self, owner: str) -> list[dict]:
-        return self.store.list_profiles(owner) if owner else []
+        self._check_owner(owner)
+        return self.store.list_profiles(owner)
 
     def delete_my_data(self, owner: str) -> dict[str, int]:
         """Remove every row that belongs to ``owner``."""
+        self._check_owner(owner)
         with self._profiles_lock:
             for p in self.store.list_profiles(owner):
                 self._profiles.pop(p["id"], None)

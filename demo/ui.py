@@ -27,8 +27,8 @@ GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
 INTRO = """# PPlug Studio
 **PPlug** turns your writing history into a *personal embedding*: each item is embedded by a
 frozen sentence encoder, weighed by how related it is to your current request, and projected
-into the language model's input space as one soft token. The model itself is not changed: the
-same model answers everyone, and only this token carries you.
+into the language model's input space as a soft token, next to a learned instruction token. The
+model itself is not changed: the same model answers everyone, and only these tokens carry you.
 """
 
 EXAMPLE_REQUESTS = [
@@ -39,7 +39,10 @@ EXAMPLE_REQUESTS = [
 
 
 def _personas() -> dict[str, Path]:
-    return {p.stem.replace("_", " ").title(): p for p in sorted(PERSONAS_DIR.glob("*.txt"))}
+    def label(stem: str) -> str:  # "food_blogger" -> "Food Blogger", "fdr" -> "FDR"
+        return stem.upper() if len(stem) <= 3 else stem.replace("_", " ").title()
+
+    return {label(p.stem): p for p in sorted(PERSONAS_DIR.glob("*.txt"))}
 
 
 def _browser_secret(db_path: Path) -> str:
@@ -88,7 +91,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         return preview(parsed), users
 
     def profile_choices(owner: str | None, selected: str | None = None):
-        profiles = studio.list_profiles(owner or "")
+        profiles = studio.list_profiles(owner) if owner else []
         choices = [(f"{p['name']} · {p['n_items']} items · {p['created_at'][:16]}", p["id"]) for p in profiles]
         ids = [c[1] for c in choices]
         value = selected if selected in ids else (ids[0] if ids else None)
@@ -130,7 +133,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
             raise gr.Error(str(err), print_exception=False) from None
 
     def on_delete(owner):
-        counts = studio.delete_my_data(owner or "")
+        try:
+            counts = studio.delete_my_data(owner)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
         removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
         return f"Deleted: {removed}.", profile_choices(owner), None
 
@@ -250,11 +256,17 @@ def _api(studio: Studio) -> None:
 
     def list_profiles(owner_token: str) -> list[dict]:
         """The caller's profiles, newest first."""
-        return studio.list_profiles(owner_token)
+        try:
+            return studio.list_profiles(owner_token)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
 
     def delete_my_data(owner_token: str) -> dict:
         """Delete every profile, embedding and generation of the caller."""
-        return studio.delete_my_data(owner_token)
+        try:
+            return studio.delete_my_data(owner_token)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
 
     gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
     gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)

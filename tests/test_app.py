@@ -1,0 +1,69 @@
+"""The running app, driven through gradio_client as an API user would."""
+import socket
+
+import pytest
+from gradio_client import Client
+
+from demo.ui import build_demo
+
+HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
+           "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
+           "My boots finally gave up after 900 miles on the Pacific Crest Trail.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    demo = build_demo(studio)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_named_endpoints_are_published(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data"} <= names
+
+
+def test_compute_and_generate_side_by_side(client, owner):
+    profile = client.predict(history=HISTORY, owner_token=owner, name="hiker", api_name="/compute_profile")
+    assert profile["n_items"] == 3
+    out = client.predict(owner_token=owner, profile_id=profile["profile_id"], request="Write a tweet about my weekend.",
+                         max_new_tokens=12, api_name="/generate")
+    assert out["personalized"] and out["generic"]
+    assert len(out["top_items"]) == 3
+    assert out["plug_id"]
+    listed = client.predict(owner_token=owner, api_name="/list_profiles")
+    assert [p["id"] for p in listed] == [profile["profile_id"]]
+
+
+def test_errors_reach_the_client_as_messages(client, owner):
+    with pytest.raises(Exception, match="history is empty"):
+        client.predict(history=" \n\n ", owner_token=owner, name="x", api_name="/compute_profile")
+    with pytest.raises(Exception, match="No such profile"):
+        client.predict(owner_token=owner, profile_id="not-a-profile", request="hi", max_new_tokens=4,
+                       api_name="/generate")
+
+
+def test_another_token_sees_nothing_and_delete_removes_everything(client, owner):
+    profile = client.predict(history=HISTORY, owner_token=owner, name="mine", api_name="/compute_profile")
+    intruder = "intruder-token-0123456789abcdef"
+    assert client.predict(owner_token=intruder, api_name="/list_profiles") == []
+    with pytest.raises(Exception, match="No such profile"):
+        client.predict(owner_token=intruder, profile_id=profile["profile_id"], request="hi", max_new_tokens=4,
+                       api_name="/generate")
+    counts = client.predict(owner_token=owner, api_name="/delete_my_data")
+    assert counts["profiles"] >= 1
+    assert client.predict(owner_token=owner, api_name="/list_profiles") == []
+
+
+def test_short_owner_tokens_are_refused(client):
+    with pytest.raises(Exception, match="too short owner token"):
+        client.predict(history=HISTORY, owner_token="abc", name="x", api_name="/compute_profile")
+    with pytest.raises(Exception, match="too short owner token"):
+        client.predict(owner_token="", api_name="/list_profiles")
