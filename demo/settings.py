@@ -53,6 +53,8 @@ class Settings:
     tau: float = 0.05  # aggregator temperature for an untrained plug (a checkpoint stores its own)
     encode_batch_size: int = 64
     limits: Limits = field(default_factory=Limits)
+    admin_token: str = ""  # user-study admin functions are off while this is empty
+    studies_dir: Path = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up
 
     @property
     def dtype(self) -> torch.dtype:
@@ -86,6 +88,8 @@ class Settings:
             tau=get("TAU", base.tau, float),
             encode_batch_size=get("ENCODE_BATCH_SIZE", base.encode_batch_size, int),
             limits=limits,
+            admin_token=env.get("PPLUG_ADMIN_TOKEN", ""),
+            studies_dir=Path(get("STUDIES_DIR", str(base.studies_dir))),
         )
 
     def with_(self, **changes) -> "Settings":

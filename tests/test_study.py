@@ -1,0 +1,303 @@
+"""User studies without the models: definitions, randomization, the vote rules, export, statistics.
+
+A stand-in studio (``FakeStudio``) returns "output of <condition>" for each condition, so that what
+was shown on each side can be traced back to a condition.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from demo import study_stats
+from demo.service import Comparison, ProfileResult
+from demo.settings import Limits
+from demo.study import (
+    STUDIES_DIR, StudyDefinition, StudyError, StudyService, compute_results, main, parse_definition,
+    read_export, schedule, side_order, to_csv, to_jsonl,
+)
+
+BASE = {
+    "name": "unit",
+    "consent": {"version": "2", "text": "You agree."},
+    "conditions": ["pplug", "generic"],
+    "prompts": ["Write about bread.", "Write about bikes."],
+    "trials_per_participant": 4,
+    "completion": {"code": "DONE42"},
+}
+ITEMS = ["I bake bread every Sunday.", "My bike is my car.", "Gerald the starter is bubbly."]
+
+
+class FakeStudio:
+    plug_id = "untrained-000000000000"
+    encoder_id = "enc"
+    llm_id = "llm"
+
+    def __init__(self, store):
+        self.store = store
+        self.settings = SimpleNamespace(limits=Limits(), plug="")
+        self.generated: list[tuple[str, ...]] = []
+
+    def compute_profile(self, owner, name, items, source="", progress=None):
+        profile_id = self.store.create_profile(owner, name, items, source=source)
+        return ProfileResult(profile_id, name, len(items), len(items), 0.01)
+
+    def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4):
+        assert self.store.get_profile(profile_id, owner) is not None
+        self.generated.append(tuple(conditions))
+        yield Comparison(outputs={c: f"output of {c}" for c in conditions}, done=True, timings={"total_s": 0.01})
+
+
+def make_service(store, **changes) -> StudyService:
+    service = StudyService(FakeStudio(store), admin_token="admin-secret-token", studies_dir=None)
+    service.register(parse_definition({**BASE, **changes}), source="test")
+    return service
+
+
+def join(service, name="unit", pid="", items=ITEMS):
+    out = service.consent(name, True, pid)
+    args = (name, out["participant_id"], out["participant_token"])
+    service.set_history(*args, items=list(items))
+    return args
+
+
+# --- definitions -----------------------------------------------------------------------
+
+
+def test_example_study_files_are_valid():
+    files = sorted(STUDIES_DIR.iterdir())
+    assert {f.suffix for f in files} >= {".yaml", ".json"}
+    for path in files:
+        assert main(["validate", str(path)]) == 0
+
+
+def test_definition_errors_are_listed_together():
+    with pytest.raises(StudyError) as err:
+        parse_definition("name: x\nconditions: [pplug]\nprompts: []\ntrials_per_participant: 0\ncolour: red\n")
+    message = str(err.value)
+    for part in ("colour", "consent.text", "at least two", "prompts", "between 1 and 200"):
+        assert part in message
+    with pytest.raises(StudyError, match="neither valid JSON nor YAML"):
+        parse_definition("{ name: [")
+
+
+def test_definition_round_trips_through_its_dict():
+    d = parse_definition(json.dumps(BASE))
+    assert parse_definition(d.to_dict()) == d
+    assert parse_definition({**BASE, "prompts": "participant"}).participant_prompts
+
+
+# --- randomization ---------------------------------------------------------------------
+
+
+def test_side_order_is_a_fair_coin_and_reproducible():
+    pair = ("pplug", "generic")
+    lefts = Counter(side_order(pair, seed)[0] for seed in range(20_000))
+    assert abs(lefts["pplug"] / 20_000 - 0.5) < 4 * math.sqrt(0.25 / 20_000)
+    assert all(side_order(pair, s) == side_order(pair, s) for s in range(100))
+
+
+def test_schedule_balances_pairs_and_cycles_prompts():
+    d = parse_definition({**BASE, "conditions": ["pplug", "generic", "rag"], "trials_per_participant": 6,
+                          "prompts": ["a", "b", "c"]})
+    plan = schedule(d, 123)
+    assert Counter(pair for pair, _ in plan) == Counter({p: 2 for p in d.pairs})
+    assert Counter(prompt for _, prompt in plan) == Counter({"a": 2, "b": 2, "c": 2})
+    assert schedule(d, 123) == plan
+
+
+def test_stored_order_matches_what_was_shown_and_both_orders_occur(store):
+    service = make_service(store, trials_per_participant=40)
+    firsts = Counter()
+    for p in range(10):
+        args = join(service, pid=f"R{p}")
+        for _ in range(40):
+            trial = service.next_trial(*args)["trial"]
+            service.vote(*args, trial["trial_id"], "A")
+            shown = trial
+            row = next(r for r in service.db.export_rows("unit") if r["trial_id"] == shown["trial_id"])
+            assert shown["A"] == f"output of {row['condition_a']}" == row["output_a"]
+            assert shown["B"] == f"output of {row['condition_b']}" == row["output_b"]
+            assert (row["condition_a"], row["condition_b"]) == side_order(("pplug", "generic"), row["order_seed"])
+            assert service.studio.generated[-1] == (row["condition_a"], row["condition_b"])
+            firsts[row["condition_a"]] += 1
+    n = sum(firsts.values())
+    assert n == 400
+    assert abs(firsts["pplug"] / n - 0.5) < 4 * math.sqrt(0.25 / n)  # both orders, at the expected rate
+
+
+# --- the participant's rules -----------------------------------------------------------
+
+
+def test_nothing_is_stored_before_consent(store):
+    service = make_service(store)
+    service.info("unit")
+    with pytest.raises(StudyError, match="tick the consent box"):
+        service.consent("unit", False, "PROLIFIC123")
+    db = store._db()
+    assert db.execute("SELECT COUNT(*) FROM study_participants").fetchone()[0] == 0
+    out = service.consent("unit", True, "PROLIFIC123", "S1", "X1")
+    row = next(db.query("SELECT * FROM study_participants"))
+    assert row["participant_id"] == "PROLIFIC123" and row["consent_version"] == "2" and row["consented_at"]
+    assert row["prolific_study_id"] == "S1" and out["participant_token"] not in json.dumps(row)
+    generated = service.consent("unit", True)
+    assert generated["participant_id"].startswith("P-")
+    with pytest.raises(StudyError, match="already started"):
+        service.consent("unit", True, "PROLIFIC123")
+
+
+def test_votes_count_once_and_only_for_their_participant(store):
+    service = make_service(store)
+    alice = join(service, pid="alice")
+    bob = join(service, pid="bob")
+    trial = service.next_trial(*alice)["trial"]
+    assert service.next_trial(*alice)["trial"] == trial  # the open trial again, not a new one
+    with pytest.raises(StudyError, match="not yours"):
+        service.vote(*bob, trial["trial_id"], "A")
+    with pytest.raises(StudyError, match="no consent on record"):
+        service.vote("unit", "alice", "guessed-token", trial["trial_id"], "A")
+    service.vote(*alice, trial["trial_id"], "B", "more like me")
+    with pytest.raises(StudyError, match="already recorded"):
+        service.vote(*alice, trial["trial_id"], "A")
+    votes = store._db().execute("SELECT COUNT(*) FROM study_votes").fetchone()[0]
+    assert votes == 1
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with store._write() as db:
+            db.execute("UPDATE study_votes SET choice = 'A'")
+
+
+def test_full_run_resumes_and_ends_with_the_completion_code(store):
+    service = make_service(store)
+    args = join(service, pid="carol")
+    for i in range(1, 5):
+        status = service.status(*args)  # a reload: the same place
+        assert status["stage"] in ("next", "trial")
+        trial = service.next_trial(*args)["trial"]
+        assert trial["index"] == i and service.status(*args)["trial"] == trial
+        out = service.vote(*args, trial["trial_id"], "tie")
+    assert out["stage"] == "done" and out["completion_code"] == "DONE42"
+    assert service.next_trial(*args)["stage"] == "done"
+    assert store._db().execute("SELECT COUNT(*) FROM study_completions").fetchone()[0] == 1
+    assert len(service.studio.generated) == 4
+
+
+def test_a_changed_definition_is_a_new_version_and_old_participants_keep_theirs(store):
+    service = make_service(store)
+    old = join(service, pid="early")
+    version, new = service.register(parse_definition({**BASE, "trials_per_participant": 2}), "edit")
+    assert (version, new) == (2, True)
+    assert service.register(parse_definition({**BASE, "trials_per_participant": 2}), "again") == (2, False)
+    assert service.status(*old)["total"] == 4
+    assert service.status(*join(service, pid="late"))["total"] == 2
+
+
+def test_a_study_for_another_plug_is_refused_clearly(store):
+    service = make_service(store, plug="trained-abcdef123456")
+    assert "needs plug `trained-abcdef123456`" in service.info("unit")["problem"]
+    with pytest.raises(StudyError, match="but the app runs `untrained-000000000000`"):
+        service.consent("unit", True)
+
+
+def test_admin_functions_need_the_token(store):
+    service = make_service(store)
+    with pytest.raises(StudyError, match="Wrong admin token"):
+        service.admin_studies("nope")
+    service.admin_token = ""
+    with pytest.raises(StudyError, match="PPLUG_ADMIN_TOKEN"):
+        service.admin_studies("")
+
+
+# --- export ----------------------------------------------------------------------------
+
+
+def test_export_round_trips_and_the_command_writes_it(store, tmp_path, capsys):
+    service = make_service(store)
+    args = join(service, pid="dave")
+    for choice in ("A", "both_bad"):
+        trial = service.next_trial(*args)["trial"]
+        service.interact(*args, trial["trial_id"])
+        service.vote(*args, trial["trial_id"], choice, 'comma, "quote"\nnewline')
+    service.next_trial(*args)  # an open, unvoted trial
+    rows = service.db.export_rows("unit")
+    assert len(rows) == 3 and [r["voted"] for r in rows] == [True, True, False]
+    assert rows[0]["first_interaction_at"] <= rows[0]["voted_at"]
+    assert rows[0]["preferred_condition"] == rows[0]["condition_a"] and rows[1]["preferred_condition"] == ""
+    assert read_export(to_csv(rows), "csv") == rows
+    assert read_export(to_jsonl(rows), "jsonl") == rows
+    out = tmp_path / "export"
+    assert main(["export", "unit", "--db", str(store.path), "--out", str(out)]) == 0
+    written = sorted(out.iterdir())
+    assert [p.suffix for p in written] == [".csv", ".jsonl"]
+    assert read_export(written[0].read_text(), "csv") == rows
+    assert main(["results", "unit", "--db", str(store.path)]) == 0
+    assert "pplug (X) vs generic (Y)" in capsys.readouterr().out
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def _votes(x_wins: int, y_wins: int, ties: int = 0, participants: int = 20, x="pplug", y="generic"):
+    outcomes = ["x"] * x_wins + ["y"] * y_wins + ["t"] * ties
+    votes = []
+    for i, o in enumerate(outcomes):
+        a, b = (x, y) if i % 2 else (y, x)  # both sides
+        choice = "tie" if o == "t" else ("A" if (o == "x") == (a == x) else "B")
+        votes.append({"participant": f"p{i % participants}", "a": a, "b": b, "choice": choice})
+    return votes
+
+
+def test_win_rate_70_30_with_an_interval_containing_it():
+    [row] = study_stats.pairwise(_votes(70, 30), ["pplug", "generic"])
+    assert (row["x_wins"], row["y_wins"], row["votes"]) == (70, 30, 100)
+    assert row["win_rate"] == pytest.approx(0.70)
+    assert row["ci_low"] < 0.70 < row["ci_high"]
+    assert 0.55 < row["ci_low"] and row["ci_high"] < 0.85  # about ±1.96·sqrt(.21/100)
+    assert row["bootstrap_unit"] == "participant"
+
+
+def test_ties_count_half_and_one_participant_falls_back_to_votes():
+    [row] = study_stats.pairwise(_votes(10, 10, ties=20, participants=1), ["pplug", "generic"])
+    assert row["win_rate"] == pytest.approx(0.5) and row["ties"] == 20 and row["bootstrap_unit"] == "vote"
+
+
+def test_bradley_terry_recovers_a_known_ordering():
+    rng = np.random.default_rng(0)
+    strength = {"pplug+rag": 1.0, "pplug": 0.3, "rag": -0.3, "generic": -1.0}
+    names = list(strength)
+    votes = []
+    for t in range(3000):
+        a, b = rng.choice(names, 2, replace=False)
+        p_a = 1 / (1 + math.exp(strength[b] - strength[a]))
+        votes.append({"participant": f"p{t % 60}", "a": str(a), "b": str(b),
+                      "choice": "A" if rng.random() < p_a else "B"})
+    rows = study_stats.bradley_terry(votes, ["pplug", "generic", "rag", "pplug+rag"], n_boot=200)
+    assert [r["condition"] for r in rows] == ["pplug+rag", "pplug", "rag", "generic"]
+    for r in rows:
+        assert r["score"] == pytest.approx(strength[r["condition"]], abs=0.15)
+        assert r["ci_low"] < r["score"] < r["ci_high"]
+
+
+def test_results_from_rows_count_exclusions_and_participants():
+    rows = []
+    for i, v in enumerate(_votes(7, 3, participants=2)):
+        rows.append({"study": "s", "participant_id": v["participant"], "condition_a": v["a"], "condition_b": v["b"],
+                     "choice": v["choice"], "voted": True, "participant_completed": v["participant"] == "p0"})
+    rows.append({**rows[0], "voted": False, "choice": ""})
+    results = compute_results(rows, ["pplug", "generic"], n_boot=200)
+    assert results.excluded == {"unvoted (unfinished) trials": 1} and results.included == 10
+    assert results.pairs[0]["win_rate"] == pytest.approx(0.7)
+    assert {p["participant_id"]: p["voted"] for p in results.participants} == {"p0": 5, "p1": 5}
+    only = compute_results(rows, ["pplug", "generic"], completed_only=True, n_boot=200)
+    assert only.included == 5 and "| pplug (X) vs generic (Y) | 5 |" in only.markdown()
+    assert study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0, 1, "t").startswith("<svg")
+
+
+def test_definition_dataclass_defaults_are_consistent():
+    d = StudyDefinition(name="x", title="x", consent_text="c", consent_version="1", instructions="",
+                        conditions=("pplug", "generic"), prompts=("a",), trials_per_participant=1)
+    assert parse_definition(d.to_dict()) == d
