@@ -20,6 +20,7 @@ from .generation import GenerationParams
 from .history import HistoryError, ParsedHistory, parse_files, parse_text, preview
 from .service import Comparison, ServiceError, Studio
 from .settings import REPO_ROOT
+from .study_ui import add_study
 
 PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
 GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
@@ -220,6 +221,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         delete_btn.click(on_delete, owner, [deleted, profiles, profile_id], **private)
 
         _api(studio)
+    add_study(demo, studio)  # the user-study pages: /study?study=NAME and /study-admin
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 

@@ -1,0 +1,430 @@
+"""The user-study pages: the participant flow (``/study?study=NAME``) and the researcher's page
+(``/study-admin``: studies, results, export). Layout and glue only; the logic is ``demo.study``.
+
+A participant's id and secret token live in their browser (``gr.BrowserState``), so a reload or a
+dropped connection resumes where they were. The same steps are named API endpoints for
+``gradio_client`` (``/study_info``, ``/study_consent``, ``/study_history``, ``/study_next``,
+``/study_vote``, ``/study_status``); the UI handlers call the same service methods.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import spaces
+import yaml
+
+from .history import HistoryError, parse_files, parse_text
+from .study import CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, study_stats
+
+GPU_QUEUE = "gpu"  # the same concurrency group as the main page's generation (demo.ui.GPU_QUEUE)
+PRIVATE = dict(api_visibility="private")
+
+
+def _error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), print_exception=False)
+
+
+def add_study(demo: gr.Blocks, studio) -> StudyService:
+    """Add the study pages to ``demo`` (call after its main ``with`` block). Returns the service."""
+    from .ui import _browser_secret  # the same key file as the owner token
+
+    settings = studio.settings
+    service = StudyService(studio, admin_token=settings.admin_token, studies_dir=settings.studies_dir)
+    secret = _browser_secret(settings.db_path)
+
+    with demo:  # on the main page: a study link of the form /?study=NAME opens the study page
+        demo.load(None, js="""() => { const q = new URLSearchParams(window.location.search);
+            if (q.get('study')) { window.location.replace(
+                window.location.pathname.replace(/\\/?$/, '/') + 'study' + window.location.search); } }""")
+    with demo.route("User study", "study", show_in_navbar=False):
+        _participant_page(demo, service, secret, settings.limits)
+    with demo.route("Study admin", "study-admin", show_in_navbar=False):
+        _admin_page(service)
+    return service
+
+
+# ---------------------------------------------------------------------------------------
+# Participant page
+# ---------------------------------------------------------------------------------------
+
+
+def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limits) -> None:
+    saved = gr.BrowserState({}, storage_key="pplug_study", secret=secret)  # {study: {participant_id, token}}
+    ctx = gr.State({})  # study, query ids, participant_id, token, trial_id, paused
+    title = gr.Markdown("# User study")
+    message = gr.Markdown()
+    with gr.Column(visible=False) as consent_col:
+        consent_md = gr.Markdown()
+        participant_md = gr.Markdown()
+        agree = gr.Checkbox(label="I have read the information above and agree to take part.")
+        consent_btn = gr.Button("Continue", variant="primary")
+    with gr.Column(visible=False) as history_col:
+        history_md = gr.Markdown()
+        history_text = gr.Textbox(label="Your writing", lines=10, max_lines=20,
+                                  placeholder="Paste posts, e-mails or essays you wrote: one item per paragraph.")
+        history_files = gr.File(label="…or upload files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
+                                file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
+        with gr.Row():
+            history_btn = gr.Button("Use my writing", variant="primary")
+            persona_btn = gr.Button("Use an assigned persona instead", visible=False)
+    with gr.Column(visible=False) as trial_col:
+        progress_md = gr.Markdown()
+        instructions_md = gr.Markdown()
+        with gr.Group(visible=False) as request_group:
+            request_box = gr.Textbox(label="Your request for this trial", lines=2,
+                                     placeholder="e.g. Write a short post about your weekend.")
+            request_btn = gr.Button("Show the two answers", variant="primary")
+        request_md = gr.Markdown()
+        with gr.Row():
+            out_a = gr.Textbox(label="A", lines=10, interactive=False)
+            out_b = gr.Textbox(label="B", lines=10, interactive=False)
+        with gr.Row() as vote_row:
+            vote_btns = {c: gr.Button(label, variant="primary" if c in ("A", "B") else "secondary")
+                         for c, label in CHOICES.items()}
+        reason = gr.Textbox(label="Why? (optional)", lines=2, max_lines=6)
+        reveal_md = gr.Markdown(visible=False)
+        next_btn = gr.Button("Next trial", visible=False, variant="primary")
+    with gr.Column(visible=False) as done_col:
+        done_md = gr.Markdown()
+
+    screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
+    view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
+            instructions_md, request_group, request_md, out_a, out_b, vote_row, reason, reveal_md, next_btn,
+            done_md, ctx, saved]
+
+    def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
+        out = {col: gr.update(visible=(name == screen)) for name, col in screens.items()}
+        out.update({ctx: c, saved: s})
+        out.update(updates)
+        return out
+
+    def render(status: dict, c: dict, s: dict, note: str = "") -> dict:
+        """The screen for a participant's status (from the service)."""
+        info = c["info"]
+        stage = status["stage"]
+        pid = f"Your participant id: **{status['participant_id']}** (note it down)."
+        if stage == "done":
+            code = status.get("completion_code")
+            lines = [f"## Thank you!\nYou have finished all {status['total']} trials. {pid}"]
+            if code:
+                lines.append(f"Your completion code: **`{code}`**")
+            if status.get("redirect_url"):
+                lines.append(f"[Return to the study platform]({status['redirect_url']})")
+            return show("done", c, s, {message: note, done_md: "\n\n".join(lines)})
+        if stage == "history":
+            mode = status["history_mode"]
+            text = ("Paste or upload some of your own writing (posts, e-mails, essays), at least a few "
+                    "paragraphs. The answers in the study will be personalized with it.")
+            return show("history", c, s, {message: note, history_md: f"{pid}\n\n{text}",
+                                            persona_btn: gr.update(visible=mode == "either")})
+        progress = f"**Trial {status.get('trial', {}).get('index', status.get('index', 0))} of {status['total']}** · {pid}"
+        common = {message: note, progress_md: progress, instructions_md: info.get("instructions", "")}
+        if status.get("persona"):
+            common[instructions_md] = (info.get("instructions", "") +
+                                       f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
+        if stage in ("request", "next"):
+            return show("trial", c, s, {**common,
+                request_group: gr.update(visible=stage == "request"), request_md: "", out_a: "", out_b: "",
+                vote_row: gr.update(visible=False), reason: gr.update(visible=False),
+                reveal_md: gr.update(visible=False), next_btn: gr.update(visible=False)})
+        trial = status["trial"]
+        c = {**c, "trial_id": trial["trial_id"]}
+        return show("trial", c, s, {**common,
+            request_group: gr.update(visible=False), request_md: f"**Request:** {trial['request']}",
+            out_a: trial["A"], out_b: trial["B"], vote_row: gr.update(visible=True),
+            reason: gr.update(visible=True, value=""), reveal_md: gr.update(visible=False),
+            next_btn: gr.update(visible=False)})
+
+    def ids(c: dict) -> tuple[str, str, str]:
+        if not c.get("token"):
+            raise StudyError("Reload the study link to start.")
+        return c["study"], c["participant_id"], c["token"]
+
+    def on_load(s, request: gr.Request):
+        s = dict(s or {})
+        q = dict(request.query_params) if request else {}
+        name = (q.get("study") or "").strip()
+        c = {"study": name, "query_pid": q.get("PROLIFIC_PID", ""), "query_study_id": q.get("STUDY_ID", ""),
+             "query_session_id": q.get("SESSION_ID", "")}
+        if not name:
+            return show(None, c, s, {message: "Open the study link you were given (it ends in `?study=NAME`)."})
+        try:
+            info = service.info(name)
+        except StudyError as err:
+            return show(None, c, s, {message: f"⚠️ {err}"})
+        c["info"] = info
+        head = {title: f"# {info['title']}"}
+        if info["problem"]:
+            return show(None, c, s, {**head, message: f"⚠️ This study cannot run right now. {info['problem']}"})
+        mine = s.get(name)
+        if mine and (not c["query_pid"] or c["query_pid"] == mine["participant_id"]):
+            try:
+                c.update(participant_id=mine["participant_id"], token=mine["token"])
+                status = service.status(name, mine["participant_id"], mine["token"])
+                return {**render(status, c, s, "Welcome back: you continue where you left off."), **head}
+            except StudyError:
+                s.pop(name, None)
+        pid = c["query_pid"]
+        who = (f"Your participant id: **{pid}**." if pid else
+               "You will get a participant id when you continue; note it down.")
+        return show("consent", c, s, {**head,
+            consent_md: f"## Consent (version {info['consent_version']})\n\n{info['consent_text']}",
+            participant_md: who + " Nothing is stored before you agree."})
+
+    def on_consent(c, s, agreed):
+        try:
+            out = service.consent(c.get("study", ""), bool(agreed), c.get("query_pid", ""),
+                                  c.get("query_study_id", ""), c.get("query_session_id", ""))
+        except StudyError as err:
+            raise _error(err) from None
+        c = {**c, "participant_id": out["participant_id"], "token": out["participant_token"]}
+        s = {**(s or {}), c["study"]: {"participant_id": out["participant_id"], "token": out["participant_token"]}}
+        return render(out, c, s)
+
+    def on_history(c, s, text, files):
+        try:
+            kwargs = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
+            if files:
+                parsed = parse_files([getattr(f, "name", f) for f in files],
+                                     max_bytes=int(limits.max_upload_mb * 2**20), **kwargs)
+            else:
+                parsed = parse_text(text or "", **kwargs)
+            status = service.set_history(*ids(c), items=parsed.items, source=parsed.source)
+        except (HistoryError, StudyError) as err:
+            raise _error(err) from None
+        return render(status, c, s)
+
+    def on_persona(c, s):
+        try:
+            return render(service.set_history(*ids(c)), c, s)
+        except StudyError as err:
+            raise _error(err) from None
+
+    @spaces.GPU(duration=120)
+    def advance(c, s, request_text=""):
+        """Generate the next trial when one is due (not while the conditions of the last are shown)."""
+        if not c.get("token") or c.get("paused"):
+            return {}
+        try:
+            status = service.status(*ids(c))
+            if status["stage"] == "next" or (status["stage"] == "history" and status["history_mode"] == "persona"):
+                status = service.next_trial(*ids(c))
+            elif status["stage"] == "request" and (request_text or "").strip():
+                status = service.next_trial(*ids(c), request=request_text)
+            elif status["stage"] not in ("trial", "done", "request"):
+                return {}
+        except StudyError as err:
+            raise _error(err) from None
+        return render(status, c, s)
+
+    def on_vote(choice):
+        def handler(c, s, why):
+            try:
+                status = service.vote(*ids(c), int(c.get("trial_id") or 0), choice, why or "")
+            except StudyError as err:
+                if "already recorded" not in str(err):
+                    raise _error(err) from None
+                return render(service.status(*ids(c)), c, s)
+            revealed = status.get("revealed")
+            if revealed and status["stage"] != "done":
+                c = {**c, "paused": True}
+                text = " · ".join(f"**{side}** was {CONDITION_LABELS.get(cond, cond)}" for side, cond in revealed.items())
+                return show("trial", c, s, {vote_row: gr.update(visible=False), reason: gr.update(visible=False),
+                                              reveal_md: gr.update(visible=True, value=f"Vote saved. {text}."),
+                                              next_btn: gr.update(visible=True)})
+            return render(status, c, s, "Vote saved.")
+        return handler
+
+    def on_next(c, s):
+        return advance({**c, "paused": False}, s)
+
+    def on_interact(c):
+        try:
+            if c.get("token") and c.get("trial_id"):
+                service.interact(*ids(c), int(c["trial_id"]))
+        except StudyError:
+            pass
+
+    gpu = dict(concurrency_id=GPU_QUEUE, **PRIVATE)
+    demo.load(on_load, saved, view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
+    consent_btn.click(on_consent, [ctx, saved, agree], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
+    history_btn.click(on_history, [ctx, saved, history_text, history_files], view, **gpu).then(
+        advance, [ctx, saved], view, **gpu)
+    persona_btn.click(on_persona, [ctx, saved], view, **gpu).then(advance, [ctx, saved], view, **gpu)
+    request_btn.click(advance, [ctx, saved, request_box], view, **gpu)
+    request_box.submit(advance, [ctx, saved, request_box], view, **gpu)
+    for choice, button in vote_btns.items():
+        button.click(on_vote(choice), [ctx, saved, reason], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
+    next_btn.click(on_next, [ctx, saved], view, **gpu)
+    reason.focus(on_interact, ctx, None, **PRIVATE)
+
+    _participant_api(service)
+
+
+def _participant_api(service: StudyService) -> None:
+    """Typed endpoints for ``gradio_client`` (the participant flow without a browser)."""
+
+    def call(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (StudyError, HistoryError) as err:
+            raise _error(err) from None
+
+    def study_info(study: str) -> dict:
+        """Title, consent text and version, instructions of a study. Stores nothing."""
+        return call(service.info, study)
+
+    def study_consent(study: str, consent: bool, participant_id: str = "", prolific_study_id: str = "",
+                      session_id: str = "") -> dict:
+        """Give consent; returns the participant id and the secret participant token for the next calls."""
+        return call(service.consent, study, consent, participant_id, prolific_study_id, session_id)
+
+    def study_status(study: str, participant_id: str, participant_token: str) -> dict:
+        """Where the participant is (history, request, next, trial, done); the open trial if any."""
+        return call(service.status, study, participant_id, participant_token)
+
+    @spaces.GPU(duration=120)
+    def study_history(study: str, participant_id: str, participant_token: str, history: str = "",
+                      persona: str = "") -> dict:
+        """Set the participant's history: pasted text (items separated by blank lines), or a persona."""
+        if history.strip():
+            items = call(parse_text, history).items
+            return call(service.set_history, study, participant_id, participant_token, items=items)
+        return call(service.set_history, study, participant_id, participant_token, persona=persona)
+
+    @spaces.GPU(duration=120)
+    def study_next(study: str, participant_id: str, participant_token: str, request: str = "") -> dict:
+        """The open trial (the same one again until it is voted on), or a newly generated one."""
+        return call(service.next_trial, study, participant_id, participant_token, request)
+
+    def study_vote(study: str, participant_id: str, participant_token: str, trial_id: int, choice: str,
+                   reason: str = "") -> dict:
+        """Vote on a trial: choice is A, B, tie or both_bad. Each trial counts once."""
+        return call(service.vote, study, participant_id, participant_token, trial_id, choice, reason)
+
+    gr.api(study_info, api_name="study_info")
+    gr.api(study_consent, api_name="study_consent")
+    gr.api(study_status, api_name="study_status")
+    gr.api(study_history, api_name="study_history", concurrency_id=GPU_QUEUE)
+    gr.api(study_next, api_name="study_next", concurrency_id=GPU_QUEUE)
+    gr.api(study_vote, api_name="study_vote")
+
+
+# ---------------------------------------------------------------------------------------
+# Admin page
+# ---------------------------------------------------------------------------------------
+
+EXAMPLE_DEFINITION = """name: my-study
+title: Which answer sounds more like you?
+consent:
+  version: "1.0"
+  text: |
+    You will compare pairs of short texts written by a language model. ...
+instructions: Pick the answer that reads more like something you would write.
+conditions: [pplug, generic]
+prompts:
+  - Write a short post about your weekend.
+trials_per_participant: 6
+history: {mode: participant, min_items: 3}
+generation: {max_new_tokens: 64, temperature: 0.0}
+reveal_conditions: false
+completion: {code: ABC123, redirect_url: "https://app.prolific.com/submissions/complete?cc=ABC123"}
+"""
+
+
+def _admin_page(service: StudyService) -> None:
+    gr.Markdown("# Study admin\nResearchers only: every action needs the admin token (`PPLUG_ADMIN_TOKEN`). "
+                "Participants open `/study?study=NAME` (Prolific appends `&PROLIFIC_PID=...`).")
+    if not service.admin_token:
+        gr.Markdown("⚠️ `PPLUG_ADMIN_TOKEN` is not set: the admin functions are off.")
+    if service.load_errors:
+        gr.Markdown("⚠️ Study files that could not be loaded:\n\n" + "\n\n".join(service.load_errors))
+    token = gr.Textbox(label="Admin token", type="password")
+    with gr.Row():
+        study = gr.Dropdown(label="Study", choices=[], interactive=True, allow_custom_value=True)
+        refresh_btn = gr.Button("Refresh studies", scale=0)
+    studies_table = gr.Dataframe(label="Studies", interactive=False)
+    with gr.Tabs():
+        with gr.Tab("Results"):
+            completed_only = gr.Checkbox(label="Only participants who finished")
+            results_btn = gr.Button("Compute results", variant="primary")
+            results_md = gr.Markdown()
+            plot = gr.HTML()
+            participants = gr.Dataframe(label="Per participant", interactive=False)
+        with gr.Tab("Export"):
+            export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary")
+            export_files = gr.File(label="Export files", file_count="multiple")
+            export_preview = gr.Dataframe(label="First rows", interactive=False)
+        with gr.Tab("Define a study"):
+            gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and the README) or upload "
+                        "a file. Saving a changed definition makes a new version; trials keep the version they "
+                        "ran under.")
+            definition = gr.Code(EXAMPLE_DEFINITION, language="yaml", label="Definition")
+            definition_file = gr.File(label="…or upload a study file", file_types=[".json", ".yaml", ".yml"])
+            with gr.Row():
+                show_btn = gr.Button("Load the selected study's definition")
+                save_btn = gr.Button("Validate and save", variant="primary")
+            save_md = gr.Markdown()
+
+    def guard(fn):
+        @functools.wraps(fn)
+        def inner(*args):
+            try:
+                return fn(*args)
+            except StudyError as err:
+                raise _error(err) from None
+        return inner
+
+    @guard
+    def on_refresh(t, current):
+        rows = service.admin_studies(t)
+        names = [r["study"] for r in rows]
+        return (gr.update(choices=names, value=current if current in names else (names[0] if names else None)),
+                pd.DataFrame(rows))
+
+    @guard
+    def on_results(t, name, only):
+        results = service.admin_results(t, name, bool(only))
+        svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0.0, 1.0,
+                                     "Win rate of the first condition (95% bootstrap CI)")
+        if results.bradley_terry:
+            span = max([3.0] + [abs(r[k]) for r in results.bradley_terry for k in ("ci_low", "ci_high")
+                                if pd.notna(r[k])])
+            svg += study_stats.forest_svg(results.bradley_terry, "condition", "score", "ci_low", "ci_high", 0.0,
+                                          -span, span, "Bradley–Terry score (95% bootstrap CI)")
+        note = ("\n\nWin rate = (wins + ½·(ties + both bad)) / votes; intervals resample participants. "
+                "Bradley–Terry scores are log-strengths (mean 0).")
+        return results.markdown() + note, svg or "No votes yet.", pd.DataFrame(results.participants)
+
+    @guard
+    def on_export(t, name):
+        folder = Path(tempfile.mkdtemp(prefix="pplug-export-"))
+        paths = service.admin_export(t, name, folder)
+        frame = pd.read_csv(paths[0], nrows=20) if paths else pd.DataFrame(columns=list(EXPORT_COLUMNS))
+        return [str(p) for p in paths], frame
+
+    @guard
+    def on_save(t, text, file):
+        if file:
+            text = Path(getattr(file, "name", file)).read_text(encoding="utf-8")
+        return service.admin_register(t, text or "", source="admin")
+
+    @guard
+    def on_show(t, name):
+        service.check_admin(t)
+        found = service.db.definition(name or "")
+        if found is None:
+            raise StudyError("Choose a study first (Refresh studies).")
+        return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
+
+    refresh_btn.click(on_refresh, [token, study], [study, studies_table], **PRIVATE)
+    token.submit(on_refresh, [token, study], [study, studies_table], **PRIVATE)
+    results_btn.click(on_results, [token, study, completed_only], [results_md, plot, participants], **PRIVATE)
+    export_btn.click(on_export, [token, study], [export_files, export_preview], **PRIVATE)
+    save_btn.click(on_save, [token, definition, definition_file], save_md, **PRIVATE).then(
+        on_refresh, [token, study], [study, studies_table], **PRIVATE)
+    show_btn.click(on_show, [token, study], definition, **PRIVATE)

@@ -1,0 +1,152 @@
+"""The study flow on the running app with the real models: through gradio_client, and the page's
+own handlers. Generations are kept to a few tokens."""
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from demo.study import StudyStore, parse_definition
+from demo.ui import build_demo
+
+HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
+           "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
+           "My boots finally gave up after 900 miles on the Pacific Crest Trail.")
+FLOW = {
+    "name": "flow-test",
+    "consent": {"version": "1.1", "text": "Consent text for the **flow test**."},
+    "instructions": "Pick the one that sounds like you.",
+    "conditions": ["pplug", "generic"],
+    "prompts": ["Write a tweet about my weekend.", "Write a note about hiking."],
+    "trials_per_participant": 2,
+    "generation": {"max_new_tokens": 4},
+    "reveal_conditions": True,
+    "completion": {"code": "FLOW-OK", "redirect_url": "https://example.org/done?cc=FLOW-OK"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(studio):
+    StudyStore(studio.store).register(parse_definition(FLOW), source="test")
+    StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-ui", "prompts": "participant",
+                                                        "reveal_conditions": False}), source="test")
+    demo = build_demo(studio)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield demo
+    demo.close()
+
+
+def test_vote_flow_through_the_client_resumes_and_counts_once(app, studio):
+    client = Client(app.local_url, verbose=False)
+    info = client.predict(study="flow-test", api_name="/study_info")
+    assert info["consent_version"] == "1.1" and info["trials"] == 2 and not info["problem"]
+    with pytest.raises(Exception, match="tick the consent box"):
+        client.predict(study="flow-test", consent=False, participant_id="PPID1", api_name="/study_consent")
+    me = client.predict(study="flow-test", consent=True, participant_id="PPID1", prolific_study_id="ST1",
+                        session_id="SE1", api_name="/study_consent")
+    ids = dict(study="flow-test", participant_id="PPID1", participant_token=me["participant_token"])
+    assert me["stage"] == "history"
+    assert client.predict(**ids, history=HISTORY, api_name="/study_history")["stage"] == "next"
+    first = client.predict(**ids, api_name="/study_next")["trial"]
+    assert first["index"] == 1 and first["A"] and first["B"] and "condition" not in str(first)
+
+    # A dropped connection: a new client with the same id and token finds the same trial.
+    again = Client(app.local_url, verbose=False)
+    status = again.predict(**ids, api_name="/study_status")
+    assert status["stage"] == "trial" and status["trial"] == first
+    assert again.predict(**ids, api_name="/study_next")["trial"] == first
+
+    other = again.predict(study="flow-test", consent=True, participant_id="PPID2", api_name="/study_consent")
+    with pytest.raises(Exception, match="not yours"):
+        again.predict(study="flow-test", participant_id="PPID2", participant_token=other["participant_token"],
+                      trial_id=first["trial_id"], choice="A", api_name="/study_vote")
+    with pytest.raises(Exception, match="no consent on record"):
+        again.predict(**{**ids, "participant_token": "x" * 32}, trial_id=first["trial_id"], choice="A",
+                      api_name="/study_vote")
+
+    voted = again.predict(**ids, trial_id=first["trial_id"], choice="A", reason="sounds like me",
+                          api_name="/study_vote")
+    assert voted["voted"] == 1 and set(voted["revealed"].values()) == {"pplug", "generic"}
+    with pytest.raises(Exception, match="already recorded"):
+        client.predict(**ids, trial_id=first["trial_id"], choice="B", api_name="/study_vote")
+
+    second = client.predict(**ids, api_name="/study_next")["trial"]
+    assert second["index"] == 2 and second["trial_id"] != first["trial_id"]
+    done = client.predict(**ids, trial_id=second["trial_id"], choice="tie", api_name="/study_vote")
+    assert done["stage"] == "done" and done["completion_code"] == "FLOW-OK"
+
+    rows = StudyStore(studio.store).export_rows("flow-test")
+    mine = [r for r in rows if r["participant_id"] == "PPID1"]
+    assert [(r["trial_index"], r["choice"]) for r in mine] == [(1, "A"), (2, "tie")]
+    assert mine[0]["output_a"] == first["A"] and mine[0]["output_b"] == first["B"]
+    assert mine[0]["preferred_condition"] == voted["revealed"]["A"] == mine[0]["condition_a"]
+    assert mine[0]["prolific_study_id"] == "ST1" and mine[0]["consent_version"] == "1.1"
+    assert mine[0]["plug_id"] == studio.plug_id and mine[0]["max_new_tokens"] == 4
+    assert all(r["participant_completed"] for r in mine)
+
+
+def test_study_pages_are_served(app):
+    for path in ("study", "study-admin"):
+        assert httpx.get(app.local_url + path, follow_redirects=True).status_code == 200
+
+
+def _handler(demo, name):
+    return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
+    """The participant page's own handlers, as the browser calls them (consent, request, vote, reload)."""
+    on_load, on_consent, advance = (_handler(app, n) for n in ("on_load", "on_consent", "advance"))
+    on_history = _handler(app, "on_history")
+    request = SimpleNamespace(query_params={"study": "flow-ui", "PROLIFIC_PID": "UI-1"})
+
+    def values(out):  # {component: value or update} -> {label or elem: value}
+        return {getattr(k, "label", None) or type(k).__name__ + str(k._id): v for k, v in out.items()}
+
+    out = on_load({}, request)
+    ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
+    assert ctx["query_pid"] == "UI-1" and any("Consent (version 1.1)" in str(v) for v in out.values())
+    assert StudyStore(studio.store).export_rows("flow-ui") == []
+    out = on_consent(ctx, {}, True)
+    ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
+    saved = next(v for k, v in out.items() if type(k).__name__ == "BrowserState")
+    assert saved["flow-ui"]["participant_id"] == "UI-1"
+    out = on_history(ctx, saved, HISTORY, None)
+    out = advance(ctx, saved, "Write a tweet about rain.")
+    ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
+    shown = values(out)
+    assert shown["A"] and shown["B"] and ctx["trial_id"]
+
+    # Reload: the browser still holds the token; the same trial comes back without generating.
+    out = on_load(saved, request)
+    assert values(out)["A"] == shown["A"] and any("Welcome back" in str(v) for v in out.values())
+    vote_a = next(f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "handler")
+    out = vote_a(ctx, saved, "")
+    assert any("Vote saved" in str(v) for v in out.values())
+    rows = StudyStore(studio.store).export_rows("flow-ui")
+    assert [(r["request"], r["request_source"], r["voted"]) for r in rows] == [
+        ("Write a tweet about rain.", "participant", True)]
+
+
+def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, tmp_path):
+    with pytest.raises(Exception, match="PPLUG_ADMIN_TOKEN"):
+        _handler(app, "on_results")("", "flow-test", False)
+    from demo.study import StudyService, read_export
+
+    admin = StudyService(studio, admin_token="a-long-admin-token", studies_dir=None)
+    with pytest.raises(Exception, match="Wrong admin token"):
+        admin.admin_results("guess", "flow-test")
+    results = admin.admin_results("a-long-admin-token", "flow-test")
+    rows = StudyStore(studio.store).export_rows("flow-test")
+    assert results.trials == len(rows) and results.included == sum(r["voted"] for r in rows)
+    csv_path, jsonl_path = admin.admin_export("a-long-admin-token", "flow-test", tmp_path)
+    assert read_export(csv_path.read_text(), "csv") == read_export(jsonl_path.read_text(), "jsonl")
