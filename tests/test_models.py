@@ -1,0 +1,51 @@
+"""Model ids and the one-off conversion of the embedded LLM."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo.models import ModelLoadError, canonical_id, encoder_folder, llm_folder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_embedded_models_record_their_hub_twins():
+    assert canonical_id("embedded:all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert canonical_id("embedded:SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert canonical_id("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_hub_ids_and_folders_pass_through_unchanged(tmp_path):
+    assert llm_folder("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert encoder_folder(str(tmp_path)) == str(tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing converted or downloaded for a hub id
+
+
+def test_unknown_embedded_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="known: "):
+        llm_folder("embedded:GPT-17", tmp_path)
+    with pytest.raises(ModelLoadError, match="Unknown embedded"):
+        canonical_id("embedded:nope")
+
+
+def test_embedded_encoder_folder_is_a_sentence_transformers_model():
+    folder = Path(encoder_folder("embedded:all-MiniLM-L6-v2"))
+    assert (folder / "modules.json").is_file() or (folder / "config.json").is_file()
+
+
+def test_two_processes_converting_at_once_convert_once(tmp_path):
+    """Both starts succeed and see one complete folder; no temporary debris is left."""
+    code = ("import sys; from pathlib import Path; from demo.models import llm_folder; "
+            "print(llm_folder('embedded:SmolLM2-135M-Instruct', Path(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    folders = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(folders) == 1
+    folder = Path(folders.pop())
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in (folder / "config.json").read_text()
+    leftovers = [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".convert-")]
+    assert leftovers == []
