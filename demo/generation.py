@@ -31,6 +31,7 @@ class GenerationParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    stop_at_eos: bool = True  # False only for benchmarks that need a fixed length
 
     @property
     def greedy(self) -> bool:
@@ -117,12 +118,13 @@ class Generator:
         for _ in range(params.max_new_tokens):
             next_ids = self._pick(out.logits[:, -1, :], params, generator)
             next_ids = torch.where(done, torch.full_like(next_ids, self.pad_id), next_ids)
-            for i in range(batch):
-                if not done[i]:
-                    if next_ids[i].item() in self.stop_ids:
-                        done[i] = True
-                    else:
-                        tokens[i].append(next_ids[i].item())
+            for i, (token, finished) in enumerate(zip(next_ids.tolist(), done.tolist())):
+                if finished:
+                    continue
+                if params.stop_at_eos and token in self.stop_ids:
+                    done[i] = True
+                else:
+                    tokens[i].append(token)
             # A trailing U+FFFD is a character whose bytes are not all generated yet.
             yield [self.tokenizer.decode(t, skip_special_tokens=True).rstrip("\ufffd") for t in tokens]
             if bool(done.all()):
