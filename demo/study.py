@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import random
 import re
 import secrets
@@ -49,6 +50,7 @@ CONDITION_LABELS = {
 CHOICES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
 STUDIES_DIR = REPO_ROOT / "assets" / "studies"
+log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 HISTORY_MODES = ("participant", "persona", "either")
@@ -124,6 +126,15 @@ _TOP_KEYS = {"name", "title", "consent", "instructions", "conditions", "prompts"
 
 def personas_available() -> list[str]:
     return sorted(p.stem for p in PERSONAS_DIR.glob("*.txt"))
+
+
+def persona_items(name: str) -> list[str]:
+    """The history items of a persona in ``assets/personas``."""
+    from .history import parse_text
+
+    if name not in personas_available():
+        raise StudyError(f"Unknown persona {name!r}.")
+    return parse_text((PERSONAS_DIR / f"{name}.txt").read_text(encoding="utf-8")).items
 
 
 def parse_definition(source: str | dict, where: str = "the study file") -> StudyDefinition:
@@ -719,6 +730,7 @@ class StudyService:
                     try:
                         self.register(load_definition_file(path), source=f"file:{path.name}")
                     except StudyError as err:
+                        log.warning("Study file %s not loaded: %s", path, err)
                         self.load_errors.append(str(err))
 
     # -- checks ------------------------------------------------------------------------
@@ -845,9 +857,7 @@ class StudyService:
             if persona and persona not in d.personas:
                 raise StudyError(f"Unknown persona {persona!r} for this study.")
             persona = persona or random.Random(participant["assignment_seed"]).choice(sorted(d.personas))
-            from .history import parse_text
-
-            items = parse_text((PERSONAS_DIR / f"{persona}.txt").read_text(encoding="utf-8")).items
+            items = persona_items(persona)
             kind, source = "persona", f"persona {persona}"
         else:
             if d.history_mode == "persona":

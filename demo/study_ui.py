@@ -18,7 +18,9 @@ import spaces
 import yaml
 
 from .history import HistoryError, parse_files, parse_text
-from .study import CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, study_stats
+from .study import (
+    CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, persona_items, study_stats,
+)
 
 GPU_QUEUE = "gpu"  # the same concurrency group as the main page's generation (demo.ui.GPU_QUEUE)
 PRIVATE = dict(api_visibility="private")
@@ -74,6 +76,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     with gr.Column(visible=False) as trial_col:
         progress_md = gr.Markdown()
         instructions_md = gr.Markdown()
+        with gr.Accordion("The persona's writing (examples)", open=False, visible=False) as persona_acc:
+            persona_md = gr.Markdown()
         with gr.Group(visible=False) as request_group:
             request_box = gr.Textbox(label="Your request for this trial", lines=2,
                                      placeholder="e.g. Write a short post about your weekend.")
@@ -93,7 +97,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
 
     screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
     view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
-            instructions_md, request_group, request_md, out_a, out_b, vote_row, reason, reveal_md, next_btn,
+            instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason, reveal_md, next_btn,
             done_md, ctx, saved]
 
     def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
@@ -126,6 +130,9 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         if status.get("persona"):
             common[instructions_md] = (info.get("instructions", "") +
                                        f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
+            examples = persona_items(status["persona"])[:5]
+            common[persona_acc] = gr.update(visible=True)
+            common[persona_md] = "\n\n".join(f"> {t[:500]}{'…' if len(t) > 500 else ''}" for t in examples)
         if stage in ("request", "next"):
             return show("trial", c, s, {**common,
                 request_group: gr.update(visible=stage == "request"), request_md: "", out_a: "", out_b: "",

@@ -301,3 +301,19 @@ def test_definition_dataclass_defaults_are_consistent():
     d = StudyDefinition(name="x", title="x", consent_text="c", consent_version="1", instructions="",
                         conditions=("pplug", "generic"), prompts=("a",), trials_per_participant=1)
     assert parse_definition(d.to_dict()) == d
+
+
+def test_persona_studies_assign_a_recorded_persona(store):
+    service = make_service(store, history={"mode": "persona", "personas": ["lincoln", "fdr"]})
+    out = service.consent("unit", True, "persona-1")
+    args = ("unit", out["participant_id"], out["participant_token"])
+    with pytest.raises(StudyError, match="assigns a persona"):
+        service.set_history(*args, items=ITEMS)
+    trial = service.next_trial(*args)["trial"]  # the persona is assigned on the way
+    [row] = service.db.export_rows("unit")
+    assert row["history_kind"] == "persona" and row["persona"] in ("lincoln", "fdr") and row["history_items"] == 30
+    assert service.status(*args)["persona"] == row["persona"] and trial["index"] == 1
+    own = make_service(store, name="own", history={"mode": "participant", "min_items": 5})
+    out = own.consent("own", True)
+    with pytest.raises(StudyError, match="at least 5 items"):
+        own.set_history("own", out["participant_id"], out["participant_token"], items=ITEMS)
