@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +34,15 @@ from .storage import Store
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")
+# Control characters except tab and newline, and lone surrogates (they cannot be stored as UTF-8).
+_UNWANTED_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """Text typed by a visitor, with newlines normalised and control characters removed."""
+    return _UNWANTED_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 Progress = Callable[[int, int], None]  # (items encoded so far, total)
 
 
@@ -69,6 +80,7 @@ class Comparison:
     done: bool = False
     timings: dict = field(default_factory=dict)
     generation_id: int | None = None
+    prompt_tokens: dict[str, int] = field(default_factory=dict)  # condition -> prompt length incl. soft tokens
 
     @property
     def personalized(self) -> str:
@@ -91,7 +103,7 @@ class Studio:
 
     def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
-        self.store = store if store is not None else Store(settings.db_path)
+        self.store = store if store is not None else Store(settings.db_path, journal_mode=settings.db_journal_mode)
         self.encoder = load_encoder(settings)
         self.model, self.tokenizer = load_llm(settings)
         self.generator = Generator(self.model, self.tokenizer)
@@ -168,6 +180,8 @@ class Studio:
         # Owner tokens are the only key to a person's data: refuse short, guessable ones.
         if not isinstance(owner, str) or len(owner) < 16:
             raise ServiceError("Missing or too short owner token (at least 16 characters): reload the page.")
+        if len(owner) > 256 or not owner.isprintable() or _UNWANTED_CHARS.search(owner):
+            raise ServiceError("Invalid owner token: use at most 256 printable characters.")
 
     def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
                         progress: Progress | None = None) -> ProfileResult:
@@ -177,9 +191,10 @@ class Studio:
             raise ServiceError("The history is empty: paste some of your writing, one item per paragraph.")
         if len(items) > self.settings.limits.max_items:
             raise ServiceError(f"Too many items ({len(items):,}); the limit is {self.settings.limits.max_items:,}.")
+        name = " ".join(clean_text(name or "").split())[:200] or "My history"
         start = time.perf_counter()
         matrix, n_encoded = self._item_matrix(items, progress)
-        profile_id = self.store.create_profile(owner, name or "My history", items, source=source)
+        profile_id = self.store.create_profile(owner, name, items, source=source)
         self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
         self._store_personal_embedding(profile_id, matrix)
         return ProfileResult(profile_id, name, len(items), n_encoded, time.perf_counter() - start)
@@ -260,7 +275,13 @@ class Studio:
             raise ServiceError(f"Unknown condition(s) {sorted(unknown)}; choose from {', '.join(CONDITIONS)}.")
         if params.max_new_tokens < 1 or params.max_new_tokens > limits.max_new_tokens:
             raise ServiceError(f"Max new tokens must be between 1 and {limits.max_new_tokens}.")
-        request = request.strip()
+        if not math.isfinite(params.temperature) or not 0 <= params.temperature <= 5:
+            raise ServiceError("Temperature must be between 0 (greedy) and 5.")
+        if not math.isfinite(params.top_p) or not 0 < params.top_p <= 1:
+            raise ServiceError("Top-p must be above 0 and at most 1.")
+        if not 0 <= params.seed < 2**63:
+            raise ServiceError("The seed must be a whole number from 0 to 2^63 - 1.")
+        request = clean_text(request if isinstance(request, str) else "").strip()
         if not request:
             raise ServiceError("Type a request first.")
         notes: list[str] = []
@@ -282,7 +303,8 @@ class Studio:
             prompts = [rag if "rag" in c else plain for c in conditions]
             embeds, mask = self.generator.embed(prompts, [soft[0] if "pplug" in c else None for c in conditions])
         top = torch.topk(w, min(top_k, w.numel()))
-        result = Comparison(notes=list(dict.fromkeys(notes)), top_items=[
+        result = Comparison(notes=list(dict.fromkeys(notes)), prompt_tokens=dict(zip(conditions, mask.sum(1).tolist())),
+                            top_items=[
             TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
         ])
         t_prep = time.perf_counter()

@@ -1,0 +1,332 @@
+"""Benchmark suite: the project's paths against the raw libraries, on the same machine, in one run.
+
+    python -m demo.benchmark --data ../shared/data --out assets/results/benchmark
+
+Every figure is a ratio against a baseline measured in the same run (medians over repeats):
+
+1. side-by-side pair in one batch vs one single generation of the same length, and vs two
+   sequential generations;
+2. decode tokens/s of the project's path (soft tokens + streaming loop) vs ``model.generate``;
+3. time to first token with PPlug vs with RAG top-4 on real histories, and the prompt lengths;
+4. profile encoding vs raw ``SentenceTransformer.encode`` on the same items, and recomputing an
+   unchanged history vs the first computation;
+5. aggregator + projector time on histories of 10 .. 10,000 items (cached projections, as served);
+6. app cold start (process start to HTTP ready) before and after the one-off model conversion,
+   and the app's peak memory.
+
+Writes ``<out>.json`` and ``<out>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import torch
+
+from .generation import GenerationParams
+from .history import lamp_item_text
+from .service import Studio
+from .settings import REPO_ROOT, Settings
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def load_histories(data: Path, task: str = "tweets", n: int = 8) -> list[tuple[str, list[str]]]:
+    """(request, history texts) for the first ``n`` dev queries of a shared task."""
+    questions = json.loads((data / task / "dev_questions.json").read_text())
+    return [(q["input"], [lamp_item_text(item) for item in q["profile"]]) for q in questions[:n]]
+
+
+def stress_history(data: Path) -> list[str]:
+    profile = json.loads((data / "stress" / "largest_blog_history.json").read_text())["profile"]
+    return [lamp_item_text(item) for item in profile]
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def fig_pair(studio: Studio, repeats: int, new_tokens: int) -> dict:
+    """1 and 2: the batched pair vs single and sequential generation, and vs model.generate."""
+    gen = studio.generator
+    ids = gen.prompt_ids("Write a short blog post about my weekend hiking trip.")
+    soft = studio.plug.rescale(torch.randn(2, studio.plug.config.d_llm)).to(gen.device, gen.embedding.weight.dtype)
+    fixed = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
+
+    def run(rows):
+        embeds, mask = gen.embed([ids] * len(rows), rows)
+        for _ in gen.stream(embeds, mask, fixed):
+            pass
+
+    def hf_generate():
+        input_ids = torch.tensor([ids.plain], device=gen.device)
+        with torch.inference_mode():
+            gen.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False)
+
+    single = median_time(lambda: run([None]), repeats)
+    pair = median_time(lambda: run([soft, None]), repeats)
+    personal_single = median_time(lambda: run([soft]), repeats)
+    hf = median_time(hf_generate, repeats)
+    return {
+        "new_tokens": new_tokens,
+        "single_s": single,
+        "pair_batched_s": pair,
+        "two_sequential_s": single + personal_single,
+        "pair_vs_single": pair / single,
+        "pair_vs_sequential": pair / (single + personal_single),
+        "project_tokens_per_s": new_tokens / personal_single,
+        "hf_generate_tokens_per_s": new_tokens / hf,
+        "decode_speed_vs_hf_generate": hf / personal_single,
+    }
+
+
+def fig_first_token(studio: Studio, histories, repeats: int) -> dict:
+    """3: time to first token, PPlug vs RAG top-4, on real histories."""
+    owner = secrets.token_urlsafe(24)
+    pplug, rag, lengths = [], [], []
+    params = GenerationParams(max_new_tokens=1)
+    for request, items in histories:
+        profile = studio.compute_profile(owner, "bench", items).profile_id
+
+        def first(conditions):
+            return next(iter(studio.generate(owner, profile, request, params, conditions=conditions)))
+
+        pplug.append(median_time(lambda: first(("pplug",)), repeats))
+        rag.append(median_time(lambda: first(("rag",)), repeats))
+        lengths.append(first(("pplug", "rag")).prompt_tokens)
+    studio.delete_my_data(owner)
+    return {
+        "queries": len(histories),
+        "pplug_first_token_s": statistics.median(pplug),
+        "rag4_first_token_s": statistics.median(rag),
+        "pplug_vs_rag": statistics.median(pplug) / statistics.median(rag),
+        "pplug_prompt_tokens": statistics.median(n["pplug"] for n in lengths),
+        "rag4_prompt_tokens": statistics.median(n["rag"] for n in lengths),
+    }
+
+
+def fig_encoding(studio: Studio, items: list[str]) -> dict:
+    """4: the project's profile computation vs raw encode; recompute of an unchanged history."""
+    owner = secrets.token_urlsafe(24)
+    encoder = studio.encoder
+    t0 = time.perf_counter()
+    encoder.encode(items, batch_size=studio.settings.encode_batch_size, normalize_embeddings=True)
+    raw = time.perf_counter() - t0
+    # Fresh texts for the project path, so that the cache cannot help it.
+    salt = secrets.token_hex(4)
+    fresh = [f"{text} [{salt}]" for text in items]
+    first = studio.compute_profile(owner, "bench", fresh)
+    again = studio.compute_profile(owner, "bench again", fresh)
+    studio.delete_my_data(owner)
+    return {
+        "items": len(items),
+        "raw_encode_items_per_s": len(items) / raw,
+        "project_items_per_s": len(items) / first.seconds,
+        "project_vs_raw": raw / first.seconds,
+        "first_compute_s": first.seconds,
+        "unchanged_recompute_s": again.seconds,
+        "recompute_speedup": first.seconds / again.seconds,
+    }
+
+
+def fig_aggregator(studio: Studio, items: list[str], repeats: int) -> dict:
+    """5: aggregator + projector cost by history size, with the projections cached as served."""
+    plug = studio.plug
+    base = torch.from_numpy(studio.encode(items[:1000])).to(studio.settings.device)
+    x = base[:1]
+    rows = {}
+    for n in (10, 100, 1_000, 10_000):
+        h = base.repeat((n + len(base) - 1) // len(base), 1)[:n][None]  # replicate real posts up to n
+        with torch.inference_mode():
+            projected = plug.project_items(h)
+            cached = median_time(lambda: plug.soft_tokens(x, h, projected=projected), repeats)
+            uncached = median_time(lambda: plug.soft_tokens(x, h), max(repeats // 4, 3))
+        rows[str(n)] = {"cached_ms": cached * 1000, "projecting_now_ms": uncached * 1000}
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
+    """Start ``python app.py`` and time it until the page answers; peak RSS of the process tree."""
+    port = _free_port()
+    env = {**os.environ, "PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db), "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    try:
+        while time.perf_counter() - t0 < timeout:
+            try:
+                tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("the app exited during start-up")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        ready = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"seconds": ready, "peak_rss_mb": peak / 2**20}
+
+
+def fig_cold_start() -> dict:
+    """6: cold start with an empty model cache (includes the conversion) and with a warm one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        first = _cold_start(tmp / "cache", tmp / "a.db")
+        later = _cold_start(tmp / "cache", tmp / "b.db")
+    return {"first_start_s": first["seconds"], "later_start_s": later["seconds"],
+            "first_vs_later": first["seconds"] / later["seconds"], "peak_rss_mb": max(first["peak_rss_mb"],
+                                                                                      later["peak_rss_mb"])}
+
+
+# --- report ------------------------------------------------------------------------------
+
+GOALS = [
+    ("1. pair batched / single generation", ("pair", "pair_vs_single"), "<= 1.15", lambda v: v <= 1.15),
+    ("1. pair batched / two sequential", ("pair", "pair_vs_sequential"), "(lower is better)", None),
+    ("2. decode speed, project path / model.generate", ("pair", "decode_speed_vs_hf_generate"), ">= 0.9",
+     lambda v: v >= 0.9),
+    ("3. first token, PPlug / RAG top-4", ("first_token", "pplug_vs_rag"), "<= 0.5", lambda v: v <= 0.5),
+    ("4. profile encoding / raw encode (throughput)", ("encoding", "project_vs_raw"), ">= 0.9", lambda v: v >= 0.9),
+    ("4. unchanged recompute speed-up", ("encoding", "recompute_speedup"), ">= 50", lambda v: v >= 50),
+    ("6. cold start, first / later", ("cold_start", "first_vs_later"), "(one-off conversion)", None),
+]
+
+
+def markdown(results: dict) -> str:
+    lines = ["| figure | ratio | goal | met |", "| --- | --- | --- | --- |"]
+    for label, (section, key), goal, check in GOALS:
+        if section in results:
+            value = results[section][key]
+            met = "" if check is None else ("yes" if check(value) else "**no**")
+            lines.append(f"| {label} | {value:.2f} | {goal} | {met} |")
+    if "aggregator" in results:
+        lines += ["", "| history items | aggregator + projector, cached (ms) | projecting now (ms) |",
+                  "| --- | --- | --- |"]
+        for n, row in results["aggregator"].items():
+            lines.append(f"| {int(n):,} | {row['cached_ms']:.3f} | {row['projecting_now_ms']:.2f} |")
+    absolute = []
+    if "pair" in results:
+        p = results["pair"]
+        absolute.append(f"- {p['new_tokens']} new tokens: single {p['single_s']:.2f} s, pair in one batch "
+                        f"{p['pair_batched_s']:.2f} s, two sequential {p['two_sequential_s']:.2f} s; project path "
+                        f"{p['project_tokens_per_s']:.1f} tokens/s, model.generate {p['hf_generate_tokens_per_s']:.1f}.")
+    if "first_token" in results:
+        f = results["first_token"]
+        absolute.append(f"- First token: PPlug {f['pplug_first_token_s'] * 1000:.0f} ms "
+                        f"({f['pplug_prompt_tokens']:.0f} prompt tokens incl. 2 soft), RAG top-4 "
+                        f"{f['rag4_first_token_s'] * 1000:.0f} ms ({f['rag4_prompt_tokens']:.0f} prompt tokens), "
+                        f"median over {f['queries']} real queries.")
+    if "encoding" in results:
+        e = results["encoding"]
+        absolute.append(f"- Encoding {e['items']:,} real posts: raw {e['raw_encode_items_per_s']:.0f} items/s, "
+                        f"project {e['project_items_per_s']:.0f} items/s; unchanged recompute "
+                        f"{e['unchanged_recompute_s'] * 1000:.0f} ms.")
+    if "cold_start" in results:
+        c = results["cold_start"]
+        absolute.append(f"- Cold start: {c['first_start_s']:.1f} s with the conversion, {c['later_start_s']:.1f} s "
+                        f"after it; peak memory {c['peak_rss_mb']:.0f} MB.")
+    m = results["machine"]
+    head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']}"
+            f"{', GPU ' + m['gpu'] if 'gpu' in m else ''}; dtype {results['dtype']}; "
+            f"load average at start {m['load_average_at_start'][0]:.1f}.")
+    return "\n".join([head, "", *lines, "", *absolute, ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "results" / "benchmark")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=8, help="real queries for the first-token figure")
+    parser.add_argument("--skip", nargs="*", default=[], help="figures to skip: pair first_token encoding "
+                                                              "aggregator cold_start")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env().with_(db_path=Path(tmp) / "bench.db")
+        studio = Studio(settings)
+        results: dict = {"machine": machine(), "dtype": str(settings.dtype), "device": settings.device,
+                         "repeats": args.repeats}
+        blog = stress_history(args.data)
+        figures = {
+            "pair": lambda: fig_pair(studio, args.repeats, args.new_tokens),
+            "first_token": lambda: fig_first_token(studio, load_histories(args.data, n=args.queries), args.repeats),
+            "encoding": lambda: fig_encoding(studio, blog),
+            "aggregator": lambda: fig_aggregator(studio, blog, args.repeats * 4),
+            "cold_start": fig_cold_start,
+        }
+        for name, run in figures.items():
+            if name in args.skip:
+                continue
+            print(f"[benchmark] {name} ...", flush=True)
+            results[name] = run()
+            print(json.dumps(results[name], indent=1), flush=True)
+        studio.store.close()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    args.out.with_suffix(".md").write_text("# Benchmark results\n\n" + table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
