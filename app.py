@@ -16,4 +16,5 @@ studio = Studio(settings)
 demo = build_demo(studio)
 
 if __name__ == "__main__":
-    demo.launch()
+    # Gradio refuses bigger uploads before they reach the parser (which checks the same limit).
+    demo.launch(max_file_size=int(settings.limits.max_upload_mb * 2**20))

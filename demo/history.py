@@ -280,7 +280,15 @@ def _parse_file(
 
 
 def _decode(data: bytes, name: str, notes: list[str]) -> str:
-    """Bytes to text: UTF-8 (BOM or not), else Windows-1252 / Latin-1 with a note."""
+    """Bytes to text: UTF-8 (BOM or not), UTF-16 with a BOM, else Windows-1252 / Latin-1 with a note."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 ("Unicode" in Windows editors) has NUL bytes
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+        else:
+            notes.append("decoded as UTF-16")
+            return text
     if b"\x00" in data[:_SNIFF_BYTES]:
         raise HistoryError(
             f"{name} looks like a binary file, not text. "
@@ -541,3 +549,6 @@ def _shorten(text: str, width: int) -> str:
 def _escape(text: str) -> str:
     """Show user text literally in markdown: no HTML, no accidental emphasis or links."""
     return re.sub(r"([\\`*_\[\]#|])", r"\\\1", html.escape(text, quote=False))
+
+
+markdown_text = _escape  # public name for the UI: visitor text inside gr.Markdown

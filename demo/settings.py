@@ -27,6 +27,46 @@ def _default_db_path() -> Path:
     return REPO_ROOT / "pplug_studio.db"
 
 
+# Filesystem types (as /proc/mounts names them) where SQLite's WAL mode is unsafe: WAL needs
+# shared memory between processes on one host, which network and FUSE mounts do not provide.
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
+                       "gpfs", "afs", "davfs", "sshfs", "s3fs", "virtiofs")
+
+
+def _unescape_mount(path: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
+    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding ``path`` (its longest mount point in /proc/mounts), or ""."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    path = Path(os.path.abspath(path))
+    best, fstype = -1, ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(_unescape_mount(fields[1]))
+        if (path == point or point in path.parents) and len(point.parts) > best:
+            best, fstype = len(point.parts), fields[2]
+    return fstype
+
+
+def is_network_filesystem(fstype: str) -> bool:
+    fstype = fstype.lower()
+    return fstype.startswith("fuse") or fstype.split(".")[0] in NETWORK_FILESYSTEMS
+
+
+def choose_journal_mode(db_path: Path, mounts: str | None = None) -> str:
+    """``DELETE`` when the database folder is on a network or FUSE mount (WAL is unsafe there), else ``WAL``."""
+    return "DELETE" if is_network_filesystem(filesystem_type(Path(db_path).parent, mounts)) else "WAL"
+
+
 def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -40,6 +80,7 @@ class Limits:
     max_upload_mb: float = 20.0
     max_new_tokens: int = 256
     max_prompt_chars: int = 4_000
+    max_queue: int = 64  # events waiting in the queue; more are refused with "queue is full"
 
 
 @dataclass(frozen=True)
@@ -55,6 +96,12 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     admin_token: str = ""  # user-study admin functions are off while this is empty
     studies_dir: Path = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up
+    journal_mode: str = "auto"  # SQLite journal: "auto" = WAL, or DELETE on a network filesystem
+
+    @property
+    def db_journal_mode(self) -> str:
+        mode = self.journal_mode.upper()
+        return choose_journal_mode(self.db_path) if mode == "AUTO" else mode
 
     @property
     def dtype(self) -> torch.dtype:
@@ -77,6 +124,7 @@ class Settings:
             max_upload_mb=get("MAX_UPLOAD_MB", base.limits.max_upload_mb, float),
             max_new_tokens=get("MAX_NEW_TOKENS", base.limits.max_new_tokens, int),
             max_prompt_chars=get("MAX_PROMPT_CHARS", base.limits.max_prompt_chars, int),
+            max_queue=get("MAX_QUEUE", base.limits.max_queue, int),
         )
         return cls(
             encoder=get("ENCODER", base.encoder),
@@ -90,6 +138,7 @@ class Settings:
             limits=limits,
             admin_token=env.get("PPLUG_ADMIN_TOKEN", ""),
             studies_dir=Path(get("STUDIES_DIR", str(base.studies_dir))),
+            journal_mode=get("JOURNAL_MODE", base.journal_mode),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -17,7 +17,7 @@ import pandas as pd
 import spaces
 
 from .generation import GenerationParams
-from .history import HistoryError, ParsedHistory, parse_files, parse_text, preview
+from .history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
 from .service import Comparison, ServiceError, Studio
 from .settings import REPO_ROOT
 from .study_ui import add_study
@@ -110,7 +110,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         except (HistoryError, ServiceError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         cached = result.n_items - result.n_encoded
-        status = (f"✅ **{result.name}**: {result.n_items} items, {result.n_encoded} encoded now"
+        status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
                   f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
         return status, profile_choices(owner, result.profile_id), result.profile_id
 
@@ -222,7 +222,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         _api(studio)
     add_study(demo, studio)  # the user-study pages: /study?study=NAME and /study-admin
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=limits.max_queue)
     return demo
 
 
@@ -234,6 +234,8 @@ def _api(studio: Studio) -> None:
         """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
         limits = studio.settings.limits
         try:
+            if history is not None and not isinstance(history, str):
+                raise HistoryError("history must be text: items separated by blank lines.")
             parsed = parse_text(history, max_items=limits.max_items, max_item_chars=limits.max_item_chars)
             result = studio.compute_profile(owner_token, name, parsed.items, source="api")
         except (HistoryError, ServiceError) as err:
@@ -245,7 +247,11 @@ def _api(studio: Studio) -> None:
     def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
         """Generate the personalized and the generic answer to a request (temperature 0 = greedy)."""
-        params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
+        try:
+            params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("max_new_tokens and seed must be whole numbers; temperature and top_p numbers.",
+                           print_exception=False) from None
         try:
             result = Comparison()
             for result in studio.generate(owner_token, profile_id, request, params):
