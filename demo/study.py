@@ -679,9 +679,9 @@ class Results:
 
 
 def compute_results(rows: list[dict], conditions: list[str] | None = None, completed_only: bool = False,
-                    n_boot: int = study_stats.N_BOOT, seed: int = 0) -> Results:
+                    n_boot: int = study_stats.N_BOOT, seed: int = 0, study: str = "") -> Results:
     """Results from export rows (read from the database by :meth:`StudyStore.export_rows`)."""
-    study = rows[0]["study"] if rows else ""
+    study = study or (rows[0]["study"] if rows else "")
     excluded = {"unvoted (unfinished) trials": sum(1 for r in rows if not r["voted"])}
     if completed_only:
         excluded["votes of participants who did not finish"] = sum(
@@ -809,7 +809,8 @@ class StudyService:
                                 prolific_study_id=(prolific_study_id or "")[:128],
                                 prolific_session_id=(session_id or "")[:128], token=token,
                                 consent_version=d.consent_version, assignment_seed=new_seed())
-        return {"participant_id": participant_id, "participant_token": token, **self.status(name, participant_id, token)}
+        status = self.status(name, participant_id, token)
+        return {"participant_id": participant_id, "participant_token": token, **status}
 
     def _participant(self, name: str, participant_id: str, token: str) -> tuple[dict, StudyDefinition]:
         participant = self.db.participant(name, participant_id, token)
@@ -953,7 +954,8 @@ class StudyService:
     def admin_results(self, admin_token: str, name: str, completed_only: bool = False) -> Results:
         self.check_admin(admin_token)
         _, d = self._study(name)
-        return compute_results(self.db.export_rows(d.name), list(d.conditions), completed_only=completed_only)
+        return compute_results(self.db.export_rows(d.name), list(d.conditions), completed_only=completed_only,
+                               study=d.name)
 
     def admin_export(self, admin_token: str, name: str, folder: str | Path) -> list[Path]:
         self.check_admin(admin_token)
@@ -1003,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyError(f"There is no study called {args.name!r} in {db_path}.")
             rows = studies.export_rows(args.name)
             if args.command == "results":
-                print(compute_results(rows, list(found[1].conditions), args.completed_only).markdown())
+                print(compute_results(rows, list(found[1].conditions), args.completed_only, study=args.name).markdown())
                 return 0
             formats = ("csv", "jsonl") if args.format == "both" else (args.format,)
             for path in write_export(rows, args.out, args.name, formats):

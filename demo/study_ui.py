@@ -97,8 +97,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
 
     screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
     view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
-            instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason, reveal_md, next_btn,
-            done_md, ctx, saved]
+            instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason,
+            reveal_md, next_btn, done_md, ctx, saved]
 
     def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
         out = {col: gr.update(visible=(name == screen)) for name, col in screens.items()}
@@ -125,7 +125,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
                     "paragraphs. The answers in the study will be personalized with it.")
             return show("history", c, s, {message: note, history_md: f"{pid}\n\n{text}",
                                             persona_btn: gr.update(visible=mode == "either")})
-        progress = f"**Trial {status.get('trial', {}).get('index', status.get('index', 0))} of {status['total']}** · {pid}"
+        index = status["trial"]["index"] if "trial" in status else status.get("index", 0)
+        progress = f"**Trial {index} of {status['total']}** · {pid}"
         common = {message: note, progress_md: progress, instructions_md: info.get("instructions", "")}
         if status.get("persona"):
             common[instructions_md] = (info.get("instructions", "") +
@@ -239,7 +240,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             revealed = status.get("revealed")
             if revealed and status["stage"] != "done":
                 c = {**c, "paused": True}
-                text = " · ".join(f"**{side}** was {CONDITION_LABELS.get(cond, cond)}" for side, cond in revealed.items())
+                text = " · ".join(f"**{side}** was {CONDITION_LABELS.get(cond, cond)}"
+                                  for side, cond in revealed.items())
                 return show("trial", c, s, {vote_row: gr.update(visible=False), reason: gr.update(visible=False),
                                               reveal_md: gr.update(visible=True, value=f"Vote saved. {text}."),
                                               next_btn: gr.update(visible=True)})

@@ -294,7 +294,8 @@ def test_results_from_rows_count_exclusions_and_participants():
     assert {p["participant_id"]: p["voted"] for p in results.participants} == {"p0": 5, "p1": 5}
     only = compute_results(rows, ["pplug", "generic"], completed_only=True, n_boot=200)
     assert only.included == 5 and "| pplug (X) vs generic (Y) | 5 |" in only.markdown()
-    assert study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0, 1, "t").startswith("<svg")
+    svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0, 1, "t")
+    assert svg.startswith("<svg") and "pplug vs generic" in svg
 
 
 def test_definition_dataclass_defaults_are_consistent():

@@ -150,3 +150,78 @@ def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, t
     assert results.trials == len(rows) and results.included == sum(r["voted"] for r in rows)
     csv_path, jsonl_path = admin.admin_export("a-long-admin-token", "flow-test", tmp_path)
     assert read_export(csv_path.read_text(), "csv") == read_export(jsonl_path.read_text(), "jsonl")
+
+
+def test_page_events_through_gradio_processing(app, studio):
+    """The page's events as the queue runs them (pre- and postprocessing, State held per session):
+    outputs must be the page's components, the stored order must match what the page shows."""
+    import asyncio
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    session = SessionState(app)
+    request = gr.Request(query_params={"study": "flow-test", "PROLIFIC_PID": "GRADIO-1"}, session_hash="s1")
+    fns = [f for f in app.fns.values() if f.page == "study"]
+
+    def run(name, *inputs, nth=0):
+        fn = [f for f in fns if getattr(f.fn, "__name__", "") == name][nth]
+        out = asyncio.run(app.process_api(fn, list(inputs), state=session, request=request))
+        return dict(zip([o._id for o in fn.outputs], out["data"])), {o._id: o for o in fn.outputs}
+
+    def label(data, components, wanted):
+        return next(v for i, v in data.items() if getattr(components[i], "label", None) == wanted)
+
+    data, comps = run("on_load", {})
+    saved_id = next(i for i, c in comps.items() if type(c).__name__ == "BrowserState")
+    data, comps = run("on_consent", None, data[saved_id], True)
+    saved = data[saved_id]
+    assert saved["flow-test"]["participant_id"] == "GRADIO-1"
+    run("on_history", None, saved, HISTORY, None)
+    data, comps = run("advance", None, saved, "")
+    shown_a = label(data, comps, "A")
+    shown_b = label(data, comps, "B")
+    data, comps = run("handler", None, saved, "a reason", nth=1)  # "B is better"
+    assert any("Vote saved" in str(v) for v in data.values())  # the study reveals the conditions
+    [row] = [r for r in StudyStore(studio.store).export_rows("flow-test") if r["participant_id"] == "GRADIO-1"]
+    assert (row["output_a"], row["output_b"], row["choice"]) == (shown_a, shown_b, "B")
+    assert row["preferred_condition"] == row["condition_b"]
+
+
+def test_admin_events_through_gradio_processing(app, studio):
+    import asyncio
+    import copy
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from demo.study_ui import add_study
+
+    admin_studio = copy.copy(studio)  # the same models and store, with an admin token set
+    admin_studio.settings = studio.settings.with_(admin_token="admin-token-for-tests")
+    with gr.Blocks() as demo:
+        gr.Markdown("main")
+    add_study(demo, admin_studio)
+    session = SessionState(demo)
+    fns = {getattr(f.fn, "__name__", ""): f for f in demo.fns.values() if f.page == "study-admin"}
+
+    def run(name, *inputs):
+        return asyncio.run(demo.process_api(fns[name], list(inputs), state=session))["data"]
+
+    token = "admin-token-for-tests"
+    choices, table = run("on_refresh", token, None)
+    assert "flow-test" in str(choices) and "flow-test" in str(table)
+    definition = "name: admin-made\nconsent: {version: '1', text: ok}\nconditions: [pplug, rag]\n" \
+                 "prompts: [hi]\ntrials_per_participant: 1\n"
+    assert "version 1" in run("on_save", token, definition, None)[0]
+    assert "unchanged" in run("on_save", token, definition, None)[0]
+    assert "admin-made" in run("on_show", token, "admin-made")[0]
+    results_md, plot, participants = run("on_results", token, "flow-test", False)
+    assert "Study `flow-test`" in results_md
+    if any(r["voted"] for r in StudyStore(studio.store).export_rows("flow-test")):  # after the flow tests
+        assert "pplug (X) vs generic (Y)" in results_md and "<svg" in plot
+    files, preview = run("on_export", token, "flow-test")
+    assert [f["orig_name"].rsplit(".", 1)[1] for f in files] == ["csv", "jsonl"]
+    assert "condition_a" in str(preview)
+    with pytest.raises(Exception, match="Wrong admin token"):
+        run("on_results", "wrong", "flow-test", False)
