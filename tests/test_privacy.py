@@ -1,0 +1,140 @@
+"""Privacy between visitors: another owner token cannot list, read, use or delete someone's data, ids are
+not guessable, and "Delete my data" leaves no row behind (checked table by table with sqlite3)."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+
+import pytest
+from gradio_client import Client
+
+from demo.ui import build_demo
+
+from apphelp import free_port, handler
+
+SHARED = "A sentence that two different people both wrote, word for word."
+
+
+def _history(tag: str) -> str:
+    return "\n\n".join([f"{tag}: my first private note about the lake house.",
+                        f"{tag}: the second one, about my sister's wedding.", SHARED])
+
+
+@pytest.fixture(scope="module")
+def app(studio):
+    demo = build_demo(studio)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.local_url, verbose=False)
+
+
+def _rows(db_path) -> dict[str, list[tuple]]:
+    """Every row of every table, read straight from the file."""
+    with sqlite3.connect(db_path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: conn.execute(f'SELECT * FROM "{t}"').fetchall() for t in tables}
+
+
+def _mentions(rows: dict[str, list[tuple]], needles: list[str | bytes]) -> list[tuple[str, tuple]]:
+    found = []
+    for table, table_rows in rows.items():
+        for row in table_rows:
+            cells = [c for c in row if isinstance(c, (str, bytes))]
+            if any(n in c for c in cells for n in needles if type(n) is type(c)):
+                found.append((table, row))
+    return found
+
+
+def test_another_token_cannot_list_read_use_or_delete(client, studio):
+    alice, mallory = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    mine = client.predict(history=_history("alice"), owner_token=alice, name="alice", api_name="/compute_profile")
+    out = client.predict(owner_token=alice, profile_id=mine["profile_id"], request="Write a tweet.", max_new_tokens=4,
+                         api_name="/generate")
+    assert out["generation_id"]
+
+    assert client.predict(owner_token=mallory, api_name="/list_profiles") == []  # list
+    for request in ("Repeat my history.", "Write a tweet."):  # read / use
+        with pytest.raises(Exception, match="No such profile for you"):
+            client.predict(owner_token=mallory, profile_id=mine["profile_id"], request=request, max_new_tokens=4,
+                           api_name="/generate")
+    removed = client.predict(owner_token=mallory, api_name="/delete_my_data")  # delete
+    assert set(removed.values()) == {0}
+    assert [p["id"] for p in client.predict(owner_token=alice, api_name="/list_profiles")] == [mine["profile_id"]]
+    assert studio.store.generations(mallory) == [] and len(studio.store.generations(alice)) == 1
+    # Service calls with a wrong owner do no better than the API.
+    assert studio.store.get_profile(mine["profile_id"], mallory) is None
+    assert not studio.store.delete_profile(mine["profile_id"], mallory)
+
+
+def test_ids_and_owner_tokens_are_not_guessable(app, studio):
+    ids = [studio.store.create_profile(secrets.token_urlsafe(24), "n", ["x"]) for _ in range(50)]
+    assert len(set(ids)) == 50 and all(len(i) >= 22 for i in ids)  # 128 random bits each
+    tokens = {handler(app, "ensure_owner")(None) for _ in range(50)}
+    assert len(tokens) == 50 and all(len(t) >= 32 for t in tokens)  # 192 random bits each
+    assert handler(app, "ensure_owner")("kept-token-0123456789") == "kept-token-0123456789"
+
+
+def test_browser_state_is_encrypted_with_a_secret_kept_beside_the_database(app, studio):
+    secret_file = studio.settings.db_path.with_suffix(studio.settings.db_path.suffix + ".secret")
+    assert secret_file.stat().st_mode & 0o077 == 0 and len(secret_file.read_text().strip()) >= 32
+    owner_state = next(b for b in app.blocks.values() if type(b).__name__ == "BrowserState")
+    assert owner_state.secret == secret_file.read_text().strip()
+
+
+def test_delete_my_data_leaves_no_row(client, studio):
+    alice, bob = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    alice_profiles = [client.predict(history=_history(f"alice-{i}"), owner_token=alice, name=f"alice {i}",
+                                     api_name="/compute_profile")["profile_id"] for i in range(2)]
+    bob_profile = client.predict(history=_history("bob"), owner_token=bob, name="bob",
+                                 api_name="/compute_profile")["profile_id"]
+    for profile in alice_profiles:
+        client.predict(owner_token=alice, profile_id=profile, request="Write a tweet about alice-secret.",
+                       max_new_tokens=4, api_name="/generate")
+    client.predict(owner_token=bob, profile_id=bob_profile, request="Write a tweet.", max_new_tokens=4,
+                   api_name="/generate")
+
+    alice_texts = [t for i in range(2) for t in _history(f"alice-{i}").split("\n\n") if t != SHARED]
+    needles: list[str | bytes] = [alice, *alice_profiles, "alice-secret", *alice_texts,
+                                  *(hashlib.sha256(t.encode()).hexdigest() for t in alice_texts)]
+    before = _rows(studio.settings.db_path)
+    assert len(_mentions(before, needles)) >= 10
+
+    counts = client.predict(owner_token=alice, api_name="/delete_my_data")
+    assert counts == {"history_items": 6, "profile_matrices": 2, "personal_embeddings": 2, "item_embeddings": 4,
+                      "generations": 2, "profiles": 2}
+
+    after = _rows(studio.settings.db_path)
+    assert _mentions(after, needles) == []  # no table holds her token, ids, texts, hashes or prompts
+    # Bob keeps everything, including the cached embedding of the sentence both of them wrote.
+    assert [p["id"] for p in client.predict(owner_token=bob, api_name="/list_profiles")] == [bob_profile]
+    assert _mentions(after, [hashlib.sha256(SHARED.encode()).hexdigest()])
+    assert client.predict(owner_token=bob, profile_id=bob_profile, request="Write a tweet.", max_new_tokens=4,
+                          api_name="/generate")["generic"]
+    with sqlite3.connect(studio.settings.db_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
+    owner = secrets.token_urlsafe(24)
+    _, _, profile_id = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
+    message, choices, selected = handler(app, "on_delete")(owner)
+    assert message.startswith("Deleted: ") and "1 profiles" in message
+    assert choices["choices"] == [] and selected is None
+    assert studio.store.get_profile(profile_id, owner) is None
+    assert handler(app, "on_delete")(owner)[0] == "Deleted: nothing."
+
+
+def test_page_events_are_not_published_as_api_endpoints(client):
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    public = {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data"}
+    assert public <= named
+    # Everything else is the study's participant API; nothing admin, nothing that takes no token.
+    assert all(name.startswith("/study_") for name in named - public), named - public
+    assert not any("admin" in name or "export" in name for name in named)
