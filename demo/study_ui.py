@@ -98,7 +98,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
     view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
             instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason,
-            reveal_md, next_btn, done_md, ctx, saved]
+            reveal_md, next_btn, done_md, request_box, ctx, saved]
 
     def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
         out = {col: gr.update(visible=(name == screen)) for name, col in screens.items()}
@@ -136,7 +136,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             common[persona_md] = "\n\n".join(f"> {t[:500]}{'…' if len(t) > 500 else ''}" for t in examples)
         if stage in ("request", "next"):
             return show("trial", c, s, {**common,
-                request_group: gr.update(visible=stage == "request"), request_md: "", out_a: "", out_b: "",
+                request_group: gr.update(visible=stage == "request"), request_box: "", request_md: "", out_a: "",
+                out_b: "",
                 vote_row: gr.update(visible=False), reason: gr.update(visible=False),
                 reveal_md: gr.update(visible=False), next_btn: gr.update(visible=False)})
         trial = status["trial"]
@@ -248,6 +249,11 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             return render(status, c, s, "Vote saved.")
         return handler
 
+    def on_request(c, s, text):
+        if not (text or "").strip():
+            raise gr.Error("Write your request first.", print_exception=False)
+        return advance(c, s, text)
+
     def on_next(c, s):
         return advance({**c, "paused": False}, s)
 
@@ -264,8 +270,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     history_btn.click(on_history, [ctx, saved, history_text, history_files], view, **gpu).then(
         advance, [ctx, saved], view, **gpu)
     persona_btn.click(on_persona, [ctx, saved], view, **gpu).then(advance, [ctx, saved], view, **gpu)
-    request_btn.click(advance, [ctx, saved, request_box], view, **gpu)
-    request_box.submit(advance, [ctx, saved, request_box], view, **gpu)
+    request_btn.click(on_request, [ctx, saved, request_box], view, **gpu)
+    request_box.submit(on_request, [ctx, saved, request_box], view, **gpu)
     for choice, button in vote_btns.items():
         button.click(on_vote(choice), [ctx, saved, reason], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
     next_btn.click(on_next, [ctx, saved], view, **gpu)

@@ -121,7 +121,11 @@ def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
     saved = next(v for k, v in out.items() if type(k).__name__ == "BrowserState")
     assert saved["flow-ui"]["participant_id"] == "UI-1"
     out = on_history(ctx, saved, HISTORY, None)
-    out = advance(ctx, saved, "Write a tweet about rain.")
+    on_request = _handler(app, "on_request")
+    assert advance(ctx, saved) and values(advance(ctx, saved))["Your request for this trial"] == ""
+    with pytest.raises(Exception, match="Write your request first"):
+        on_request(ctx, saved, "  ")
+    out = on_request(ctx, saved, "Write a tweet about rain.")
     ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
     shown = values(out)
     assert shown["A"] and shown["B"] and ctx["trial_id"]
