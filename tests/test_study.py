@@ -318,3 +318,17 @@ def test_persona_studies_assign_a_recorded_persona(store):
     out = own.consent("own", True)
     with pytest.raises(StudyError, match="at least 5 items"):
         own.set_history("own", out["participant_id"], out["participant_token"], items=ITEMS)
+
+
+def test_a_study_naming_a_checkpoint_folder_runs_only_with_that_plug(store, tmp_path):
+    import torch
+
+    from demo.plug import PPlug
+
+    plug = PPlug.untrained("enc", "llm", d_enc=4, token_embeddings=torch.ones(10, 6))
+    plug.save(tmp_path / "plug")
+    service = make_service(store, plug=str(tmp_path / "plug"))
+    assert "needs the plug in" in service.info("unit")["problem"]
+    service.studio.plug_id = plug.plug_id
+    assert service.info("unit")["problem"] == ""
+    assert make_service(store, name="gone", plug=str(tmp_path / "nowhere")).info("gone")["problem"]
