@@ -1,0 +1,250 @@
+"""What training and evaluation share: cached item embeddings, batches, the teacher-forced loss.
+
+One example is a LaMP query: the request (its ``input``), the user's history capped to the most
+recent items, and the gold output. Its rows are built exactly as the app builds them
+(``demo.generation``): ``prefix + [I; P] + suffix`` with the soft tokens inside the user turn, and
+for teacher forcing the gold output plus the end-of-turn token after the assistant header.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .generation import GenerationParams, Generator, PromptIds
+from .lamp import LampSplit, Query, TaskSpec
+from .plug import PPlug
+from .storage import Store, sha256_text
+
+log = logging.getLogger(__name__)
+
+
+# --- item embeddings, cached by content -------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Encoder embeddings of texts, each text encoded once across runs (the project's Store)."""
+
+    def __init__(self, encoder, encoder_id: str, store: Store, batch_size: int = 64, max_tokens: int | None = None):
+        self.encoder = encoder
+        self.encoder_id = encoder_id
+        if max_tokens and max_tokens != encoder.max_seq_length:
+            # Texts cut at fewer tokens than the encoder's default are other vectors: keyed apart.
+            encoder.max_seq_length = max_tokens
+            self.encoder_id = f"{encoder_id}@max{max_tokens}"
+        self.store = store
+        self.batch_size = batch_size
+        self.memory: dict[str, np.ndarray] = {}
+
+    def ensure(self, texts: list[str], chunk: int = 2048, progress: bool = False) -> int:
+        """Encode (and store) every text not yet cached. -> number encoded."""
+        shas = {sha256_text(t): t for t in texts}
+        missing = [s for s in shas if s not in self.memory]
+        found = self.store.cached_embeddings(self.encoder_id, missing) if missing else {}
+        self.memory.update(found)
+        todo = [s for s in missing if s not in found]
+        if not todo:
+            return 0
+        todo.sort(key=lambda s: len(shas[s]))
+        iterator = range(0, len(todo), chunk)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc=f"encoding {len(todo)} texts", unit="chunk")
+        with torch.inference_mode():
+            for start in iterator:
+                part = todo[start:start + chunk]
+                vectors = self.encoder.encode([shas[s] for s in part], batch_size=self.batch_size,
+                                              normalize_embeddings=True, convert_to_numpy=True)
+                new = dict(zip(part, vectors.astype(np.float32)))
+                self.store.put_embeddings(self.encoder_id, new)
+                self.memory.update(new)
+        return len(todo)
+
+    def matrix(self, texts: list[str]) -> np.ndarray:
+        self.ensure(texts)
+        if not texts:
+            return np.zeros((0, self.encoder.get_embedding_dimension()), dtype=np.float32)
+        return np.stack([self.memory[sha256_text(t)] for t in texts]).astype(np.float32)
+
+
+# --- examples ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    task: TaskSpec
+    query: Query
+    x: torch.Tensor  # [d_enc] embedding of the request
+    items: torch.Tensor  # [n, d_enc] history (most recent ``cap`` items)
+    texts: list[str]  # the history texts, same order
+
+
+def build_examples(splits: list[LampSplit], cache: EmbeddingCache, cap: int, progress: bool = False) -> list[Example]:
+    """Examples of all queries of the splits, every needed text encoded once (cached)."""
+    texts: list[str] = []
+    for split in splits:
+        for q in split.queries:
+            texts.append(q.input)
+            texts.extend(q.item_texts(cap))
+    cache.ensure(list(dict.fromkeys(texts)), progress=progress)
+    out = []
+    for split in splits:
+        for q in split.queries:
+            hist = q.item_texts(cap)
+            out.append(Example(split.task, q, torch.from_numpy(cache.matrix([q.input])[0]),
+                               torch.from_numpy(cache.matrix(hist)), hist))
+    return out
+
+
+def stack_histories(histories: list[torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad histories [n_i, d] to ([B, n_max, d], mask [B, n_max]). An empty history gets one zero item."""
+    n = max(max((h.shape[0] for h in histories), default=1), 1)
+    items = torch.zeros(len(histories), n, d)
+    mask = torch.zeros(len(histories), n, dtype=torch.bool)
+    for i, h in enumerate(histories):
+        if h.shape[0]:
+            items[i, :h.shape[0]] = h
+            mask[i, :h.shape[0]] = True
+        else:
+            mask[i, 0] = True  # a zero item: P is Proj(0), a constant
+    return items, mask
+
+
+def soft_tokens(plug, examples: list[Example], device, histories: list[torch.Tensor] | None = None):
+    """[B, 2, d_llm] soft tokens and weights for the examples (``histories`` overrides their own)."""
+    hist = histories if histories is not None else [e.items for e in examples]
+    d = examples[0].x.shape[0]
+    items, mask = stack_histories(hist, d)
+    x = torch.stack([e.x for e in examples])
+    return plug(x.to(device), items.to(device), mask.to(device))
+
+
+class SoftTokenModule(torch.nn.Module):
+    """``forward`` = ``plug.soft_tokens``, so the plug can be wrapped by accelerate/DDP."""
+
+    def __init__(self, plug: PPlug):
+        super().__init__()
+        self.plug = plug
+
+    def forward(self, x, items, mask):
+        return self.plug.soft_tokens(x, items, mask)
+
+
+# --- prompts and teacher forcing -----------------------------------------------------------------
+
+
+def fit_prompt(generator: Generator, request: str, max_prompt_tokens: int) -> PromptIds:
+    """Prompt ids with the request cut so that prefix + suffix fit ``max_prompt_tokens``."""
+    ids = generator.prompt_ids(request)
+    if len(ids.plain) <= max_prompt_tokens:
+        return ids
+    tail = generator.prompt_ids("").suffix  # end of turn + assistant header
+    keep = max(max_prompt_tokens - len(ids.prefix) - len(tail), 8)
+    return PromptIds(ids.prefix, ids.suffix[:keep] + tail)
+
+
+def end_of_turn_ids(generator: Generator) -> list[int]:
+    """The token(s) that end an assistant answer (what the decoder stops at)."""
+    tok = generator.tokenizer
+    for name in ("<|im_end|>", "<|eot_id|>"):
+        tid = tok.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
+            return [tid]
+    return [tok.eos_token_id]
+
+
+def target_ids(generator: Generator, text: str, max_target_tokens: int) -> list[int]:
+    """Gold output ids plus the end-of-turn token (dropped when the output is cut)."""
+    ids = generator.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    if len(ids) >= max_target_tokens:
+        return ids[:max_target_tokens]
+    return ids + end_of_turn_ids(generator)
+
+
+def teacher_forced_logits(generator: Generator, prompts: list[PromptIds], soft: list[torch.Tensor | None],
+                          targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows prefix + soft + suffix + target through the LLM.
+
+    -> (logits at the positions that predict target tokens [B, L, V], target ids [B, L],
+    target mask [B, L]), L the longest target.
+    """
+    emb = generator.embedding
+    device = generator.device
+    rows, starts = [], []
+    for ids, tokens, tgt in zip(prompts, soft, targets):
+        parts = [emb(torch.tensor(ids.prefix, device=device))]
+        if tokens is not None:
+            parts.append(tokens.to(parts[0].dtype))
+        parts.append(emb(torch.tensor(ids.suffix + tgt, device=device)))
+        row = torch.cat(parts)
+        rows.append(row)
+        starts.append(row.shape[0] - len(tgt))
+    T = max(r.shape[0] for r in rows)
+    B, d = len(rows), rows[0].shape[1]
+    embeds = torch.zeros(B, T, d, dtype=rows[0].dtype, device=device)
+    mask = torch.zeros(B, T, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        embeds[i, :r.shape[0]] = r
+        mask[i, :r.shape[0]] = 1
+    # The decoder alone, then the LM head only where a target token is predicted: the head's
+    # [vocab x d] product over every prompt position would cost as much as several layers.
+    model = generator.model
+    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    L = max(len(t) for t in targets)
+    picked = torch.zeros(B, L, hidden.shape[-1], dtype=hidden.dtype, device=device)
+    tgt = torch.zeros(B, L, dtype=torch.long, device=device)
+    tmask = torch.zeros(B, L, dtype=torch.bool, device=device)
+    for i, (s, t) in enumerate(zip(starts, targets)):
+        picked[i, :len(t)] = hidden[i, s - 1:s - 1 + len(t)]
+        tgt[i, :len(t)] = torch.tensor(t, device=device)
+        tmask[i, :len(t)] = True
+    return model.get_output_embeddings()(picked), tgt, tmask
+
+
+def nll_per_row(logits: torch.Tensor, tgt: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    """Mean NLL per target token of each row [B]."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
+    return -(logp * tmask).sum(-1) / tmask.sum(-1).clamp(min=1)
+
+
+def kl_to_generic(plug_logits: torch.Tensor, generic_logits: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    """Mean over target tokens of KL(generic || plug): keeps the plug's outputs near the generic model's."""
+    lp = torch.log_softmax(plug_logits.float(), dim=-1)
+    lg = torch.log_softmax(generic_logits.float(), dim=-1)
+    kl = (lg.exp() * (lg - lp)).sum(-1)
+    return (kl * tmask).sum() / tmask.sum().clamp(min=1)
+
+
+def generate(generator: Generator, prompts: list[PromptIds], soft: list[torch.Tensor | None],
+             max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy answers for the rows, in batches (the app's decode loop)."""
+    out: list[str] = []
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    for start in range(0, len(prompts), batch_size):
+        embeds, mask = generator.embed(prompts[start:start + batch_size], soft[start:start + batch_size])
+        out.extend(t.strip() for t in generator.generate(embeds, mask, params))
+    return out
+
+
+def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompts: list[PromptIds],
+              targets: list[list[int]], kl_weight: float, histories=None) -> tuple[torch.Tensor, dict]:
+    """The training loss of a batch: NLL of the gold output (+ kl_weight * KL to the generic model)."""
+    soft, weights = soft_tokens(plug_module, examples, generator.device, histories)
+    logits, tgt, tmask = teacher_forced_logits(generator, prompts, list(soft), targets)
+    nll = nll_per_row(logits, tgt, tmask).mean()
+    loss = nll
+    stats = {"nll": float(nll.detach())}
+    if kl_weight > 0:
+        with torch.no_grad():
+            g_logits, _, _ = teacher_forced_logits(generator, prompts, [None] * len(prompts), targets)
+        kl = kl_to_generic(logits, g_logits, tmask)
+        loss = loss + kl_weight * kl
+        stats["kl"] = float(kl.detach())
+    ent = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1).mean()
+    stats["w_entropy"] = float(ent.detach())
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
