@@ -877,7 +877,10 @@ class StudyService:
         return self.status(name, participant_id, token)
 
     def next_trial(self, name: str, participant_id: str, token: str, request: str = "") -> dict:
-        """The participant's open trial, or a new one generated now; ``done`` after the last vote."""
+        """The participant's open trial, or a new one generated now; ``done`` after the last vote.
+
+        In a study where participants write their requests, without ``request`` this only returns
+        the status (stage ``request``)."""
         status = self.status(name, participant_id, token)
         if status["stage"] in ("trial", "done"):
             return status
@@ -885,6 +888,8 @@ class StudyService:
             if status["history_mode"] != "persona":
                 raise StudyError("Give your writing history first.")
             status = self.set_history(name, participant_id, token)
+        if status["stage"] == "request" and not (request or "").strip():
+            return status  # the participant writes the request first
         participant, d = self._participant(name, participant_id, token)
         problem = self.plug_problem(d)
         if problem:
@@ -893,10 +898,8 @@ class StudyService:
         pair, prompt = schedule(d, participant["assignment_seed"])[index - 1]
         request_source = "study"
         if d.participant_prompts:
-            prompt = (request or "").strip()
+            prompt = request.strip()
             request_source = "participant"
-            if not prompt:
-                raise StudyError("Write your request first.")
         history = self.db.history(participant["id"])
         order_seed = new_seed()
         condition_a, condition_b = side_order(pair, order_seed)

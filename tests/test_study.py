@@ -332,3 +332,14 @@ def test_a_study_naming_a_checkpoint_folder_runs_only_with_that_plug(store, tmp_
     service.studio.plug_id = plug.plug_id
     assert service.info("unit")["problem"] == ""
     assert make_service(store, name="gone", plug=str(tmp_path / "nowhere")).info("gone")["problem"]
+
+
+def test_participant_requests_are_asked_for_and_recorded(store):
+    service = make_service(store, prompts="participant", history={"mode": "persona", "personas": ["fdr"]})
+    out = service.consent("unit", True)
+    args = ("unit", out["participant_id"], out["participant_token"])
+    assert service.next_trial(*args)["stage"] == "request"  # persona assigned, no trial yet
+    trial = service.next_trial(*args, request="  Write about the New Deal. ")["trial"]
+    [row] = service.db.export_rows("unit")
+    assert trial["request"] == row["request"] == "Write about the New Deal." and row["request_source"] == "participant"
+    assert row["persona"] == "fdr"
