@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="Store file of item embeddings (default: <cache dir>/train_cache.db)")
     p.add_argument("--training-free", action="store_true", help="only build the ridge-regression plug and save it")
     p.add_argument("--init", choices=["random", "training-free"], default="random")
+    p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -101,17 +102,19 @@ def set_linear_map(mlp: torch.nn.Sequential, weight: torch.Tensor, bias: torch.T
 
 @torch.no_grad()
 def training_free_plug(cache: EmbeddingCache, model, tokenizer, encoder_id: str, llm_id: str,
-                       tau: float = 0.05, alpha: float = 1.0, seed: int = 0) -> PPlug:
+                       tau: float = 0.05, alpha: float = 1.0, seed: int = 0, vocab_limit: int | None = 16_000) -> PPlug:
     """Projectors fitted by ridge regression from encoder space onto the LLM's token embeddings.
 
     Each vocabulary entry's text is encoded by the encoder (X) and regressed onto its embedding
     row (Y); the fitted linear map becomes both projectors, and the instruction vector is the
     encoding of a fixed instruction sentence. R^2 on a held-out tenth of the tokens is recorded.
+    ``vocab_limit`` keeps the first ids only (the most frequent merges of a BPE vocabulary), to
+    bound the encoding time on CPU.
     """
     table = model.get_input_embeddings().weight.detach().float().cpu()
     special = set(tokenizer.all_special_ids)
     ids, texts = [], []
-    for i in range(table.shape[0]):
+    for i in range(min(table.shape[0], vocab_limit or table.shape[0])):
         text = tokenizer.decode([i]).strip()
         if text and i not in special:
             ids.append(i)
@@ -177,7 +180,7 @@ class Trainer:
         emb = self.model.get_input_embeddings().weight
         if self.args.init == "training-free":
             plug = training_free_plug(self.cache, self.model, self.tokenizer, self.encoder_id, self.llm_id,
-                                      tau=self.args.tau, seed=self.args.seed)
+                                      tau=self.args.tau, seed=self.args.seed, vocab_limit=self.args.vocab_limit)
         else:
             plug = PPlug.untrained(self.encoder_id, self.llm_id, self.encoder.get_embedding_dimension(), emb,
                                    tau=self.args.tau, seed=self.args.seed)
@@ -276,7 +279,8 @@ def train(args) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     if args.training_free:
-        plug = training_free_plug(t.cache, t.model, t.tokenizer, t.encoder_id, t.llm_id, tau=args.tau, seed=args.seed)
+        plug = training_free_plug(t.cache, t.model, t.tokenizer, t.encoder_id, t.llm_id, tau=args.tau, seed=args.seed,
+                                  vocab_limit=args.vocab_limit)
         plug.save(args.out)
         print(json.dumps(plug.config.made))
         return Path(args.out)

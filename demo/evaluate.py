@@ -1,0 +1,367 @@
+"""Evaluate PPlug against generic and RAG on LaMP-format tasks.
+
+    python -m demo.evaluate --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
+        --split dev --limit 80 --plug assets/plug --out assets/results
+
+Every method uses the same chat template (``demo.generation``), the same prompt-length cap and
+greedy decoding; they differ only in what goes into the prompt:
+
+* ``generic``: the request alone, no soft tokens;
+* ``rag``: the top-k profile items (BM25 over the whole profile, or the encoder) put before the
+  request as the LaMP prompts do;
+* ``pplug``: the request with the trained plug's soft tokens from the user's own history;
+* ``pplug+rag``: both;
+* ``pplug-untrained``: the app's untrained plug (control);
+* ``pplug-other-user``: the trained plug fed another user's history (control: is the gain personal?);
+* ``training-free``: the ridge-regression plug (see ``demo.train.training_free_plug``).
+
+Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .generation import Generator
+from .lamp import SHARED_TASKS, LampSplit, postprocess, rag_prompt, read_task
+from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
+from .models import canonical_id, load_encoder, load_llm
+from .objective import (EmbeddingCache, build_examples, fit_prompt, generate, nll_per_row, soft_tokens,
+                        target_ids, teacher_forced_logits)
+from .plug import PPlug, cosine_spread
+from .retrieval import retrieve_bm25, retrieve_dense
+from .settings import REPO_ROOT, Settings
+from .storage import Store
+
+log = logging.getLogger("demo.evaluate")
+
+METHODS = ("generic", "rag", "pplug", "pplug+rag", "pplug-untrained", "pplug-other-user", "training-free")
+DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m demo.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--tasks", default=",".join(SHARED_TASKS))
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit", type=int, default=None, help="first N queries of each task")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--plug", default=str(REPO_ROOT / "assets" / "plug"), help="trained plug checkpoint folder")
+    p.add_argument("--training-free-plug", default=None,
+                   help="folder of a training-free plug (default: built now, cached embeddings)")
+    p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
+    p.add_argument("--k", type=int, default=4, help="retrieved items for rag")
+    p.add_argument("--retriever", choices=["bm25", "encoder"], default="bm25")
+    p.add_argument("--item-chars", type=int, default=300, help="characters of each retrieved item in the prompt")
+    p.add_argument("--history-cap", type=int, default=None, help="history items for the plug (default: the plug's)")
+    p.add_argument("--encoder-max-tokens", type=int, default=None,
+                   help="cut history items at this many encoder tokens (default: as the plug was trained)")
+    p.add_argument("--max-prompt-tokens", type=int, default=640)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: per task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--candidates", type=int, default=20, help="users ranked by the personal-fit metric")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--cache", default=None, help="Store file of item embeddings (default: <cache dir>/train_cache.db)")
+    p.add_argument("--out", default=str(REPO_ROOT / "assets" / "results"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def other_user_order(user_ids: list[str]) -> list[int]:
+    """For each query i, a query j of a different user (the next user in order, cyclically)."""
+    users = list(dict.fromkeys(user_ids))
+    if len(users) < 2:
+        return list(range(len(user_ids)))
+    first = {}
+    for i, u in enumerate(user_ids):
+        first.setdefault(u, i)
+    nxt = {u: users[(k + 1) % len(users)] for k, u in enumerate(users)}
+    return [first[nxt[u]] for u in user_ids]
+
+
+def task_metrics(task, preds: list[str], refs: list[str]) -> tuple[dict, dict]:
+    """(summary metrics, per-query scores) for one method on one task."""
+    if task.kind == "generation":
+        per = rouge_per_query(preds, refs)
+        return {k: float(np.mean(v)) for k, v in per.items()}, per
+    if task.kind == "classification":
+        per = {"correct": [float(p.strip() == r.strip()) for p, r in zip(preds, refs)]}
+        return {"accuracy": accuracy(preds, refs), "f1": macro_f1(preds, refs, task.labels or None)}, per
+    summary = mae_rmse(preds, refs)
+    per = {"abs_error": [abs(float(p) - float(r)) if p.replace(".", "", 1).isdigit() else 4.0
+                         for p, r in zip(preds, refs)]}
+    return summary, per
+
+
+def main_metric(task) -> str:
+    return {"generation": "rougeL", "classification": "correct", "regression": "abs_error"}[task.kind]
+
+
+class Evaluation:
+    def __init__(self, args, settings: Settings):
+        self.args = args
+        self.settings = settings
+        self.encoder = load_encoder(settings)
+        self.model, self.tokenizer = load_llm(settings)
+        self.generator = Generator(self.model, self.tokenizer)
+        self.encoder_id = canonical_id(settings.encoder)
+        self.llm_id = canonical_id(settings.llm)
+        cache_path = Path(args.cache) if args.cache else settings.cache_dir / "train_cache.db"
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache = EmbeddingCache(self.encoder, self.encoder_id, Store(cache_path), settings.encode_batch_size,
+                                   max_tokens=args.encoder_max_tokens)
+        self.d_enc = self.encoder.get_embedding_dimension()
+        self.plugs: dict[str, PPlug] = {}
+
+    def plug(self, method: str) -> PPlug:
+        if method in self.plugs:
+            return self.plugs[method]
+        emb = self.model.get_input_embeddings().weight
+        if method in ("pplug", "pplug+rag", "pplug-other-user"):
+            plug = PPlug.load(self.args.plug, encoder_id=self.encoder_id, llm_id=self.llm_id, d_enc=self.d_enc,
+                              d_llm=emb.shape[1])
+        elif method == "pplug-untrained":
+            plug = PPlug.untrained(self.encoder_id, self.llm_id, self.d_enc, emb, tau=self.settings.tau)
+        elif method == "training-free":
+            if self.args.training_free_plug and Path(self.args.training_free_plug, "config.json").is_file():
+                plug = PPlug.load(self.args.training_free_plug, encoder_id=self.encoder_id, llm_id=self.llm_id)
+            else:
+                from .train import training_free_plug
+
+                plug = training_free_plug(self.cache, self.model, self.tokenizer, self.encoder_id, self.llm_id,
+                                          tau=self.settings.tau, vocab_limit=self.args.vocab_limit)
+        else:
+            raise ValueError(method)
+        plug = plug.to(self.settings.device).eval()
+        plug.requires_grad_(False)
+        for key in (("pplug", "pplug+rag", "pplug-other-user") if method.startswith("pplug") and
+                    method != "pplug-untrained" else (method,)):
+            self.plugs[key] = plug
+        return plug
+
+    def history_cap(self) -> int:
+        return self.args.history_cap or 32
+
+    def run_task(self, split: LampSplit, methods: list[str], records: list[dict]) -> dict:
+        args = self.args
+        task = split.task
+        queries = split.queries
+        examples = build_examples([split], self.cache, self.history_cap())
+        others = other_user_order([q.user_id for q in queries])
+        refs = [q.output for q in queries]
+        n_new = args.max_new_tokens or task.max_new_tokens
+        plain = [fit_prompt(self.generator, q.input, args.max_prompt_tokens) for q in queries]
+        rag_prompts, rag_items = [], []
+        for q, e in zip(queries, examples):
+            items = q.items()
+            texts = [t for t in q.item_texts()]
+            if args.retriever == "bm25":
+                idx = retrieve_bm25(q.input, texts, args.k)
+            else:
+                idx = retrieve_dense(e.x.numpy(), self.cache.matrix(texts), args.k)
+            chosen = [items[i] for i in idx]
+            rag_items.append([c.get("id") for c in chosen])
+            text = rag_prompt(task, q.input, chosen, args.item_chars)
+            ids = fit_prompt(self.generator, text, args.max_prompt_tokens)
+            rag_prompts.append(ids)
+        results: dict[str, dict] = {}
+        per_query: dict[str, dict] = {}
+        outputs: dict[str, list[str]] = {}
+        for method in methods:
+            t0 = time.perf_counter()
+            prompts = rag_prompts if method in ("rag", "pplug+rag") else plain
+            if method in ("generic", "rag"):
+                soft = [None] * len(queries)
+            else:
+                plug = self.plug(method)
+                hist = [examples[j].items for j in others] if method == "pplug-other-user" else None
+                with torch.inference_mode():
+                    s, _ = soft_tokens(plug.soft_tokens, examples, self.generator.device, hist)
+                soft = list(s)
+            texts = generate(self.generator, prompts, soft, n_new, args.batch_size)
+            preds = [postprocess(task, t) for t in texts]
+            summary, per = task_metrics(task, preds, refs)
+            summary["mean_words"] = float(np.mean([len(p.split()) for p in preds]))
+            summary["seconds"] = round(time.perf_counter() - t0, 1)
+            results[method] = summary
+            per_query[method] = per
+            outputs[method] = preds
+            log.info("%s %s %s", task.name, method, json.dumps({k: round(v, 4) for k, v in summary.items()}))
+        # personal fit: the true author among candidate users, by char n-gram TF-IDF similarity
+        fit = None
+        if task.kind == "generation" and len(split.users) > 2:
+            histories: dict[str, list[str]] = {}
+            for q in queries:
+                histories.setdefault(q.user_id, [])
+                histories[q.user_id].extend(t for t in q.item_texts() if t not in histories[q.user_id])
+            fit = PersonalFit(histories, n_candidates=args.candidates, seed=args.seed)
+            keys = [q.id for q in queries]
+            authors = [q.user_id for q in queries]
+            gold = fit.score(refs, authors, keys)
+            results["gold"] = {"fit_top1": gold["fit_top1"], "fit_mrr": gold["fit_mrr"]}
+            per_query["gold"] = {"fit_rr": [1 / r for r in gold["ranks"]]}
+            for method in methods:
+                s = fit.score(outputs[method], authors, keys)
+                results[method].update(fit_top1=s["fit_top1"], fit_mrr=s["fit_mrr"])
+                per_query[method]["fit_rr"] = [1 / r for r in s["ranks"]]
+        for i, q in enumerate(queries):
+            rec = {"task": task.name, "id": q.id, "user_id": q.user_id, "gold": q.output,
+                   "rag_items": rag_items[i], "other_user": queries[others[i]].user_id}
+            for method in methods:
+                rec[method] = outputs[method][i]
+                rec[f"{method}:score"] = {k: round(v[i], 4) for k, v in per_query[method].items()}
+            records.append(rec)
+        key = main_metric(task)
+        comparisons = {}
+        pairs = [("pplug", "generic"), ("pplug", "rag"), ("pplug", "pplug-other-user"), ("pplug+rag", "pplug"),
+                 ("pplug+rag", "rag"), ("training-free", "generic"), ("rag", "generic")]
+        for a, b in pairs:
+            if a in per_query and b in per_query:
+                comparisons[f"{a} - {b}"] = {key: paired_bootstrap(per_query[a][key], per_query[b][key],
+                                                                    args.bootstrap, args.seed)}
+                if "fit_rr" in per_query[a]:
+                    comparisons[f"{a} - {b}"]["fit_rr"] = paired_bootstrap(
+                        per_query[a]["fit_rr"], per_query[b]["fit_rr"], args.bootstrap, args.seed)
+        diagnostics = self.diagnostics(split, examples, others, methods)
+        return {"task": task.name, "kind": task.kind, "n_queries": len(queries), "n_users": len(split.users),
+                "max_new_tokens": n_new, "methods": results, "comparisons": comparisons,
+                "diagnostics": diagnostics}
+
+    @torch.inference_mode()
+    def diagnostics(self, split, examples, others, methods) -> dict:
+        """Spread of P across users and the paired teacher-forced NLL own vs other user's history."""
+        out = {}
+        queries = split.queries
+        prompts = [fit_prompt(self.generator, q.input, self.args.max_prompt_tokens) for q in queries]
+        targets = [target_ids(self.generator, q.output, 48) for q in queries]
+        firsts = list({q.user_id: i for i, q in enumerate(queries)}.values())
+        generic_nll = []
+        for start in range(0, len(queries), self.args.batch_size):
+            sl = slice(start, start + self.args.batch_size)
+            logits, tgt, tmask = teacher_forced_logits(self.generator, prompts[sl], [None] * len(prompts[sl]),
+                                                       targets[sl])
+            generic_nll.extend(nll_per_row(logits, tgt, tmask).tolist())
+        out["generic_nll"] = float(np.mean(generic_nll))
+        for method in ("pplug", "training-free", "pplug-untrained"):
+            if method not in methods:
+                continue
+            plug = self.plug(method)
+            own_soft, weights = soft_tokens(plug.soft_tokens, examples, self.generator.device)
+            other_soft, _ = soft_tokens(plug.soft_tokens, examples, self.generator.device,
+                                        [examples[j].items for j in others])
+            own, other = [], []
+            for start in range(0, len(queries), self.args.batch_size):
+                sl = slice(start, start + self.args.batch_size)
+                for soft, acc in ((own_soft, own), (other_soft, other)):
+                    logits, tgt, tmask = teacher_forced_logits(self.generator, prompts[sl], list(soft[sl]),
+                                                               targets[sl])
+                    acc.extend(nll_per_row(logits, tgt, tmask).tolist())
+            entropy = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1)
+            n_items = torch.tensor([max(e.items.shape[0], 1) for e in examples], dtype=torch.float)
+            out[method] = {
+                "p_mean_pairwise_cosine": cosine_spread(own_soft[firsts, 1]),
+                "nll_own": float(np.mean(own)), "nll_other": float(np.mean(other)),
+                "nll_own_minus_other": paired_bootstrap(own, other, self.args.bootstrap, self.args.seed),
+                "own_better_share": float(np.mean([a < b for a, b in zip(own, other)])),
+                "weight_entropy_over_log_n": float((entropy / n_items.log().clamp(min=1e-6)).mean()),
+                "gate": float(plug.log_gate.exp()),
+            }
+        return out
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Results on the {results['split']} splits", "",
+             f"Greedy decoding; {results['settings']['k']} retrieved items ({results['settings']['retriever']}) "
+             f"for rag; plug `{results['plug_id']}`. Personal fit: rank of the true author among "
+             f"{results['settings']['candidates']} candidate users (or all the split's users if fewer) by "
+             "character 2-4-gram TF-IDF cosine of the output to each user's history.", ""]
+    for t in results["tasks"]:
+        gen = t["kind"] == "generation"
+        cols = ["ROUGE-1", "ROUGE-L", "fit top-1", "fit MRR", "words"] if gen else (
+            ["accuracy", "F1"] if t["kind"] == "classification" else ["MAE", "RMSE"])
+        keys = ["rouge1", "rougeL", "fit_top1", "fit_mrr", "mean_words"] if gen else (
+            ["accuracy", "f1"] if t["kind"] == "classification" else ["mae", "rmse"])
+        lines += [f"## {t['task']} ({t['n_queries']} queries, {t['n_users']} users)", "",
+                  "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for method, m in t["methods"].items():
+            cells = [f"{m[k]:.3f}" if k in m and k != "mean_words" else (f"{m[k]:.1f}" if k in m else "")
+                     for k in keys]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for name, comp in t["comparisons"].items():
+            parts = [f"{k} {v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" for k, v in comp.items()]
+            lines.append(f"- {name}: " + "; ".join(parts))
+        for method, d in t["diagnostics"].items():
+            if isinstance(d, dict):
+                b = d["nll_own_minus_other"]
+                lines.append(f"- {method} diagnostics: P mean pairwise cosine {d['p_mean_pairwise_cosine']:.3f}; "
+                             f"NLL own {d['nll_own']:.3f} vs other {d['nll_other']:.3f} nats/token "
+                             f"(diff {b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}], own better on "
+                             f"{d['own_better_share']:.0%}); weight entropy / log n {d['weight_entropy_over_log_n']:.2f}"
+                             f"; gate {d['gate']:.2f}")
+        if "generic_nll" in t["diagnostics"]:
+            lines.append(f"- generic teacher-forced NLL {t['diagnostics']['generic_nll']:.3f} nats/token")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plug_settings(folder: str) -> dict:
+    """The training settings a plug checkpoint records (empty for other checkpoints)."""
+    try:
+        return json.loads(Path(folder, "config.json").read_text()).get("made", {}).get("settings", {}) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def evaluate(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trained = plug_settings(args.plug)
+    args.history_cap = args.history_cap or int(trained.get("history_cap", 32))
+    args.encoder_max_tokens = args.encoder_max_tokens or trained.get("encoder_max_tokens")
+    settings = Settings.from_env()
+    torch.manual_seed(args.seed)
+    ev = Evaluation(args, settings)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods: {sorted(unknown)}; known: {', '.join(METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    tasks = []
+    t0 = time.perf_counter()
+    for name in [t for t in args.tasks.split(",") if t]:
+        split = read_task(args.data, name, args.split, limit=args.limit)
+        tasks.append(ev.run_task(split, methods, records))
+    plug_id = ev.plug("pplug").plug_id if any(m.startswith("pplug") and m != "pplug-untrained" for m in methods) \
+        else None
+    results = {"split": args.split, "plug": str(args.plug), "plug_id": plug_id,
+               "encoder": ev.encoder_id, "llm": ev.llm_id, "seconds": round(time.perf_counter() - t0, 1),
+               "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+               "history_cap": ev.history_cap(), "tasks": tasks}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(results) + "\n")
+    with open(out / "per_query.jsonl", "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return results
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = evaluate(parse_args(argv))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

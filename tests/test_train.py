@@ -1,0 +1,109 @@
+"""Training pieces on a tiny random LLM with the real tokenizer: the loss goes down, the LLM stays frozen."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from demo.generation import Generator
+from demo.lamp import Query, task_spec
+from demo.models import llm_folder
+from demo.objective import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt, stack_histories,
+                            target_ids)
+from demo.plug import PPlug
+from demo.train import set_linear_map, thin_history
+
+
+def tiny_llm(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(settings):
+    tokenizer = AutoTokenizer.from_pretrained(llm_folder(settings.llm, settings.cache_dir))
+    model = tiny_llm(tokenizer)
+    return Generator(model, tokenizer)
+
+
+def make_examples(n: int, d_enc: int, seed: int = 0) -> list[Example]:
+    g = torch.Generator().manual_seed(seed)
+    outputs = ["great game tonight #hockey", "reading a paper on nets", "coffee first, then code"]
+    out = []
+    for i in range(n):
+        q = Query(id=str(i), user_id=f"u{i}", input=f"Write a tweet using these words: w{i}, x, y",
+                  profile=[], output=outputs[i % len(outputs)])
+        x = torch.nn.functional.normalize(torch.randn(d_enc, generator=g), dim=0)
+        items = torch.nn.functional.normalize(torch.randn(3 + i, d_enc, generator=g), dim=-1)
+        out.append(Example(task_spec("tweets"), q, x, items, [f"item {j}" for j in range(3 + i)]))
+    return out
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
+    d_enc = 16
+    plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0)
+    module = SoftTokenModule(plug)
+    examples = make_examples(3, d_enc)
+    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
+    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
+    llm_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    optimizer = torch.optim.AdamW(module.parameters(), lr=5e-2)
+    losses = []
+    for _ in range(8):
+        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(stats["loss"])
+        assert set(stats) >= {"nll", "kl", "loss", "w_entropy"}
+    assert losses[-1] < losses[0] - 0.05
+    # only the plug learns; the LLM is frozen and untouched
+    assert all(p.grad is None for p in tiny.model.parameters())
+    assert all(torch.equal(v, llm_before[k]) for k, v in tiny.model.state_dict().items())
+
+
+def test_targets_end_with_the_end_of_turn_unless_cut(tiny):
+    end = end_of_turn_ids(tiny)
+    assert end == [tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    short = target_ids(tiny, "hello there", 16)
+    assert short[-1] == end[0]
+    cut = target_ids(tiny, "word " * 50, 8)
+    assert len(cut) == 8 and end[0] not in cut
+
+
+def test_fit_prompt_cuts_the_request_but_keeps_the_template(tiny):
+    full = tiny.prompt_ids("word " * 300)
+    fitted = fit_prompt(tiny, "word " * 300, 64)
+    assert len(fitted.plain) <= 64
+    assert fitted.prefix == full.prefix
+    assert fitted.suffix[-3:] == full.suffix[-3:]  # end of turn + assistant header kept
+
+
+def test_stack_histories_pads_and_masks():
+    items, mask = stack_histories([torch.ones(2, 4), torch.zeros(0, 4)], 4)
+    assert items.shape == (2, 2, 4)
+    assert mask.tolist() == [[True, True], [True, False]]  # an empty history: one zero item
+
+
+def test_training_free_projector_is_the_linear_map():
+    plug = PPlug.untrained("enc", "llm", 6, torch.randn(10, 5), seed=0)
+    W, b = torch.randn(5, 6) * 0.3, torch.randn(5) * 0.1
+    set_linear_map(plug.projector, W, b)
+    h = torch.nn.functional.normalize(torch.randn(4, 6), dim=-1)
+    assert torch.allclose(plug.project_items(h), h @ W.T + b, atol=1e-5)
+
+
+def test_history_augmentation_keeps_at_least_one_item():
+    rng = random.Random(0)
+    items = torch.arange(10.0)[:, None]
+    for _ in range(20):
+        thinned = thin_history(items, 0.99, rng)
+        assert 1 <= thinned.shape[0] <= 10
+    assert thin_history(items, 0.0, rng).shape[0] == 10
