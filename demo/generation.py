@@ -55,6 +55,8 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.embedding = model.get_input_embeddings()
+        self.decoder = model.get_decoder()  # the transformer without its output projection
+        self.head = model.get_output_embeddings()
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
@@ -114,9 +116,9 @@ class Generator:
         tokens: list[list[int]] = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits, cache = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         for _ in range(params.max_new_tokens):
-            next_ids = self._pick(out.logits[:, -1, :], params, generator)
+            next_ids = self._pick(logits, params, generator)
             next_ids = torch.where(done, torch.full_like(next_ids, self.pad_id), next_ids)
             for i, (token, finished) in enumerate(zip(next_ids.tolist(), done.tolist())):
                 if finished:
@@ -131,8 +133,22 @@ class Generator:
                 break
             mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
             positions = positions[:, -1:] + 1
-            out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                             cache=out.cache, use_cache=True)
+            logits, cache = self._forward(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                                          cache=cache)
+
+    def _forward(self, **inputs) -> tuple[torch.Tensor, object]:
+        """One decoder pass -> (logits of the last position [B, vocab], KV cache).
+
+        Only the last position is projected to the vocabulary (the prompt's other positions are
+        never needed), and as W·hᵀ: for a batch of a few rows on CPU, MKL's gemm in the usual
+        h·Wᵀ orientation reads the 49k x 576 matrix about three times slower (benchmark figure 1).
+        """
+        out = self.decoder(**inputs, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]  # [B, d_llm]
+        logits = torch.mm(self.head.weight, hidden.t()).t()
+        if getattr(self.head, "bias", None) is not None:
+            logits = logits + self.head.bias
+        return logits, out.cache
 
     def _pick(self, logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> torch.Tensor:
         """Next token per row from logits [B, vocab]: argmax, or temperature/top-p sampling."""
