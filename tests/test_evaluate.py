@@ -1,0 +1,132 @@
+"""The training and evaluation commands end to end on a tiny self-made data set and a tiny LLM.
+
+The LLM is a tiny random Llama saved with the real SmolLM2 tokenizer and given to the commands
+through ``PPLUG_LLM`` (a local folder), so the whole pipeline runs in seconds; the encoder is
+the real embedded all-MiniLM-L6-v2.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from demo import evaluate as evaluate_cli
+from demo import train as train_cli
+from demo.evaluate import other_user_order
+from demo.models import llm_folder
+from demo.plug import PPlug
+
+WORDS = "tea coffee goal match paper model river bike song snow".split()
+
+
+def write_task(folder, task, split, n_users, queries_per_user=1):
+    folder.mkdir(parents=True, exist_ok=True)
+    questions, golds = [], []
+    for u in range(n_users):
+        profile = [{"id": f"{split}-{u}-{j}", "text": f"user {u} likes {WORDS[(u + j) % 10]} and {WORDS[u % 10]}"}
+                   for j in range(4)]
+        for k in range(queries_per_user):
+            qid = f"{split}-{u}-q{k}"
+            questions.append({"id": qid, "user_id": f"{split}-u{u}", "profile": profile,
+                              "input": f"Write a tweet using these words: {WORDS[u % 10]}, {WORDS[(u + k) % 10]}"})
+            golds.append({"id": qid, "output": f"{WORDS[u % 10]} with {WORDS[(u + k) % 10]} today"})
+    (folder / f"{split}_questions.json").write_text(json.dumps(questions))
+    (folder / f"{split}_outputs.json").write_text(json.dumps({"task": task, "golds": golds}))
+
+
+@pytest.fixture(scope="module")
+def tiny_env(settings, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    tokenizer = AutoTokenizer.from_pretrained(llm_folder(settings.llm, settings.cache_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    LlamaForCausalLM(config).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    data = root / "data"
+    write_task(data / "tweets", "tweets", "train", 4, queries_per_user=2)
+    write_task(data / "tweets", "tweets", "dev", 5)
+    return root
+
+
+@pytest.fixture()
+def tiny_llm_env(tiny_env, monkeypatch):
+    monkeypatch.setenv("PPLUG_LLM", str(tiny_env / "llm"))
+    monkeypatch.setenv("PPLUG_DEVICE", "cpu")
+    return tiny_env
+
+
+def common(root) -> list[str]:
+    return ["--data", str(root / "data"), "--tasks", "tweets", "--cache", str(root / "cache.db")]
+
+
+def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
+    root = tiny_llm_env
+    run, out = root / "run", root / "plug"
+    args = [*common(root), "--run-dir", str(run), "--out", str(out), "--batch-size", "2", "--eval-every", "2",
+            "--eval-per-task", "2", "--eval-max-new-tokens", "4", "--save-every", "1", "--lr", "1e-2"]
+    assert train_cli.main([*args, "--steps", "2"]) == 0
+    first = torch.load(run / "last.pt", weights_only=False)
+    assert first["state"]["step"] == 2
+    # a second call with more steps resumes from the checkpoint instead of starting over
+    assert train_cli.main([*args, "--steps", "3"]) == 0
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["state"]["step"] == 3
+    assert [e["step"] for e in resumed["state"]["evals"]] == [0, 2, 3]
+    config = json.loads((out / "config.json").read_text())
+    made = config["made"]
+    assert config["origin"] == "trained"
+    assert made["llm"] == str(root / "llm") and made["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert made["data"] == {"tweets": {"split": "train", "queries": 8}}
+    assert made["steps"] == 3 and made["selected_step"] in (2, 3)
+    assert "tweets" in made["dev_selection"]["selected"] and made["summary"].startswith("trained on tweets")
+
+    # the training-free plug as its own command
+    assert train_cli.main([*common(root), "--training-free", "--vocab-limit", "300", "--out",
+                           str(root / "free")]) == 0
+    assert json.loads((root / "free" / "config.json").read_text())["origin"] == "training-free"
+
+    results_dir = root / "results"
+    assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
+                              "--training-free-plug", str(root / "free"), "--max-new-tokens", "4",
+                              "--candidates", "3", "--bootstrap", "50", "--out", str(results_dir)]) == 0
+    results = json.loads((results_dir / "results.json").read_text())
+    (task,) = results["tasks"]
+    assert task["n_queries"] == 4
+    assert set(task["methods"]) == set(evaluate_cli.METHODS) | {"gold"}
+    for method in evaluate_cli.METHODS:
+        m = task["methods"][method]
+        assert 0 <= m["rougeL"] <= 1 and 0 <= m["fit_top1"] <= 1 and 0 < m["fit_mrr"] <= 1
+    assert task["methods"]["gold"]["fit_top1"] >= 0
+    diag = task["diagnostics"]["pplug"]
+    assert -1 <= diag["p_mean_pairwise_cosine"] <= 1 and "nll_own_minus_other" in diag
+    assert "pplug - pplug-other-user" in task["comparisons"]
+    lines = (results_dir / "per_query.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(m in json.loads(lines[0]) for m in evaluate_cli.METHODS)
+    md = (results_dir / "results.md").read_text()
+    assert "| pplug+rag |" in md and "fit MRR" in md
+
+
+def test_saved_plug_reloads_bit_identically(tmp_path):
+    plug = PPlug.untrained("enc", "llm", 8, torch.randn(20, 6), tau=0.07, seed=3)
+    with torch.no_grad():
+        for p in plug.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not just the seeded init
+    plug.config.origin = "trained"
+    plug.config.made = {"summary": "test", "steps": 3}
+    plug.save(tmp_path)
+    again = PPlug.load(tmp_path, encoder_id="enc", llm_id="llm", d_enc=8, d_llm=6)
+    assert again.plug_id == plug.plug_id
+    assert again.config == plug.config
+    for (name, a), (_, b) in zip(plug.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_other_user_order_never_pairs_a_user_with_themself():
+    users = ["a", "a", "b", "c", "c", "d"]
+    order = other_user_order(users)
+    assert all(users[j] != users[i] for i, j in enumerate(order))
+    assert other_user_order(["a", "a"]) == [0, 1]  # a single user has no other
