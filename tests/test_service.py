@@ -84,3 +84,29 @@ def test_rag_conditions_put_the_nearest_items_into_the_prompt(studio, owner):
     assert "cycling club" in final.top_items[0].text  # the retrieved item is the most similar one
     with pytest.raises(ServiceError, match="Unknown condition"):
         next(studio.generate(owner, profile, "hi", GenerationParams(), conditions=("magic",)))
+
+
+def test_the_gpu_dtype_path_runs_on_cpu(settings, owner):
+    """bf16, as used on a GPU, exercised on CPU: soft tokens are cast to the LLM's dtype."""
+    import torch
+
+    from demo.service import Studio
+
+    studio16 = Studio(settings.with_(llm_dtype="bfloat16"))
+    assert studio16.model.dtype == torch.bfloat16
+    profile = studio16.compute_profile(owner, "bf16", HISTORY).profile_id
+    final = list(studio16.generate(owner, profile, "Write a tweet about bread.", GenerationParams(max_new_tokens=6)))[-1]
+    assert final.done and final.personalized and final.generic
+    studio16.store.close()
+
+
+def test_device_and_dtype_settings():
+    import torch
+
+    from demo.settings import Settings
+
+    assert Settings.from_env({"PPLUG_DEVICE": "cuda"}).dtype == torch.bfloat16
+    assert Settings.from_env({"PPLUG_DEVICE": "cpu"}).dtype == torch.float32
+    assert Settings.from_env({"PPLUG_DEVICE": "cpu", "PPLUG_LLM_DTYPE": "float16"}).dtype == torch.float16
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert Settings.from_env({"PPLUG_DEVICE": "auto"}).device == expected
