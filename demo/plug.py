@@ -86,7 +86,8 @@ class PPlug(nn.Module):
 
     def instruction_embedding(self) -> torch.Tensor:
         """I before rescaling: [d_llm]."""
-        return self.instruction_projector(self.instruction)
+        # As a one-row batch: a 1-D input took a slow path (16 ms instead of 0.06 ms on CPU).
+        return self.instruction_projector(self.instruction[None])[0]
 
     def rescale(self, v: torch.Tensor) -> torch.Tensor:
         """Put vectors [..., d_llm] at the norm of the LLM's token embeddings (times the gate)."""
