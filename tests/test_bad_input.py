@@ -332,3 +332,132 @@ def test_chat_template_markers_in_a_request_stay_text(studio):
     assert ids.suffix[len(request_ids):] == tail
     assert not special & set(request_ids), studio.tokenizer.convert_ids_to_tokens(request_ids)
     assert studio.tokenizer.decode(request_ids) == INJECTION
+
+
+# ---------------------------------------------------------------------------------------
+# Study files (demo/study.py): at start-up from PPLUG_STUDIES_DIR, and on the admin page
+# ---------------------------------------------------------------------------------------
+
+_STUDY = {"name": "ok-study", "consent": {"version": "1", "text": "Consent."}, "conditions": ["pplug", "generic"],
+          "prompts": ["Write a tweet."], "trials_per_participant": 2}
+_LAUGHS = ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+           "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+           "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nname: x\nconditions: [*e, *e]\n")
+# Known gaps in demo/study.py's parse_definition, each with the fix it needs.
+_MIXED_KEYS = pytest.mark.xfail(reason="parse_definition sorts unknown keys of mixed types: "
+                                       "sorted(map(str, set(data) - _TOP_KEYS))", strict=False)
+_DEEP = pytest.mark.xfail(reason="parse_definition lets RecursionError from yaml.safe_load escape: "
+                                 "catch it with yaml.YAMLError", strict=False)
+_NON_FINITE = pytest.mark.xfail(reason="parse_definition's number() calls int(value) on .inf/.nan: "
+                                       "check math.isfinite(value) first", strict=False)
+_HUGE_REPR = pytest.mark.xfail(reason="parse_definition puts the whole repr of bad conditions in the message: "
+                                      "cut each repr (e.g. reprlib.repr)", strict=False)
+
+BAD_STUDIES = [
+    pytest.param("", id="empty"),
+    pytest.param("   \n\t\n", id="blank"),
+    pytest.param("name: x\n\tconsent: y", id="tab-indent"),
+    pytest.param('{"name": "x", "consent": ', id="truncated-json"),
+    pytest.param("[1, 2, 3]", id="a-list"),
+    pytest.param("just some words", id="a-string"),
+    pytest.param("!!python/object/apply:os.system ['echo hi']", id="python-tag"),
+    pytest.param("? [a, b]\n: c\n", id="complex-key"),
+    pytest.param("\x00\x01\x02", id="nul-bytes"),
+    pytest.param(json.dumps({**_STUDY, "conditions": ["pplug"]}), id="one-condition"),
+    pytest.param(json.dumps({**_STUDY, "conditions": ["pplug", "magic"]}), id="unknown-condition"),
+    pytest.param(json.dumps({**_STUDY, "conditions": ["pplug", "pplug"]}), id="condition-twice"),
+    pytest.param(json.dumps({**_STUDY, "name": "Has Spaces!"}), id="bad-name"),
+    pytest.param(json.dumps({**_STUDY, "consent": "yes"}), id="consent-not-a-mapping"),
+    pytest.param(json.dumps({**_STUDY, "consent": {}}), id="consent-missing"),
+    pytest.param(json.dumps({**_STUDY, "prompts": []}), id="no-prompts"),
+    pytest.param(json.dumps({**_STUDY, "prompts": [1, None]}), id="prompts-not-text"),
+    pytest.param(json.dumps({**_STUDY, "trials_per_participant": "2"}), id="trials-text"),
+    pytest.param(json.dumps({**_STUDY, "trials_per_participant": 0}), id="trials-zero"),
+    pytest.param(json.dumps({**_STUDY, "trials_per_participant": 10**400}), id="trials-huge"),
+    pytest.param(json.dumps({k: v for k, v in _STUDY.items() if k != "trials_per_participant"}), id="trials-missing"),
+    pytest.param(json.dumps({**_STUDY, "history": {"mode": "telepathy"}}), id="history-mode"),
+    pytest.param(json.dumps({**_STUDY, "history": {"mode": "persona"}}), id="persona-without-personas"),
+    pytest.param(json.dumps({**_STUDY, "history": {"mode": "persona", "personas": ["nobody"]}}), id="unknown-persona"),
+    pytest.param(json.dumps({**_STUDY, "generation": {"temperature": "hot", "top_p": 7}}), id="generation-values"),
+    pytest.param(json.dumps({**_STUDY, "generation": {"beams": 4}}), id="generation-unknown"),
+    pytest.param(json.dumps({**_STUDY, "completion": {"redirect_url": "javascript:alert(1)"}}), id="redirect-js"),
+    pytest.param(json.dumps({**_STUDY, "reveal_conditions": "yes"}), id="reveal-text"),
+    pytest.param(json.dumps({**_STUDY, "surprise": 1}), id="unknown-setting"),
+    pytest.param("1: a\nfoo: b\nname: x\n", id="mixed-type-keys", marks=_MIXED_KEYS),
+    pytest.param("[" * 50_000, id="deep-json", marks=_DEEP),
+    pytest.param("name: ok\ntrials_per_participant: .inf\n", id="trials-infinite", marks=_NON_FINITE),
+    pytest.param("name: ok\ntrials_per_participant: .nan\n", id="trials-nan", marks=_NON_FINITE),
+    pytest.param(_LAUGHS, id="alias-bomb", marks=_HUGE_REPR),
+]
+
+
+@pytest.mark.parametrize("text", BAD_STUDIES)
+def test_bad_study_file_gets_a_clear_study_error(text):
+    from demo.study import StudyError, parse_definition
+
+    with pytest.raises(StudyError) as caught:
+        parse_definition(text, where="bad.yaml")
+    message = str(caught.value)
+    assert 20 <= len(message) <= 2000, message[:300]
+    assert "Traceback" not in message
+
+
+@pytest.mark.xfail(reason="load_definition_file reads with encoding='utf-8' and lets UnicodeDecodeError escape, "
+                          "so StudyService() (and the app's start-up) fails on one non-UTF-8 study file: catch "
+                          "UnicodeDecodeError there and raise StudyError", strict=False)
+def test_a_non_utf8_study_file_does_not_stop_the_app(studio, tmp_path):
+    from demo.study import StudyService
+
+    (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    service = StudyService(studio, admin_token="", studies_dir=tmp_path)
+    assert len(service.load_errors) == 2
+
+
+def test_bad_study_files_at_start_up_are_reported_not_fatal(studio, tmp_path):
+    from demo.study import StudyService
+
+    (tmp_path / "broken.yaml").write_text("name: x\n\tconsent: y")
+    (tmp_path / "invalid.json").write_text(json.dumps({**_STUDY, "conditions": ["pplug"]}))
+    (tmp_path / "fine.json").write_text(json.dumps({**_STUDY, "name": "fine-at-start-up"}))
+    service = StudyService(studio, admin_token="", studies_dir=tmp_path)
+    assert len(service.load_errors) == 2 and all("not valid" in e or "Could not read" in e for e in service.load_errors)
+    assert service.db.definition("fine-at-start-up") is not None
+
+
+ADMIN = "admin-token-for-the-bad-input-tests"
+
+
+@pytest.fixture(scope="module")
+def admin_page(studio):
+    return build_demo(_with_admin(studio))
+
+
+def _with_admin(studio):
+    other = studio_with(studio)
+    other.settings = other.settings.with_(admin_token=ADMIN)
+    return other
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("name: x\n\tconsent: y", "neither valid JSON nor YAML"),
+    (json.dumps({**_STUDY, "conditions": ["pplug"]}), "conditions"),
+    ("", "must be a mapping"),
+])
+def test_bad_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_path, content, expected):
+    path = tmp_path / "study.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(gr.Error, match=expected):
+        handler(admin_page, "on_save")(ADMIN, "", str(path))
+    with pytest.raises(gr.Error, match=expected):
+        handler(admin_page, "on_save")(ADMIN, content, None)
+
+
+@pytest.mark.xfail(reason="study_ui.on_save reads an uploaded study file with read_text(encoding='utf-8'): a "
+                          "binary or non-UTF-8 file gives an unexplained error; catch UnicodeDecodeError there and "
+                          "raise StudyError('... is not a UTF-8 text file ...')", strict=False)
+def test_binary_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary" + bytes(range(256)))
+    with pytest.raises(gr.Error):
+        handler(admin_page, "on_save")(ADMIN, "", str(path))
