@@ -69,16 +69,20 @@ class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says which and how to fix it."""
 
 
+def _embedded(model_id: str, table: dict[str, EmbeddedModel], kind: str) -> tuple[str, EmbeddedModel]:
+    """(name, spec) of an ``embedded:<name>`` id, or a clear error naming the known ones."""
+    name = model_id[len(EMBEDDED_PREFIX):]
+    if name not in table:
+        known = ", ".join(f"{EMBEDDED_PREFIX}{n}" for n in sorted(table))
+        raise ModelLoadError(f"Unknown embedded {kind} {model_id!r}; known: {known}.")
+    return name, table[name]
+
+
 def canonical_id(model_id: str) -> str:
     """The id a plug checkpoint records: the Hub twin of an embedded model, else the id as given."""
-    if model_id.startswith(EMBEDDED_PREFIX):
-        name = model_id[len(EMBEDDED_PREFIX):]
-        table = EMBEDDED_ENCODERS if name in EMBEDDED_ENCODERS else EMBEDDED_LLMS
-        if name not in table:
-            known = sorted(f"{EMBEDDED_PREFIX}{n}" for n in {**EMBEDDED_ENCODERS, **EMBEDDED_LLMS})
-            raise ModelLoadError(f"Unknown embedded model {model_id!r}; known: {', '.join(known)}.")
-        return table[name].hub_twin
-    return model_id
+    if not model_id.startswith(EMBEDDED_PREFIX):
+        return model_id
+    return _embedded(model_id, {**EMBEDDED_ENCODERS, **EMBEDDED_LLMS}, "model")[1].hub_twin
 
 
 # --- the encoder -------------------------------------------------------------------------
@@ -88,10 +92,7 @@ def encoder_folder(model_id: str) -> str:
     """The folder (or Hub id) that SentenceTransformer loads for ``model_id``."""
     if not model_id.startswith(EMBEDDED_PREFIX):
         return model_id
-    name = model_id[len(EMBEDDED_PREFIX):]
-    if name not in EMBEDDED_ENCODERS:
-        raise ModelLoadError(f"Unknown embedded encoder {model_id!r}; known: {sorted(EMBEDDED_ENCODERS)}.")
-    spec = EMBEDDED_ENCODERS[name]
+    _, spec = _embedded(model_id, EMBEDDED_ENCODERS, "encoder")
     try:
         module = importlib.import_module(spec.module)
     except ImportError as err:
@@ -169,10 +170,7 @@ def llm_folder(model_id: str, cache_dir: Path) -> str:
     """
     if not model_id.startswith(EMBEDDED_PREFIX):
         return model_id
-    name = model_id[len(EMBEDDED_PREFIX):]
-    if name not in EMBEDDED_LLMS:
-        raise ModelLoadError(f"Unknown embedded LLM {model_id!r}; known: {sorted(EMBEDDED_LLMS)}.")
-    spec = EMBEDDED_LLMS[name]
+    name, spec = _embedded(model_id, EMBEDDED_LLMS, "LLM")
     target = cache_dir / "models" / f"{name}-{spec.package}-{spec.version}"
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,14 @@
 """The running app, driven through gradio_client as an API user would."""
-import socket
-
 import pytest
 from gradio_client import Client
 
 from demo.ui import build_demo
 
+from apphelp import free_port
+
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
            "My boots finally gave up after 900 miles on the Pacific Crest Trail.")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
