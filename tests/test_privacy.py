@@ -138,3 +138,44 @@ def test_page_events_are_not_published_as_api_endpoints(client):
     # Everything else is the study's participant API; nothing admin, nothing that takes no token.
     assert all(name.startswith("/study_") for name in named - public), named - public
     assert not any("admin" in name or "export" in name for name in named)
+
+
+ADMIN = "the-admin-token-of-the-privacy-tests"
+
+
+def _admin_demo(studio, token: str):
+    from apphelp import studio_with
+
+    other = studio_with(studio)
+    other.settings = other.settings.with_(admin_token=token)
+    return build_demo(other)
+
+
+@pytest.fixture(scope="module")
+def admin_app(studio):
+    return _admin_demo(studio, ADMIN)
+
+
+ADMIN_HANDLERS = [("on_refresh", (None,)), ("on_results", ("voice-check", False)), ("on_export", ("voice-check",)),
+                  ("on_save", ("name: x", None)), ("on_show", ("voice-check",))]
+
+
+@pytest.mark.parametrize("name,args", ADMIN_HANDLERS, ids=[h[0] for h in ADMIN_HANDLERS])
+@pytest.mark.parametrize("token", ["", "guess", ADMIN[:-1], ADMIN + " "])
+def test_admin_functions_refuse_a_missing_or_wrong_token(admin_app, name, args, token):
+    with pytest.raises(Exception, match="Wrong admin token"):
+        handler(admin_app, name)(token, *args)
+
+
+@pytest.mark.parametrize("name,args", ADMIN_HANDLERS, ids=[h[0] for h in ADMIN_HANDLERS])
+def test_admin_functions_are_off_without_a_configured_token(app, name, args, studio):
+    assert studio.settings.admin_token == ""
+    for token in ("", "anything-at-all"):
+        with pytest.raises(Exception, match="PPLUG_ADMIN_TOKEN"):
+            handler(app, name)(token, *args)
+
+
+def test_admin_functions_work_with_the_token(admin_app):
+    choices, table = handler(admin_app, "on_refresh")(ADMIN, None)
+    assert len(table) >= 1
+
