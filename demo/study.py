@@ -23,7 +23,9 @@ import hmac
 import io
 import json
 import logging
+import math
 import random
+import reprlib
 import re
 import secrets
 import sqlite3
@@ -124,6 +126,27 @@ _TOP_KEYS = {"name", "title", "consent", "instructions", "conditions", "prompts"
              "history", "plug", "generation", "reveal_conditions", "completion"}
 
 
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxdict = 4
+_short.maxlevel = 2
+
+
+def _cut(value, limit: int = 60) -> str:
+    """A short repr of what was found, for messages (a file can hold anything)."""
+    text = _short.repr(value) if not isinstance(value, BaseException) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _names(values, sort: bool = True, at_most: int = 5) -> str:
+    """Some offending keys or values, quoted and cut, for a message."""
+    shown = [_cut(v) for v in values]
+    if sort:
+        shown.sort()
+    more = f" and {len(shown) - at_most} more" if len(shown) > at_most else ""
+    return ", ".join(shown[:at_most]) + more
+
+
 def personas_available() -> list[str]:
     return sorted(p.stem for p in PERSONAS_DIR.glob("*.txt"))
 
@@ -145,7 +168,9 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         try:
             data = yaml.safe_load(source)  # YAML is a superset of JSON
         except yaml.YAMLError as err:
-            raise StudyError(f"Could not read {where}: it is neither valid JSON nor YAML ({err}).") from None
+            raise StudyError(f"Could not read {where}: it is neither valid JSON nor YAML ({_cut(err, 300)}).") from None
+        except (RecursionError, MemoryError, ValueError):
+            raise StudyError(f"Could not read {where}: it is nested too deeply or too large to be a study file.") from None
     if not isinstance(data, dict):
         raise StudyError(f"{where} must be a mapping of settings (name, consent, conditions, ...).")
     problems: list[str] = []
@@ -170,17 +195,20 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
     def number(value, what: str, default, cast, low, high):
         if value is None:
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"`{what}` must be a finite number.")
+            return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
             problems.append(f"`{what}` must be {'a whole number' if cast is int else 'a number'}.")
             return default
         if not low <= value <= high:
-            problems.append(f"`{what}` must be between {low} and {high}, got {value}.")
+            problems.append(f"`{what}` must be between {low} and {high}, got {_cut(value)}.")
             return default
         return cast(value)
 
-    unknown = sorted(set(data) - _TOP_KEYS)
+    unknown = _names(set(data) - _TOP_KEYS)
     if unknown:
-        problems.append(f"Unknown setting(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(_TOP_KEYS))}.")
+        problems.append(f"Unknown setting(s) {unknown}; known: {', '.join(sorted(_TOP_KEYS))}.")
     name = text(data.get("name"), "name")
     if name and not NAME_RE.match(name):
         problems.append("`name` must be 1-64 lowercase letters, digits, '-' or '_' (it goes into the URL).")
@@ -192,10 +220,11 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         problems.append(f"`conditions` must list at least two of: {', '.join(CONDITIONS)}.")
         conditions = []
     else:
-        bad = [c for c in conditions if c not in CONDITIONS]
+        bad = [c for c in conditions if not isinstance(c, str) or c not in CONDITIONS]
         if bad:
-            problems.append(f"Unknown condition(s) {', '.join(map(repr, bad))}; choose from {', '.join(CONDITIONS)}.")
-        if len(set(map(str, conditions))) != len(conditions):
+            problems.append(f"Unknown condition(s) {_names(bad, sort=False)}; choose from {', '.join(CONDITIONS)}.")
+            conditions = [c for c in conditions if c not in bad]
+        if len(set(conditions)) != len(conditions):
             problems.append("`conditions` lists a condition twice.")
     prompts = data.get("prompts", "participant")
     if prompts == "participant":
@@ -210,26 +239,28 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
     if data.get("trials_per_participant") is None:
         problems.append("`trials_per_participant` is missing.")
     history = section("history")
-    unknown = sorted(set(history) - {"mode", "personas", "min_items"})
+    unknown = _names(set(history) - {"mode", "personas", "min_items"})
     if unknown:
-        problems.append(f"Unknown history setting(s) {', '.join(map(repr, unknown))}.")
+        problems.append(f"Unknown history setting(s) {unknown}.")
     mode = history.get("mode", "participant")
-    if mode not in HISTORY_MODES:
-        problems.append(f"`history.mode` must be one of {', '.join(HISTORY_MODES)}, got {mode!r}.")
+    if not isinstance(mode, str) or mode not in HISTORY_MODES:
+        problems.append(f"`history.mode` must be one of {', '.join(HISTORY_MODES)}, got {_cut(mode)}.")
+        mode = "participant"
     personas = history.get("personas") or []
     if not isinstance(personas, list):
         problems.append("`history.personas` must be a list of persona names.")
         personas = []
     known_personas = personas_available()
-    missing = [p for p in personas if p not in known_personas]
+    missing = [p for p in personas if not isinstance(p, str) or p not in known_personas]
     if missing:
-        problems.append(f"Unknown persona(s) {', '.join(map(repr, missing))}; available: {', '.join(known_personas)}.")
+        problems.append(f"Unknown persona(s) {_names(missing, sort=False)}; available: {', '.join(known_personas)}.")
+        personas = [p for p in personas if p not in missing]
     if mode in ("persona", "either") and not personas:
         problems.append(f"`history.mode` {mode!r} needs `history.personas` (available: {', '.join(known_personas)}).")
     generation = section("generation")
-    unknown = sorted(set(generation) - {"max_new_tokens", "temperature", "top_p", "rag_k"})
+    unknown = _names(set(generation) - {"max_new_tokens", "temperature", "top_p", "rag_k"})
     if unknown:
-        problems.append(f"Unknown generation setting(s) {', '.join(map(repr, unknown))}.")
+        problems.append(f"Unknown generation setting(s) {unknown}.")
     completion = section("completion")
     redirect = text(completion.get("redirect_url"), "completion.redirect_url", required=False)
     if redirect and not re.match(r"^https?://\S+$", redirect):
@@ -255,18 +286,26 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         redirect_url=redirect,
     )
     if problems:
-        label = f" {name!r}" if name else ""
+        label = f" {name!r}" if NAME_RE.match(name or "") else ""
         raise StudyError(f"Study{label} in {where} is not valid:\n- " + "\n- ".join(problems))
     return definition
 
 
 def load_definition_file(path: str | Path) -> StudyDefinition:
     path = Path(path)
+    return parse_definition(read_study_text(path), where=path.name)
+
+
+def read_study_text(path: str | Path) -> str:
+    """The text of a study file, or a StudyError that says what is wrong with the file."""
+    path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StudyError(f"Could not read {path.name}: it is not a UTF-8 text file (save it as UTF-8 "
+                         "YAML or JSON).") from None
     except OSError as err:
         raise StudyError(f"Could not read {path.name} ({err.strerror or err}).") from None
-    return parse_definition(raw, where=path.name)
 
 
 # ---------------------------------------------------------------------------------------

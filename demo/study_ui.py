@@ -19,7 +19,8 @@ import yaml
 
 from .history import HistoryError, parse_files, parse_text
 from .study import (
-    CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, persona_items, study_stats,
+    CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, persona_items, read_study_text,
+    study_stats,
 )
 
 GPU_QUEUE = "gpu"  # the same concurrency group as the main page's generation (demo.ui.GPU_QUEUE)
@@ -425,7 +426,7 @@ def _admin_page(service: StudyService) -> None:
     @guard
     def on_save(t, text, file):
         if file:
-            text = Path(getattr(file, "name", file)).read_text(encoding="utf-8")
+            text = read_study_text(getattr(file, "name", file))
         return service.admin_register(t, text or "", source="admin")
 
     @guard

@@ -343,3 +343,25 @@ def test_participant_requests_are_asked_for_and_recorded(store):
     [row] = service.db.export_rows("unit")
     assert trial["request"] == row["request"] == "Write about the New Deal." and row["request_source"] == "participant"
     assert row["persona"] == "fdr"
+
+
+@pytest.mark.parametrize("text", [
+    "1: a\nfoo: b\nname: x\n",  # keys of mixed types
+    "[" * 50_000,  # nested too deeply for the parser
+    "name: ok\ntrials_per_participant: .inf\n",
+    "name: ok\ntrials_per_participant: .nan\n",
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\nconditions: [*d, *d]\n",
+])
+def test_odd_study_files_get_short_clear_errors(text):
+    with pytest.raises(StudyError) as err:
+        parse_definition(text)
+    assert 20 <= len(str(err.value)) <= 2000
+
+
+def test_a_study_file_that_is_not_utf8_is_reported_not_fatal(store, tmp_path):
+    (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "ok.json").write_text(json.dumps({**BASE, "name": "ok"}))
+    service = StudyService(FakeStudio(store), studies_dir=tmp_path)
+    assert len(service.load_errors) == 1 and "not a UTF-8 text file" in service.load_errors[0]
+    assert service.db.definition("ok") is not None
