@@ -343,16 +343,6 @@ _STUDY = {"name": "ok-study", "consent": {"version": "1", "text": "Consent."}, "
 _LAUGHS = ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
            "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nname: x\nconditions: [*e, *e]\n")
-# Known gaps in demo/study.py's parse_definition, each with the fix it needs.
-_MIXED_KEYS = pytest.mark.xfail(reason="parse_definition sorts unknown keys of mixed types: "
-                                       "sorted(map(str, set(data) - _TOP_KEYS))", strict=False)
-_DEEP = pytest.mark.xfail(reason="parse_definition lets RecursionError from yaml.safe_load escape: "
-                                 "catch it with yaml.YAMLError", strict=False)
-_NON_FINITE = pytest.mark.xfail(reason="parse_definition's number() calls int(value) on .inf/.nan: "
-                                       "check math.isfinite(value) first", strict=False)
-_HUGE_REPR = pytest.mark.xfail(reason="parse_definition puts the whole repr of bad conditions in the message: "
-                                      "cut each repr (e.g. reprlib.repr)", strict=False)
-
 BAD_STUDIES = [
     pytest.param("", id="empty"),
     pytest.param("   \n\t\n", id="blank"),
@@ -383,11 +373,11 @@ BAD_STUDIES = [
     pytest.param(json.dumps({**_STUDY, "completion": {"redirect_url": "javascript:alert(1)"}}), id="redirect-js"),
     pytest.param(json.dumps({**_STUDY, "reveal_conditions": "yes"}), id="reveal-text"),
     pytest.param(json.dumps({**_STUDY, "surprise": 1}), id="unknown-setting"),
-    pytest.param("1: a\nfoo: b\nname: x\n", id="mixed-type-keys", marks=_MIXED_KEYS),
-    pytest.param("[" * 50_000, id="deep-json", marks=_DEEP),
-    pytest.param("name: ok\ntrials_per_participant: .inf\n", id="trials-infinite", marks=_NON_FINITE),
-    pytest.param("name: ok\ntrials_per_participant: .nan\n", id="trials-nan", marks=_NON_FINITE),
-    pytest.param(_LAUGHS, id="alias-bomb", marks=_HUGE_REPR),
+    pytest.param("1: a\nfoo: b\nname: x\n", id="mixed-type-keys"),
+    pytest.param("[" * 50_000, id="deep-json"),
+    pytest.param("name: ok\ntrials_per_participant: .inf\n", id="trials-infinite"),
+    pytest.param("name: ok\ntrials_per_participant: .nan\n", id="trials-nan"),
+    pytest.param(_LAUGHS, id="alias-bomb"),
 ]
 
 
@@ -402,9 +392,6 @@ def test_bad_study_file_gets_a_clear_study_error(text):
     assert "Traceback" not in message
 
 
-@pytest.mark.xfail(reason="load_definition_file reads with encoding='utf-8' and lets UnicodeDecodeError escape, "
-                          "so StudyService() (and the app's start-up) fails on one non-UTF-8 study file: catch "
-                          "UnicodeDecodeError there and raise StudyError", strict=False)
 def test_a_non_utf8_study_file_does_not_stop_the_app(studio, tmp_path):
     from demo.study import StudyService
 
@@ -453,11 +440,8 @@ def test_bad_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_
         handler(admin_page, "on_save")(ADMIN, content, None)
 
 
-@pytest.mark.xfail(reason="study_ui.on_save reads an uploaded study file with read_text(encoding='utf-8'): a "
-                          "binary or non-UTF-8 file gives an unexplained error; catch UnicodeDecodeError there and "
-                          "raise StudyError('... is not a UTF-8 text file ...')", strict=False)
 def test_binary_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_bytes(b"\xff\xfe\x00binary" + bytes(range(256)))
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="UTF-8"):
         handler(admin_page, "on_save")(ADMIN, "", str(path))
