@@ -220,6 +220,21 @@ def test_upload_limit_is_given_to_gradio_and_shown_in_the_page(page):
     assert "max_file_size=int(settings.limits.max_upload_mb * 2**20)" in source
 
 
+def test_gradio_refuses_an_upload_over_the_limit_before_it_is_stored(page):
+    import httpx
+
+    page.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
+                max_file_size=int(0.5 * 2**20))  # what app.py passes: the page's limit, 0.5 MB
+    try:
+        url = page.local_url + "gradio_api/upload"
+        small = httpx.post(url, files={"files": ("ok.txt", b"a small history")}, timeout=60)
+        assert small.status_code == 200
+        big = httpx.post(url, files={"files": ("big.txt", b"word " * 120_000)}, timeout=60)
+        assert big.status_code == 413 and "maximum allowed size" in big.text, big.text[:300]
+    finally:
+        page.close()
+
+
 # ---------------------------------------------------------------------------------------
 # The API endpoints
 # ---------------------------------------------------------------------------------------
