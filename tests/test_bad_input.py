@@ -460,3 +460,20 @@ def test_binary_study_file_uploaded_on_the_admin_page_is_explained(admin_page, t
     path.write_bytes(b"\xff\xfe\x00binary" + bytes(range(256)))
     with pytest.raises(gr.Error, match="UTF-8"):
         handler(admin_page, "on_save")(ADMIN, "", str(path))
+
+
+def test_bad_history_on_the_study_page_is_explained(admin_page, studio, tmp_path):
+    from demo.study import StudyService, StudyStore, parse_definition
+
+    StudyStore(studio.store).register(parse_definition({**_STUDY, "name": "bad-history-study"}), source="test")
+    me = StudyService(studio, studies_dir=None).consent("bad-history-study", True)
+    ctx = {"study": "bad-history-study", "participant_id": me["participant_id"], "token": me["participant_token"]}
+    binary, broken = tmp_path / "notes.txt", tmp_path / "posts.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(64))
+    broken.write_text('[{"text": "a"}, ')
+    for text, files, expected in [(" \n\n\t", None, "The history is empty"),
+                                  ("\x00\x1b\x07", None, "The history is empty"),
+                                  ("", [str(binary)], "notes.txt looks like a binary file"),
+                                  ("", [str(broken)], "posts.json is not valid JSON")]:
+        with pytest.raises(gr.Error, match=re.escape(expected)):
+            handler(admin_page, "on_history")(ctx, {}, text, files)
