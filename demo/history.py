@@ -50,6 +50,10 @@ _UNWANTED_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # A paragraph break: a newline, any whitespace-only lines, another newline.
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
+# The csv module refuses cells over 128 KiB; a long item in a table is cut like any other item
+# instead (the upload size limit already bounds what is read).
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
 
 class HistoryError(ValueError):
     """Bad history input; its message is shown to the user as is (clear, one or two sentences, says what to do)."""
