@@ -146,7 +146,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # --- layout --------------------------------------------------------------------------
 
-    with gr.Blocks(title="PPlug Studio") as demo:
+    # Uploaded files sit in Gradio's cache: delete them within two hours, whatever "Delete my data" does.
+    with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600)) as demo:
         owner = gr.BrowserState(None, storage_key="pplug_owner", secret=_browser_secret(studio.settings.db_path))
         profile_id = gr.State(None)
         gr.Markdown(INTRO)

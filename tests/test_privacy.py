@@ -131,6 +131,10 @@ def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     assert handler(app, "on_delete")(owner)[0] == "Deleted: nothing."
 
 
+def test_uploaded_files_are_removed_from_gradios_cache(app):
+    assert app.delete_cache == (3600, 3600)  # every hour, files older than an hour
+
+
 def test_page_events_are_not_published_as_api_endpoints(client):
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     public = {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data"}
