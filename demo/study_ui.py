@@ -40,14 +40,22 @@ def add_study(demo: gr.Blocks, studio) -> StudyService:
     secret = _browser_secret(settings.db_path)
 
     with demo:  # on the main page: a study link of the form /?study=NAME opens the study page
+        _hide_navbar()  # the extra pages are reached by link; the main page looks as it did
         demo.load(None, js="""() => { const q = new URLSearchParams(window.location.search);
             if (q.get('study')) { window.location.replace(
                 window.location.pathname.replace(/\\/?$/, '/') + 'study' + window.location.search); } }""")
     with demo.route("User study", "study", show_in_navbar=False):
+        _hide_navbar()  # no link from the blind study to the labelled side-by-side page
         _participant_page(demo, service, secret, settings.limits)
     with demo.route("Study admin", "study-admin", show_in_navbar=False):
         _admin_page(service)
     return service
+
+
+def _hide_navbar() -> None:
+    # Gradio 6.31 shows a navbar on every page of a multipage app, and gr.Navbar(visible=False) does
+    # not hide it there; a style on the page does.
+    gr.HTML("<style>.nav-holder { display: none !important; }</style>", container=False, padding=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,7 +226,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     def advance(c, s, request_text=""):
         """Generate the next trial when one is due (not while the conditions of the last are shown)."""
         if not c.get("token") or c.get("paused"):
-            return {}
+            return {ctx: c}  # nothing to do (an empty dict would read as one value to Gradio)
         try:
             status = service.status(*ids(c))
             if status["stage"] == "next" or (status["stage"] == "history" and status["history_mode"] == "persona"):
@@ -226,7 +234,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             elif status["stage"] == "request" and (request_text or "").strip():
                 status = service.next_trial(*ids(c), request=request_text)
             elif status["stage"] not in ("trial", "done", "request"):
-                return {}
+                return {ctx: c}
         except StudyError as err:
             raise _error(err) from None
         return render(status, c, s)

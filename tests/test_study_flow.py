@@ -177,10 +177,12 @@ def test_page_events_through_gradio_processing(app, studio):
         return next(v for i, v in data.items() if getattr(components[i], "label", None) == wanted)
 
     data, comps = run("on_load", {})
+    run("advance", None, {}, "")  # chained after every load: nothing to do before consent
     saved_id = next(i for i, c in comps.items() if type(c).__name__ == "BrowserState")
     data, comps = run("on_consent", None, data[saved_id], True)
     saved = data[saved_id]
     assert saved["flow-test"]["participant_id"] == "GRADIO-1"
+    run("advance", None, saved, "")  # before a history: nothing to do
     run("on_history", None, saved, HISTORY, None)
     data, comps = run("advance", None, saved, "")
     shown_a = label(data, comps, "A")
