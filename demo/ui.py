@@ -100,6 +100,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     @spaces.GPU(duration=120)
     def on_compute(owner, text, files, column, user, name, progress=gr.Progress()):
+        # A click that comes before the page's load event has stored a token makes one here (kept below).
+        owner = ensure_owner(owner)
         try:
             parsed = _parse(studio, text, files, column, user)
             progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
@@ -112,7 +114,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         cached = result.n_items - result.n_encoded
         status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
                   f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
-        return status, profile_choices(owner, result.profile_id), result.profile_id
+        return status, profile_choices(owner, result.profile_id), result.profile_id, owner
 
     @spaces.GPU(duration=60)
     def on_generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
@@ -212,8 +214,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         if personas:
             for button, persona in zip(persona_buttons, personas):
                 button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
-        compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name], [status, profiles, profile_id],
-                          concurrency_id=GPU_QUEUE, **private)
+        compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name],
+                          [status, profiles, profile_id, owner], concurrency_id=GPU_QUEUE, **private)
         profiles.change(lambda p: p, profiles, profile_id, **private)
         gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
         gen_outputs = [personalized, generic, weights_plot, weights_table, notes]

@@ -123,12 +123,21 @@ def test_delete_my_data_leaves_no_row(client, studio):
 
 def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     owner = secrets.token_urlsafe(24)
-    _, _, profile_id = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
+    _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
     message, choices, selected = handler(app, "on_delete")(owner)
     assert message.startswith("Deleted: ") and "1 profiles" in message
     assert choices["choices"] == [] and selected is None
     assert studio.store.get_profile(profile_id, owner) is None
     assert handler(app, "on_delete")(owner)[0] == "Deleted: nothing."
+
+
+def test_compute_before_the_page_has_a_token_makes_and_keeps_one(app, studio):
+    # A click that beats the page's load event arrives without a token: the profile still gets an
+    # owner, and the page stores that token in the browser (the handler's last output).
+    status, _, profile_id, owner = handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
+    assert "ready" in status and len(owner) >= 32
+    assert studio.store.get_profile(profile_id, owner) is not None
+    assert handler(app, "on_compute")(owner, _history("again"), None, "text", None, "again")[3] == owner
 
 
 def test_uploaded_files_are_removed_from_gradios_cache(app):
