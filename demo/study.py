@@ -526,9 +526,8 @@ class StudyStore:
 
     def participant(self, study: str, participant_id: str, token: str) -> dict:
         """The participant's row, only with the right token (else StudyError)."""
-        row = next(iter(self.store._db().query(
-            "SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
-            [study, participant_id or ""])), None)
+        row = self._one("SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
+                        [study, participant_id or ""])
         if row is None or not hmac.compare_digest(row.pop("token_sha256"), _sha(token or "")):
             raise StudyError("This browser has no consent on record for this participant in this study: "
                              "reload the study link to start.")
@@ -542,8 +541,12 @@ class StudyStore:
 
     def history(self, participant: int) -> dict | None:
         """The participant's latest history choice."""
-        return next(iter(self.store._db().query(
-            "SELECT * FROM study_histories WHERE participant = ? ORDER BY id DESC LIMIT 1", [participant])), None)
+        return self._one("SELECT * FROM study_histories WHERE participant = ? ORDER BY id DESC LIMIT 1", [participant])
+
+    def _one(self, sql: str, args: list) -> dict | None:
+        """The first row as a dict; the statement is finished at once (no cursor left open)."""
+        rows = list(self.store._db().query(sql, args))
+        return rows[0] if rows else None
 
     # -- trials and votes --------------------------------------------------------------
 
