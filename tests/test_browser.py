@@ -93,19 +93,28 @@ def _page(browser):
     return context, page, dialogs
 
 
+def _wait_or_report(page, locator) -> None:
+    """Wait for ``locator``; on a timeout, fail with the messages the page shows (error toasts)."""
+    try:
+        locator.wait_for()
+    except playwright_api.TimeoutError:
+        toasts = page.evaluate("() => [...document.querySelectorAll('.toast-body')].map(e => e.innerText)")
+        raise AssertionError(f"timed out waiting for {locator}; the page shows: {toasts}") from None
+
+
 def _compute_and_generate(page, url: str, history: str, name: str) -> tuple[str, str]:
     page.goto(url)
     page.get_by_label("Your writing history").fill(history)
     page.get_by_label("Profile name").fill(name)
     page.get_by_role("button", name="Compute my PPlug embedding").click()
-    page.get_by_text("Your PPlug embedding is ready").wait_for()
+    _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))
     page.get_by_label("Request").fill("Write a short post about my weekend.")
     page.get_by_role("button", name="Generate", exact=True).click()
     personalized, generic = page.get_by_label("Personalized (PPlug)"), page.get_by_label("Generic (same model, no plug)")
     page.wait_for_function(
         """() => [...document.querySelectorAll('textarea')].filter(t => t.disabled || t.readOnly)
                  .filter(t => t.value.length > 0).length >= 2""")
-    page.get_by_text("Generated in").wait_for()  # the stream has finished
+    _wait_or_report(page, page.get_by_text("Generated in"))  # the stream has finished
     return personalized.input_value(), generic.input_value()
 
 
@@ -153,9 +162,10 @@ def test_profiles_stay_with_their_browser(browser, app):
     try:
         page.goto(app)
         page.get_by_role("button", name="Food Blogger").click()
+        playwright_api.expect(page.get_by_label("Your writing history")).not_to_have_value("", timeout=TIMEOUT_MS)
         page.get_by_label("Profile name").fill("kept-in-this-browser")
         page.get_by_role("button", name="Compute my PPlug embedding").click()
-        page.get_by_text("Your PPlug embedding is ready").wait_for()
+        _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))
         page.reload()  # the owner token survives a reload: the profile is listed again
         page.get_by_label("Your profiles").click()
         page.get_by_role("option", name="kept-in-this-browser", exact=False).wait_for()
