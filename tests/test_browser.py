@@ -217,20 +217,17 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-1&STUDY_ID=S1&SESSION_ID=X1")
         page.get_by_text("Consent (version 2)").wait_for()
         assert StudyStore(studio.store).export_rows("browser-flow") == []  # nothing stored before consent
-        # Clicks are dispatched on the elements: the error overlays that demo/study_ui.py's `advance` leaves
-        # on a fresh page (see test_study_page_opens_without_an_error) would otherwise swallow them.
-        page.get_by_label("I have read the information above and agree to take part.").dispatch_event("click")
-        assert page.get_by_label("I have read the information above and agree to take part.").is_checked()
-        page.get_by_role("button", name="Continue").dispatch_event("click")
+        page.get_by_label("I have read the information above and agree to take part.").check()
+        page.get_by_role("button", name="Continue").click()
         page.get_by_label("Your writing").fill("I bake bread on Sundays.\n\nI run by the river.\n\nI read sci-fi.")
-        page.get_by_role("button", name="Use my writing").dispatch_event("click")
+        page.get_by_role("button", name="Use my writing").click()
         page.get_by_text("Trial 1 of 2").wait_for()
         _wait_for_answers(page)
-        page.get_by_role("button", name="A is better").dispatch_event("click")
+        page.get_by_role("button", name="A is better").click()
         page.get_by_text("Trial 2 of 2").wait_for()
         _wait_for_answers(page)
         page.get_by_label("Why? (optional)").fill("Sounds like me.")
-        page.get_by_role("button", name="B is better").dispatch_event("click")
+        page.get_by_role("button", name="B is better").click()
         page.get_by_text("BROWSER-OK").wait_for()
         assert "You have finished all 2 trials" in page.content()
         assert dialogs == []
@@ -253,10 +250,6 @@ def test_study_link_with_html_in_the_participant_id_stays_inert(browser, study_a
         context.close()
 
 
-@pytest.mark.xfail(reason="demo/study_ui.py: `advance` returns {} when there is no participant token yet (a fresh "
-                          "page, before consent); Gradio 6 rejects that ('didn't return enough output values') and "
-                          "covers the page with 'Error' overlays that block clicks. Return {ctx: c} instead of {}",
-                   strict=False)
 def test_study_page_opens_without_an_error(browser, study_app):
     context, page, _ = _page(browser)
     try:
