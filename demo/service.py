@@ -191,7 +191,7 @@ class Studio:
             raise ServiceError("The history is empty: paste some of your writing, one item per paragraph.")
         if len(items) > self.settings.limits.max_items:
             raise ServiceError(f"Too many items ({len(items):,}); the limit is {self.settings.limits.max_items:,}.")
-        name = " ".join(clean_text(name or "").split())[:200] or "My history"
+        name = " ".join(clean_text(name if isinstance(name, str) else "").split())[:200] or "My history"
         start = time.perf_counter()
         matrix, n_encoded = self._item_matrix(items, progress)
         profile_id = self.store.create_profile(owner, name, items, source=source)

@@ -282,6 +282,14 @@ def test_api_compute_profile_cuts_a_huge_item_with_a_note(api):
     assert out["n_items"] == 2 and out["notes"] == ["1 item cut to 200 characters"]
 
 
+@pytest.mark.parametrize("name,shown", [(None, "My history"), (12345, "My history"), ("", "My history"),
+                                        ("  my\x00 blog\n\tposts ", "my blog posts"), ("x" * 500, "x" * 200)])
+def test_api_profile_names_of_any_kind_are_cleaned(api, name, shown):
+    out = api.predict(history=GOOD, owner_token=TOKEN, name=name, api_name="/compute_profile")
+    listed = {p["id"]: p["name"] for p in api.predict(owner_token=TOKEN, api_name="/list_profiles")}
+    assert listed[out["profile_id"]] == shown
+
+
 @pytest.mark.parametrize("token,expected", [
     ("", "too short owner token"), ("short", "too short owner token"),
     ("x" * 300, "Invalid owner token"), ("owner\x00token-with-a-nul", "Invalid owner token"),
