@@ -135,7 +135,7 @@ class Studio:
             return ("**Untrained plug** (random projector): the personalized side shows the mechanism, "
                     "not learned personalization.")
         what = made.get("summary") or f"{self.plug.config.origin} plug"
-        return f"Plug `{self.plug_id}`: {what}"
+        return f"Plug `{self.plug_id}`: {what} Its measured results are under *About the plug* below."
 
     # --- encoding ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from .settings import REPO_ROOT
 from .study_ui import add_study
 
 PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
+RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
 GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
 
 INTRO = """# PPlug Studio
@@ -64,6 +65,25 @@ def _parse(studio: Studio, text: str, files: list | None, column: str, user: str
         return parse_files([getattr(f, "name", f) for f in files], text_column=column or "text",
                            user=user or None, max_bytes=int(limits.max_upload_mb * 2**20), **kwargs)
     return parse_text(text or "", **kwargs)
+
+
+def _plug_report(studio: Studio) -> str:
+    """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
+    config = studio.plug.config
+    lines = [f"**Plug** `{studio.plug_id}` ({config.origin}), made for `{config.encoder_id}` and `{config.llm_id}`; "
+             f"aggregator temperature {config.tau:g}."]
+    made = config.made
+    if made.get("summary"):
+        lines.append(f"How it was made: {made['summary']}.")
+    # Scalar facts and the training settings; the per-evaluation history stays in config.json.
+    facts = {k: v for k, v in made.items() if isinstance(v, (int, float, str)) and k not in ("summary", "data_dir")}
+    facts.update(made.get("settings", {}))
+    if facts:
+        lines.append("Details: " + ", ".join(f"{k} = {v}" for k, v in facts.items()) + ".")
+    for path in RESULTS_FILES:
+        if path.is_file():
+            lines += ["", f"From `assets/results/{path.name}`:", "", path.read_text(encoding="utf-8")]
+    return "\n".join(lines)
 
 
 def _weights_frame(result: Comparison) -> pd.DataFrame:
@@ -198,6 +218,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                       y_title="aggregator weight")
             weights_table = gr.Dataframe(headers=["item", "weight", "text"], wrap=True, interactive=False,
                                          label="Their text")
+
+        with gr.Accordion("About the plug and its measured results", open=False):
+            gr.Markdown(_plug_report(studio))
 
         with gr.Accordion("Your data", open=False):
             gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
