@@ -192,7 +192,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=2):
                 parsed_preview = gr.Markdown("Paste or upload a history to see its items here.")
                 name = gr.Textbox(label="Profile name", placeholder="e.g. My blog")
-                compute_btn = gr.Button("Compute my PPlug embedding", variant="primary")
+                # Enabled once the page's load event has given this browser its owner token (below).
+                compute_btn = gr.Button("Compute my PPlug embedding", variant="primary", interactive=False)
                 status = gr.Markdown()
                 profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
 
@@ -231,7 +232,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # --- wiring ----------------------------------------------------------------------
         private = dict(api_visibility="private")
-        demo.load(ensure_owner, owner, owner, **private).then(profile_choices, owner, profiles, **private)
+        demo.load(ensure_owner, owner, owner, **private).then(profile_choices, owner, profiles, **private).then(
+            lambda: gr.update(interactive=True), None, compute_btn, **private)
         for trigger in (history.change, files.change, column.submit, lamp_user.change):
             trigger(show_preview, [history, files, column, lamp_user], [parsed_preview, lamp_user], **private)
         if personas:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not REQUIRED and not os.path.exists(CHROMIUM),
                                 reason="needs Debian's Chromium: apt-get install chromium (.ci/run does)")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = 60_000
 
 # Each payload, if it ever ran, would set a flag on window or open a dialog.
 SCRIPT = "<script>window.__pwned = 'script'; alert('script')</script>"
@@ -98,8 +98,13 @@ def _wait_or_report(page, locator) -> None:
     try:
         locator.wait_for()
     except playwright_api.TimeoutError:
-        toasts = page.evaluate("() => [...document.querySelectorAll('.toast-body')].map(e => e.innerText)")
-        raise AssertionError(f"timed out waiting for {locator}; the page shows: {toasts}") from None
+        shown = page.evaluate("""() => ({
+            toasts: [...document.querySelectorAll('.toast-body')].map(e => e.innerText),
+            trackers: [...document.querySelectorAll('[data-testid=status-tracker]')].map(e => e.innerText.trim())
+                      .filter(t => t),
+            boxes: [...document.querySelectorAll('textarea')].map(t => t.value.slice(0, 60)),
+        })""")
+        raise AssertionError(f"timed out waiting for {locator}; the page shows: {shown}") from None
 
 
 def _compute_and_generate(page, url: str, history: str, name: str) -> tuple[str, str]:
@@ -111,10 +116,10 @@ def _compute_and_generate(page, url: str, history: str, name: str) -> tuple[str,
     page.get_by_label("Request").fill("Write a short post about my weekend.")
     page.get_by_role("button", name="Generate", exact=True).click()
     personalized, generic = page.get_by_label("Personalized (PPlug)"), page.get_by_label("Generic (same model, no plug)")
+    _wait_or_report(page, page.get_by_text("Generated in"))  # the stream has finished
     page.wait_for_function(
         """() => [...document.querySelectorAll('textarea')].filter(t => t.disabled || t.readOnly)
                  .filter(t => t.value.length > 0).length >= 2""")
-    _wait_or_report(page, page.get_by_text("Generated in"))  # the stream has finished
     return personalized.input_value(), generic.input_value()
 
 
