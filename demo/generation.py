@@ -79,7 +79,9 @@ class Generator:
         )
         head, tail = text.split(_MARKER)
         encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return PromptIds(prefix=encode(head), suffix=encode(request) + encode(tail))
+        # The request is the visitor's text: "<|im_end|>" typed into it stays text, never a real marker.
+        request_ids = self.tokenizer(request, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return PromptIds(prefix=encode(head), suffix=request_ids + encode(tail))
 
     def embed(self, prompts: list[PromptIds], soft: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input embeddings for a batch of rows.

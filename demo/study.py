@@ -39,7 +39,7 @@ import yaml
 from sqlite_utils import Database, Migrations
 
 from . import study_stats
-from .settings import REPO_ROOT, Settings
+from .settings import REPO_ROOT, Settings, choose_journal_mode
 from .storage import Store
 
 CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")  # those of demo.service (not imported: no torch here)
@@ -1038,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
         db_path = Path(args.db) if args.db else Settings.from_env().db_path
         if not db_path.is_file():
             raise StudyError(f"No database at {db_path}.")
-        with Store(db_path) as store:
+        with Store(db_path, journal_mode=choose_journal_mode(db_path)) as store:
             studies = StudyStore(store)
             if args.command == "list":
                 for s in studies.studies():

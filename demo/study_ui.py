@@ -17,7 +17,7 @@ import pandas as pd
 import spaces
 import yaml
 
-from .history import HistoryError, parse_files, parse_text
+from .history import HistoryError, markdown_text, parse_files, parse_text
 from .study import (
     CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, persona_items, read_study_text,
     study_stats,
@@ -119,7 +119,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         """The screen for a participant's status (from the service)."""
         info = c["info"]
         stage = status["stage"]
-        pid = f"Your participant id: **{status['participant_id']}** (note it down)."
+        pid = f"Your participant id: **{markdown_text(status['participant_id'])}** (note it down)."
         if stage == "done":
             code = status.get("completion_code")
             lines = [f"## Thank you!\nYou have finished all {status['total']} trials. {pid}"]
@@ -152,7 +152,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         trial = status["trial"]
         c = {**c, "trial_id": trial["trial_id"]}
         return show("trial", c, s, {**common,
-            request_group: gr.update(visible=False), request_md: f"**Request:** {trial['request']}",
+            request_group: gr.update(visible=False), request_md: f"**Request:** {markdown_text(trial['request'])}",
             out_a: trial["A"], out_b: trial["B"], vote_row: gr.update(visible=True),
             reason: gr.update(visible=True, value=""), reveal_md: gr.update(visible=False),
             next_btn: gr.update(visible=False)})

@@ -356,8 +356,6 @@ def test_api_request_that_imitates_the_chat_template_is_answered(api, api_profil
     assert isinstance(out["personalized"], str) and isinstance(out["generic"], str)
 
 
-@pytest.mark.xfail(reason="Generator.prompt_ids in demo/generation.py encodes the request with special tokens "
-                          "parsed; it needs split_special_tokens=True for the request", strict=False)
 def test_chat_template_markers_in_a_request_stay_text(studio):
     ids = studio.generator.prompt_ids(INJECTION)
     special = set(studio.tokenizer.all_special_ids)
