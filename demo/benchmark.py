@@ -206,8 +206,8 @@ def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
     try:
         while time.perf_counter() - t0 < timeout:
             try:
-                tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                root = psutil.Process(proc.pid)
+                peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
             except psutil.Error:
                 pass
             if proc.poll() is not None:
@@ -259,7 +259,7 @@ def markdown(results: dict) -> str:
     if "aggregator" in results:
         lines += ["", "| history items | aggregator + projector, cached (ms) | projecting now (ms) |",
                   "| --- | --- | --- |"]
-        for n, row in results["aggregator"].items():
+        for n, row in ((n, row) for n, row in results["aggregator"].items() if n.isdigit()):
             lines.append(f"| {int(n):,} | {row['cached_ms']:.3f} | {row['projecting_now_ms']:.2f} |")
     absolute = []
     if "pair" in results:
@@ -300,11 +300,14 @@ def main(argv: list[str] | None = None) -> None:
                                                               "aggregator cold_start")
     args = parser.parse_args(argv)
 
+    # Figures skipped in this run keep their values from an earlier run of the same file.
+    results_file = args.out.with_suffix(".json")
+    results: dict = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env().with_(db_path=Path(tmp) / "bench.db")
         studio = Studio(settings)
-        results: dict = {"machine": machine(), "dtype": str(settings.dtype), "device": settings.device,
-                         "repeats": args.repeats}
+        results.update(machine=machine(), dtype=str(settings.dtype), device=settings.device, repeats=args.repeats)
         blog = stress_history(args.data)
         figures = {
             "pair": lambda: fig_pair(studio, args.repeats, args.new_tokens),
@@ -317,12 +320,12 @@ def main(argv: list[str] | None = None) -> None:
             if name in args.skip:
                 continue
             print(f"[benchmark] {name} ...", flush=True)
-            results[name] = run()
+            results[name] = {**run(), "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                             "torch_threads": torch.get_num_threads()}
             print(json.dumps(results[name], indent=1), flush=True)
+            results_file.write_text(json.dumps(results, indent=2) + "\n")  # kept even if a later figure fails
         studio.store.close()
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     args.out.with_suffix(".md").write_text("# Benchmark results\n\n" + table)
     print(table)
