@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--cache", default=None, help="Store file of item embeddings (default: <cache dir>/train_cache.db)")
     p.add_argument("--out", default=str(REPO_ROOT / "assets" / "results"))
+    p.add_argument("--record-in-plug", action="store_true",
+                   help="write the dev results and a summary sentence into the trained plug's config.json")
     p.add_argument("--reuse", default=None,
                    help="per_query.jsonl of an earlier run with the same settings: its outputs are reused "
                         "for the methods it holds instead of generating them again")
@@ -335,6 +337,31 @@ def plug_settings(folder: str) -> dict:
         return {}
 
 
+def record_in_plug(results: dict, folder: str | Path) -> str:
+    """Write the dev results into the plug's ``config.json`` (``made.dev_results`` and its summary).
+
+    The weights (and so the plug id) are untouched. -> the new summary sentence.
+    """
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    made = config.setdefault("made", {})
+    per = []
+    dev = {}
+    for t in results["tasks"]:
+        m = t["methods"]
+        if "pplug" in m and "rougeL" in m["pplug"]:
+            per.append(f"{t['task']} {m['pplug']['rougeL']:.3f}"
+                       + (f" (generic {m['generic']['rougeL']:.3f})" if "generic" in m else ""))
+        dev[t["task"]] = {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in m.items()}
+    made["dev_results"] = {"split": results["split"], "limit": results["settings"].get("limit"), "tasks": dev}
+    steps = f"{made.get('selected_step', '?')} of {made.get('steps', '?')} steps"
+    tasks = "+".join(made.get("data", {})) or "LaMP-format"
+    made["summary"] = (f"trained on the {tasks} train splits ({steps}); dev ROUGE-L " + ", ".join(per)
+                       + "; full results in assets/results/results.md")
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return made["summary"]
+
+
 def evaluate(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -363,6 +390,8 @@ def evaluate(args) -> dict:
                "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
                "history_cap": ev.history_cap(), "tasks": tasks}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.record_in_plug and plug_id and plug_id.startswith("trained"):
+        record_in_plug(results, args.plug)
     (out / "results.md").write_text(markdown(results) + "\n")
     with open(out / "per_query.jsonl", "w") as f:
         for rec in records:

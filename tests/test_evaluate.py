@@ -92,7 +92,8 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
                               "--training-free-plug", str(root / "free"), "--max-new-tokens", "4",
-                              "--candidates", "3", "--bootstrap", "50", "--out", str(results_dir)]) == 0
+                              "--candidates", "3", "--bootstrap", "50", "--out", str(results_dir),
+                              "--record-in-plug"]) == 0
     results = json.loads((results_dir / "results.json").read_text())
     (task,) = results["tasks"]
     assert task["n_queries"] == 4
@@ -106,6 +107,10 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert "pplug - pplug-other-user" in task["comparisons"]
     lines = (results_dir / "per_query.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(m in json.loads(lines[0]) for m in evaluate_cli.METHODS)
+    recorded = json.loads((out / "config.json").read_text())["made"]
+    assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
+    assert "dev ROUGE-L tweets" in recorded["summary"]
+    assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert "| pplug+rag |" in md and "fit MRR" in md
 
