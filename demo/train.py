@@ -1,7 +1,7 @@
 """Train a PPlug on LaMP-format tasks, or build the training-free plug.
 
     python -m demo.train --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
-        --steps 800 --out assets/plug
+        --steps 480 --out assets/plug
     accelerate launch -m demo.train ...          # several GPUs: Hugging Face accelerate
     python -m demo.train --training-free --out runs/training-free
 
