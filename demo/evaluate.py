@@ -29,17 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .generation import Generator
 from .history import lamp_item_text
 from .lamp import SHARED_TASKS, LampSplit, postprocess, rag_prompt, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
-from .models import canonical_id, load_encoder, load_llm
-from .objective import (EmbeddingCache, build_examples, fit_prompt, generate, nll_per_row, soft_tokens,
+from .objective import (FrozenModels, build_examples, fit_prompt, generate, nll_per_row, soft_tokens,
                         target_ids, teacher_forced_logits)
 from .plug import PPlug, cosine_spread
 from .retrieval import retrieve_bm25, retrieve_dense
 from .settings import REPO_ROOT, Settings
-from .storage import Store
 
 log = logging.getLogger("demo.evaluate")
 
@@ -111,19 +108,10 @@ def main_metric(task) -> str:
     return {"generation": "rougeL", "classification": "correct", "regression": "abs_error"}[task.kind]
 
 
-class Evaluation:
+class Evaluation(FrozenModels):
     def __init__(self, args, settings: Settings):
+        super().__init__(settings, args.cache, args.encoder_max_tokens)
         self.args = args
-        self.settings = settings
-        self.encoder = load_encoder(settings)
-        self.model, self.tokenizer = load_llm(settings)
-        self.generator = Generator(self.model, self.tokenizer)
-        self.encoder_id = canonical_id(settings.encoder)
-        self.llm_id = canonical_id(settings.llm)
-        cache_path = Path(args.cache) if args.cache else settings.cache_dir / "train_cache.db"
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self.cache = EmbeddingCache(self.encoder, self.encoder_id, Store(cache_path), settings.encode_batch_size,
-                                   max_tokens=args.encoder_max_tokens)
         self.d_enc = self.encoder.get_embedding_dimension()
         self.plugs: dict[str, PPlug] = {}
         self.reuse: dict[tuple[str, str], dict] = {}

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .generation import GenerationParams, Generator, PromptIds
 from .lamp import LampSplit, Query, TaskSpec
+from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
+from .settings import Settings
 from .storage import Store, sha256_text
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,22 @@ class EmbeddingCache:
 
 
 # --- examples ---------------------------------------------------------------------------------
+
+
+class FrozenModels:
+    """What training and evaluation share: the frozen encoder and LLM, the decode loop, the item cache."""
+
+    def __init__(self, settings: Settings, cache: str | None, encoder_max_tokens: int):
+        self.settings = settings
+        self.encoder = load_encoder(settings)
+        self.model, self.tokenizer = load_llm(settings)
+        self.generator = Generator(self.model, self.tokenizer)
+        self.encoder_id = canonical_id(settings.encoder)
+        self.llm_id = canonical_id(settings.llm)
+        cache_path = Path(cache) if cache else settings.cache_dir / "train_cache.db"
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache = EmbeddingCache(self.encoder, self.encoder_id, Store(cache_path), settings.encode_batch_size,
+                                    max_tokens=encoder_max_tokens)
 
 
 @dataclass

@@ -32,14 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .generation import Generator
 from .lamp import SHARED_TASKS, read_task
-from .models import canonical_id, load_encoder, load_llm
-from .objective import (EmbeddingCache, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
+from .objective import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
                         soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
 from .plug import PPlug
 from .settings import REPO_ROOT, Settings
-from .storage import Store
 
 log = logging.getLogger("demo.train")
 
@@ -161,20 +158,11 @@ def dev_subset(args, splits_dev) -> list:
     return out
 
 
-class Trainer:
+class Trainer(FrozenModels):
     def __init__(self, args, settings: Settings, accelerator):
+        super().__init__(settings, args.cache, args.encoder_max_tokens)
         self.args = args
-        self.settings = settings
         self.acc = accelerator
-        self.encoder = load_encoder(settings)
-        self.model, self.tokenizer = load_llm(settings)
-        self.generator = Generator(self.model, self.tokenizer)
-        self.encoder_id = canonical_id(settings.encoder)
-        self.llm_id = canonical_id(settings.llm)
-        cache_path = Path(args.cache) if args.cache else settings.cache_dir / "train_cache.db"
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self.cache = EmbeddingCache(self.encoder, self.encoder_id, Store(cache_path), settings.encode_batch_size,
-                                   max_tokens=args.encoder_max_tokens)
 
     def new_plug(self) -> PPlug:
         emb = self.model.get_input_embeddings().weight
