@@ -134,8 +134,8 @@ class Studio:
         if self.plug.config.origin == "untrained":
             return ("**Untrained plug** (random projector): the personalized side shows the mechanism, "
                     "not learned personalization.")
-        what = made.get("summary") or f"{self.plug.config.origin} plug"
-        return f"Plug `{self.plug_id}`: {what} Its measured results are under *About the plug* below."
+        what = (made.get("summary") or f"{self.plug.config.origin} plug").rstrip(". ")
+        return f"Plug `{self.plug_id}`: {what}. Its measured results are under *About the plug* below."
 
     # --- encoding ------------------------------------------------------------------------
 

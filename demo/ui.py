@@ -74,7 +74,7 @@ def _plug_report(studio: Studio) -> str:
              f"aggregator temperature {config.tau:g}."]
     made = config.made
     if made.get("summary"):
-        lines.append(f"How it was made: {made['summary']}.")
+        lines.append(f"How it was made: {made['summary'].rstrip('. ')}.")
     # Scalar facts and the training settings; the per-evaluation history stays in config.json.
     facts = {k: v for k, v in made.items() if isinstance(v, (int, float, str)) and k not in ("summary", "data_dir")}
     facts.update(made.get("settings", {}))
