@@ -61,6 +61,13 @@ class Generator:
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.stop_ids))
+        # The chat template around the request never changes: render and tokenize it once.
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _MARKER}], tokenize=False, add_generation_prompt=True
+        )
+        head, tail = text.split(_MARKER)
+        self._head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        self._tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
 
     @property
     def device(self) -> torch.device:
@@ -74,14 +81,9 @@ class Generator:
 
     def prompt_ids(self, request: str) -> PromptIds:
         """Split the chat-templated request into the ids before and after the soft tokens."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": _MARKER}], tokenize=False, add_generation_prompt=True
-        )
-        head, tail = text.split(_MARKER)
-        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         # The request is the visitor's text: "<|im_end|>" typed into it stays text, never a real marker.
         request_ids = self.tokenizer(request, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        return PromptIds(prefix=encode(head), suffix=request_ids + encode(tail))
+        return PromptIds(prefix=list(self._head_ids), suffix=request_ids + self._tail_ids)
 
     def embed(self, prompts: list[PromptIds], soft: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input embeddings for a batch of rows.
