@@ -328,6 +328,14 @@ class Store:
             )
         )
 
+    def owners_of(self, profile_ids: list[str]) -> list[str]:
+        """The distinct owners of the given profiles (ids that do not exist are skipped)."""
+        marks = ", ".join("?" * len(profile_ids))
+        if not profile_ids:
+            return []
+        return [r[0] for r in self._db().execute(
+            f"SELECT DISTINCT owner FROM profiles WHERE id IN ({marks})", list(profile_ids)).fetchall()]
+
     def profile_items(self, profile_id: str) -> list[dict]:
         """``[{"position", "text", "sha256"}]`` ordered by position.
 

@@ -13,6 +13,9 @@ module holds everything about studies that is not layout:
 
 Nothing about a participant is stored before consent. Every study table is append-only: a
 participant's history choice, trials, interactions, votes and completion are new rows, never updates.
+The one exception is withdrawal: once a participant's withdrawal is recorded, the database lets
+their rows be deleted, or anonymized in place when the study's consent says votes are kept
+(``consent.on_withdraw: keep_anonymized``); nothing else can change them.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 HISTORY_MODES = ("participant", "persona", "either")
+WITHDRAW_MODES = ("delete", "keep_anonymized")
 
 
 class StudyError(ValueError):
@@ -96,6 +100,7 @@ class StudyDefinition:
     reveal_conditions: bool = False
     completion_code: str = ""
     redirect_url: str = ""
+    on_withdraw: str = "delete"  # what withdrawal does to votes: delete | keep_anonymized
 
     @property
     def participant_prompts(self) -> bool:
@@ -109,7 +114,8 @@ class StudyDefinition:
         """The file format (what :func:`parse_definition` reads back to an equal definition)."""
         return {
             "name": self.name, "title": self.title,
-            "consent": {"version": self.consent_version, "text": self.consent_text},
+            "consent": {"version": self.consent_version, "text": self.consent_text,
+                        "on_withdraw": self.on_withdraw},
             "instructions": self.instructions, "conditions": list(self.conditions),
             "prompts": list(self.prompts) if self.prompts else "participant",
             "trials_per_participant": self.trials_per_participant,
@@ -215,6 +221,13 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
     consent = section("consent")
     consent_text = text(consent.get("text"), "consent.text")
     consent_version = text(consent.get("version"), "consent.version")
+    unknown = _names(set(consent) - {"version", "text", "on_withdraw"})
+    if unknown:
+        problems.append(f"Unknown consent setting(s) {unknown}.")
+    on_withdraw = consent.get("on_withdraw", "delete")
+    if on_withdraw not in WITHDRAW_MODES:
+        problems.append(f"`consent.on_withdraw` must be one of {', '.join(WITHDRAW_MODES)}, got {_cut(on_withdraw)}.")
+        on_withdraw = "delete"
     conditions = data.get("conditions")
     if not isinstance(conditions, list) or len(conditions) < 2:
         problems.append(f"`conditions` must list at least two of: {', '.join(CONDITIONS)}.")
@@ -283,7 +296,7 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         rag_k=number(generation.get("rag_k"), "generation.rag_k", 4, int, 1, 64),
         reveal_conditions=bool(reveal) if isinstance(reveal, bool) else False,
         completion_code=text(completion.get("code"), "completion.code", required=False),
-        redirect_url=redirect,
+        redirect_url=redirect, on_withdraw=on_withdraw,
     )
     if problems:
         label = f" {name!r}" if NAME_RE.match(name or "") else ""
@@ -444,6 +457,40 @@ def m002_study_tables(db: Database) -> None:
                 BEGIN SELECT RAISE(ABORT, 'study data is append-only'); END""")
 
 
+# How each table's rows name their participant (for the withdrawal triggers).
+_PARTICIPANT_OF = {
+    "study_participants": "OLD.id",
+    "study_histories": "OLD.participant",
+    "study_trials": "OLD.participant",
+    "study_interactions": "(SELECT participant FROM study_trials WHERE id = OLD.trial)",
+    "study_votes": "OLD.participant",
+    "study_completions": "OLD.participant",
+}
+
+
+@STUDY_MIGRATIONS(name="m003_study_withdrawals")
+def m003_study_withdrawals(db: Database) -> None:
+    # A withdrawal is recorded first; only then may that participant's rows be deleted
+    # (mode delete) or updated (mode keep_anonymized). No foreign key: after a deletion the
+    # participant row is gone and this row only says that someone withdrew.
+    db.execute("""CREATE TABLE study_withdrawals (
+        participant INTEGER PRIMARY KEY,
+        study TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('delete', 'keep_anonymized')),
+        withdrawn_at TEXT NOT NULL
+    )""")
+    for action in ("UPDATE", "DELETE"):
+        db.execute(f"""CREATE TRIGGER study_withdrawals_no_{action.lower()} BEFORE {action} ON study_withdrawals
+            BEGIN SELECT RAISE(ABORT, 'study data is append-only'); END""")
+    for table, participant in _PARTICIPANT_OF.items():
+        for action, mode in (("UPDATE", "keep_anonymized"), ("DELETE", "delete")):
+            db.execute(f"DROP TRIGGER {table}_no_{action.lower()}")
+            db.execute(f"""CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table}
+                WHEN NOT EXISTS (SELECT 1 FROM study_withdrawals w
+                                 WHERE w.participant = {participant} AND w.mode = '{mode}')
+                BEGIN SELECT RAISE(ABORT, 'study data is append-only'); END""")
+
+
 EXPORT_COLUMNS = {  # column -> type, in export order
     "study": str, "study_version": int, "trial_id": int, "participant_id": str, "participant_id_source": str,
     "prolific_study_id": str, "prolific_session_id": str, "consent_version": str, "consented_at": str,
@@ -502,7 +549,8 @@ class StudyStore:
                    WHERE p.study = v.study) AS completed,
                 (SELECT COUNT(*) FROM study_trials t WHERE t.study = v.study) AS trials,
                 (SELECT COUNT(*) FROM study_votes x JOIN study_trials t ON t.id = x.trial
-                   WHERE t.study = v.study) AS votes
+                   WHERE t.study = v.study) AS votes,
+                (SELECT COUNT(*) FROM study_withdrawals w WHERE w.study = v.study) AS withdrawn
             FROM study_versions v
             WHERE v.version = (SELECT MAX(version) FROM study_versions w WHERE w.study = v.study)
             ORDER BY v.study"""))
@@ -547,6 +595,44 @@ class StudyStore:
         """The first row as a dict; the statement is finished at once (no cursor left open)."""
         rows = list(self.store._db().query(sql, args))
         return rows[0] if rows else None
+
+    def withdraw(self, participant: int, study: str, mode: str) -> dict[str, int]:
+        """Record the withdrawal, then delete the participant's study rows or anonymize them.
+
+        ``keep_anonymized`` keeps what the analysis needs (conditions, choice, times) and blanks
+        what could identify the person: the participant and Prolific ids, the token, the profile
+        id, requests they wrote, outputs generated from their own writing, and free-text reasons.
+        One transaction. Returns the rows touched per table.
+        """
+        counts: dict[str, int] = {}
+        with self.store._write() as db:
+            db.execute("INSERT INTO study_withdrawals (participant, study, mode, withdrawn_at) VALUES (?, ?, ?, ?)",
+                       [participant, study, mode, _now()])
+            if mode == "delete":
+                for table, where in (
+                    ("study_votes", "participant = :p"),
+                    ("study_interactions", "trial IN (SELECT id FROM study_trials WHERE participant = :p)"),
+                    ("study_completions", "participant = :p"),
+                    ("study_trials", "participant = :p"),
+                    ("study_histories", "participant = :p"),
+                    ("study_participants", "id = :p"),
+                ):
+                    counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", {"p": participant}).rowcount
+                return counts
+            own = "(SELECT kind FROM study_histories h WHERE h.id = study_trials.history) = 'own'"
+            for table, sql in (
+                ("study_participants", "UPDATE study_participants SET participant_id = 'withdrawn-' || id,"
+                 " id_source = 'withdrawn', prolific_study_id = '', prolific_session_id = '', token_sha256 = ''"
+                 " WHERE id = :p"),
+                ("study_trials", "UPDATE study_trials SET"
+                 " request = CASE WHEN request_source = 'participant' THEN '' ELSE request END,"
+                 f" output_a = CASE WHEN {own} THEN '' ELSE output_a END,"
+                 f" output_b = CASE WHEN {own} THEN '' ELSE output_b END WHERE participant = :p"),
+                ("study_histories", "UPDATE study_histories SET profile_id = '' WHERE participant = :p"),
+                ("study_votes", "UPDATE study_votes SET reason = '' WHERE participant = :p"),
+            ):
+                counts[table] = db.execute(sql, {"p": participant}).rowcount
+        return counts
 
     # -- trials and votes --------------------------------------------------------------
 
@@ -830,7 +916,7 @@ class StudyService:
                 "consent_version": d.consent_version, "instructions": d.instructions,
                 "trials": d.trials_per_participant, "history_mode": d.history_mode,
                 "personas": list(d.personas), "participant_prompts": d.participant_prompts,
-                "problem": self.plug_problem(d)}
+                "on_withdraw": d.on_withdraw, "problem": self.plug_problem(d)}
 
     def consent(self, name: str, agree: bool, participant_id: str = "", prolific_study_id: str = "",
                 session_id: str = "") -> dict:
@@ -981,7 +1067,40 @@ class StudyService:
             out["revealed"] = {"A": recorded["condition_a"], "B": recorded["condition_b"]}
         return out
 
+    def withdraw(self, name: str, participant_id: str, token: str) -> dict:
+        """The participant leaves the study: their data goes as the study's consent says."""
+        participant, d = self._participant(name, participant_id, token)
+        return self._withdraw(participant, d)
+
+    def _withdraw(self, participant: dict, d: StudyDefinition) -> dict:
+        # Their writing (profile, items, embeddings, generations) goes in every mode, first: if the
+        # study rows then failed, the withdrawal is not recorded and can be asked for again.
+        profile_ids = [row["profile_id"] for row in self.studio.store._db().query(
+            "SELECT profile_id FROM study_histories WHERE participant = ?", [participant["id"]])]
+        deleted: dict[str, int] = {}
+        for owner in self.studio.store.owners_of(profile_ids):
+            for table, n in self.studio.delete_my_data(owner).items():
+                deleted[table] = deleted.get(table, 0) + n
+        study_rows = self.db.withdraw(participant["id"], d.name, d.on_withdraw)
+        kept = d.on_withdraw == "keep_anonymized"
+        message = ("You have left the study. Your writing and everything made from it are deleted; "
+                   + ("as the consent said, your votes are kept without your participant id, requests, "
+                      "comments or texts made from your writing." if kept else
+                      "your votes and every other study record of you are deleted."))
+        return {"study": d.name, "withdrawn": True, "mode": d.on_withdraw, "message": message,
+                "deleted": deleted, "study_rows": study_rows}
+
     # -- admin -------------------------------------------------------------------------
+
+    def admin_withdraw(self, admin_token: str, name: str, participant_id: str) -> dict:
+        """Withdraw a participant who asked the researcher (they have no token at hand)."""
+        self.check_admin(admin_token)
+        found = self.db._one("SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
+                             [name, (participant_id or "").strip()])
+        if found is None or found["id_source"] == "withdrawn":
+            raise StudyError(f"Study `{name}` has no participant {participant_id!r} (or they have withdrawn).")
+        _, d = self.db.definition(name, found["study_version"])
+        return self._withdraw(found, d)
 
     def admin_register(self, admin_token: str, text: str, source: str = "admin") -> str:
         self.check_admin(admin_token)

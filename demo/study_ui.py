@@ -4,7 +4,7 @@
 A participant's id and secret token live in their browser (``gr.BrowserState``), so a reload or a
 dropped connection resumes where they were. The same steps are named API endpoints for
 ``gradio_client`` (``/study_info``, ``/study_consent``, ``/study_history``, ``/study_next``,
-``/study_vote``, ``/study_status``); the UI handlers call the same service methods.
+``/study_vote``, ``/study_status``, ``/study_withdraw``); the UI handlers call the same service methods.
 """
 from __future__ import annotations
 
@@ -103,14 +103,28 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         next_btn = gr.Button("Next trial", visible=False, variant="primary")
     with gr.Column(visible=False) as done_col:
         done_md = gr.Markdown()
+    with gr.Accordion("Leave the study and delete my data", open=False, visible=False) as withdraw_acc:
+        withdraw_md = gr.Markdown()
+        withdraw_ok = gr.Checkbox(label="Yes, I want to leave this study.")
+        withdraw_btn = gr.Button("Leave the study", variant="stop")
 
     screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
     view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
             instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason,
-            reveal_md, next_btn, done_md, request_box, ctx, saved]
+            reveal_md, next_btn, done_md, request_box, withdraw_acc, withdraw_md, ctx, saved]
 
     def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
         out = {col: gr.update(visible=(name == screen)) for name, col in screens.items()}
+        joined = bool(c.get("token")) and screen not in (None, "consent")
+        out[withdraw_acc] = gr.update(visible=joined)
+        if joined:
+            kept = c.get("info", {}).get("on_withdraw") == "keep_anonymized"
+            out[withdraw_md] = ("You can leave at any time. Your writing and everything generated from it "
+                                "will be deleted; " + (
+                                    "as the consent says, your votes are kept without anything that identifies "
+                                    "you (participant id, your requests, comments and texts made from your "
+                                    "writing are removed)." if kept else "so will your votes and every record "
+                                    "of your participation.") + " This cannot be undone.")
         out.update({ctx: c, saved: s})
         out.update(updates)
         return out
@@ -266,6 +280,17 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     def on_next(c, s):
         return advance({**c, "paused": False}, s)
 
+    def on_withdraw(c, s, sure):
+        if not sure:
+            raise gr.Error("Tick the box to confirm that you want to leave.", print_exception=False)
+        try:
+            out = service.withdraw(*ids(c))
+        except StudyError as err:
+            raise _error(err) from None
+        s = {k: v for k, v in (s or {}).items() if k != c["study"]}
+        c = {k: v for k, v in c.items() if k not in ("participant_id", "token", "trial_id")}
+        return show(None, c, s, {message: f"✅ {out['message']}"})
+
     def on_interact(c):
         try:
             if c.get("token") and c.get("trial_id"):
@@ -284,6 +309,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     for choice, button in vote_btns.items():
         button.click(on_vote(choice), [ctx, saved, reason], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
     next_btn.click(on_next, [ctx, saved], view, **gpu)
+    withdraw_btn.click(on_withdraw, [ctx, saved, withdraw_ok], view, **PRIVATE)
     reason.focus(on_interact, ctx, None, **PRIVATE)
 
     _participant_api(service)
@@ -330,12 +356,17 @@ def _participant_api(service: StudyService) -> None:
         """Vote on a trial: choice is A, B, tie or both_bad. Each trial counts once."""
         return call(service.vote, study, participant_id, participant_token, trial_id, choice, reason)
 
+    def study_withdraw(study: str, participant_id: str, participant_token: str) -> dict:
+        """Leave the study: the participant's data is deleted (votes kept anonymized if the consent says so)."""
+        return call(service.withdraw, study, participant_id, participant_token)
+
     gr.api(study_info, api_name="study_info")
     gr.api(study_consent, api_name="study_consent")
     gr.api(study_status, api_name="study_status")
     gr.api(study_history, api_name="study_history", concurrency_id=GPU_QUEUE)
     gr.api(study_next, api_name="study_next", concurrency_id=GPU_QUEUE)
     gr.api(study_vote, api_name="study_vote")
+    gr.api(study_withdraw, api_name="study_withdraw")
 
 
 # ---------------------------------------------------------------------------------------
@@ -383,6 +414,12 @@ def _admin_page(service: StudyService) -> None:
             export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary")
             export_files = gr.File(label="Export files", file_count="multiple")
             export_preview = gr.Dataframe(label="First rows", interactive=False)
+        with gr.Tab("Withdraw a participant"):
+            gr.Markdown("For a participant who asks you to remove their data. What happens to their votes follows "
+                        "the consent they agreed to (`consent.on_withdraw`).")
+            withdraw_pid = gr.Textbox(label="Participant id")
+            withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop")
+            withdraw_md = gr.Markdown()
         with gr.Tab("Define a study"):
             gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and the README) or upload "
                         "a file. Saving a changed definition makes a new version; trials keep the version they "
@@ -445,7 +482,14 @@ def _admin_page(service: StudyService) -> None:
             raise StudyError("Choose a study first (Refresh studies).")
         return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
 
+    @guard
+    def on_withdraw(t, name, pid):
+        out = service.admin_withdraw(t, name or "", pid or "")
+        return f"Participant {pid.strip()} withdrawn ({out['mode']}). {out['message']}"
+
     refresh_btn.click(on_refresh, [token, study], [study, studies_table], **PRIVATE)
+    withdraw_btn.click(on_withdraw, [token, study, withdraw_pid], withdraw_md, **PRIVATE).then(
+        on_refresh, [token, study], [study, studies_table], **PRIVATE)
     token.submit(on_refresh, [token, study], [study, studies_table], **PRIVATE)
     results_btn.click(on_results, [token, study, completed_only], [results_md, plot, participants], **PRIVATE)
     export_btn.click(on_export, [token, study], [export_files, export_preview], **PRIVATE)

@@ -267,3 +267,29 @@ def test_study_page_opens_without_an_error(browser, study_app):
         page.get_by_label("I have read the information above and agree to take part.").check(timeout=5000)
     finally:
         context.close()
+
+
+def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio):
+    context, page, dialogs = _page(browser)
+    try:
+        page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-LEAVE")
+        page.get_by_label("I have read the information above and agree to take part.").check()
+        page.get_by_role("button", name="Continue").click()
+        page.get_by_label("Your writing").fill("I knit on trains.\n\nI grow tomatoes.\n\nI collect maps.")
+        page.get_by_role("button", name="Use my writing").click()
+        page.get_by_text("Trial 1 of 2").wait_for()
+        _wait_for_answers(page)
+        page.get_by_text("Leave the study and delete my data").click()
+        page.get_by_role("button", name="Leave the study", exact=True).click()
+        page.get_by_text("Tick the box to confirm").first.wait_for()  # nothing happens without the tick
+        assert studio.store._db().execute(
+            "SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 1
+        page.get_by_label("Yes, I want to leave this study.").check()
+        page.get_by_role("button", name="Leave the study", exact=True).click()
+        page.get_by_text("You have left the study").wait_for()
+        assert dialogs == []
+    finally:
+        context.close()
+    db = studio.store._db()
+    assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM history_items WHERE text = 'I collect maps.'").fetchone()[0] == 0

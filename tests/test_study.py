@@ -47,6 +47,9 @@ class FakeStudio:
         profile_id = self.store.create_profile(owner, name, items, source=source)
         return ProfileResult(profile_id, name, len(items), len(items), 0.01)
 
+    def delete_my_data(self, owner):
+        return self.store.delete_owner_data(owner)
+
     def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4):
         assert self.store.get_profile(profile_id, owner) is not None
         self.generated.append(tuple(conditions))
@@ -365,3 +368,105 @@ def test_a_study_file_that_is_not_utf8_is_reported_not_fatal(store, tmp_path):
     service = StudyService(FakeStudio(store), studies_dir=tmp_path)
     assert len(service.load_errors) == 1 and "not a UTF-8 text file" in service.load_errors[0]
     assert service.db.definition("ok") is not None
+
+
+# --- withdrawal ------------------------------------------------------------------------
+
+STUDY_TABLES = ("study_participants", "study_histories", "study_trials", "study_interactions", "study_votes",
+                "study_completions")
+
+
+def _rows(store, table: str, participant: int) -> list[dict]:
+    where = ("id = ?" if table == "study_participants" else
+             "trial IN (SELECT id FROM study_trials WHERE participant = ?)" if table == "study_interactions" else
+             "participant = ?")
+    return list(store._db().query(f"SELECT * FROM {table} WHERE {where}", [participant]))
+
+
+def _vote_twice(service, pid: str, **request):
+    args = join(service, pid=pid)
+    for _ in range(2):
+        trial = service.next_trial(*args, **request)["trial"]
+        service.vote(*args, trial["trial_id"], "A", f"reason of {pid}")
+    return args, service.db._one("SELECT id FROM study_participants WHERE participant_id = ?", [pid])["id"]
+
+
+def test_withdrawal_deletes_every_study_row_and_the_writing(store):
+    service = make_service(store)
+    args, me = _vote_twice(service, "leaver")
+    _, other = _vote_twice(service, "stayer")
+    profile = service.db.history(me)["profile_id"]
+    out = service.withdraw(*args)
+    assert out["mode"] == "delete" and out["deleted"]["history_items"] == len(ITEMS)
+    assert all(_rows(store, t, me) == [] for t in STUDY_TABLES)
+    assert store._db().execute("SELECT COUNT(*) FROM profiles WHERE id = ?", [profile]).fetchone()[0] == 0
+    assert store._db().execute("SELECT COUNT(*) FROM history_items WHERE profile_id = ?", [profile]).fetchone()[0] == 0
+    # the other participant is untouched, the record of the withdrawal says only that someone left
+    assert len(_rows(store, "study_votes", other)) == 2
+    assert list(store._db().query("SELECT participant, mode FROM study_withdrawals")) == [
+        {"participant": me, "mode": "delete"}]
+    with pytest.raises(StudyError, match="no consent on record"):
+        service.status(*args)
+    assert service.db.studies()[0]["withdrawn"] == 1
+    # the id is free again: the same person may take part anew
+    assert service.consent("unit", True, "leaver")["stage"] == "history"
+
+
+def test_withdrawal_with_kept_votes_anonymizes_them_in_place(store):
+    service = make_service(store, prompts="participant", consent={"version": "3", "text": "Votes are kept.",
+                                                                   "on_withdraw": "keep_anonymized"})
+    args, me = _vote_twice(service, "PROLIFIC-LEAVER", request="Write about my dog Biscuit.")
+    before = {t["trial_index"]: t for t in service.db.trials(me)}
+    out = service.withdraw(*args)
+    assert out["mode"] == "keep_anonymized"
+    person = _rows(store, "study_participants", me)[0]
+    assert person["participant_id"] == f"withdrawn-{me}" and person["id_source"] == "withdrawn"
+    assert person["prolific_study_id"] == person["prolific_session_id"] == person["token_sha256"] == ""
+    trials = service.db.trials(me)
+    assert [t["choice"] for t in trials] == ["A", "A"]
+    assert [(t["condition_a"], t["condition_b"]) for t in trials] == [
+        (before[t["trial_index"]]["condition_a"], before[t["trial_index"]]["condition_b"]) for t in trials]
+    assert all(t["request"] == "" and t["output_a"] == t["output_b"] == "" and t["reason"] == "" for t in trials)
+    dump = json.dumps([_rows(store, t, me) for t in STUDY_TABLES])
+    assert "PROLIFIC-LEAVER" not in dump and "Biscuit" not in dump and "reason of" not in dump
+    assert store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 0
+    results = compute_results(service.db.export_rows("unit"))
+    assert results.included == 2  # the votes still count
+    with pytest.raises(StudyError, match="no consent on record"):
+        service.withdraw(*args)
+
+
+def test_only_a_recorded_withdrawal_unlocks_a_participants_rows(store):
+    service = make_service(store)
+    _, me = _vote_twice(service, "kept")
+    _, gone = _vote_twice(service, "gone")
+    with store._write() as db:
+        db.execute("INSERT INTO study_withdrawals (participant, study, mode, withdrawn_at) VALUES (?, 'unit', "
+                   "'delete', 'now')", [gone])
+        db.execute("DELETE FROM study_votes WHERE participant = ?", [gone])  # allowed: recorded withdrawal
+    refused = [("DELETE FROM study_trials WHERE participant = ?", me),  # no withdrawal recorded
+               ("UPDATE study_trials SET request = '' WHERE participant = ?", me),
+               ("UPDATE study_trials SET request = '' WHERE participant = ?", gone)]  # withdrawn to delete, not edit
+    for sql, who in refused:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with store._write() as db:
+                db.execute(sql, [who])
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with store._write() as db:
+            db.execute("DELETE FROM study_withdrawals")
+
+
+def test_the_researcher_withdraws_a_participant_who_asks(store):
+    service = make_service(store)
+    _, me = _vote_twice(service, "asked-by-mail")
+    with pytest.raises(StudyError, match="Wrong admin token"):
+        service.admin_withdraw("nope", "unit", "asked-by-mail")
+    service.admin_withdraw("admin-secret-token", "unit", "asked-by-mail")
+    assert all(_rows(store, t, me) == [] for t in STUDY_TABLES)
+    with pytest.raises(StudyError, match="no participant"):
+        service.admin_withdraw("admin-secret-token", "unit", "asked-by-mail")
+
+
+def test_an_unknown_withdrawal_mode_is_a_clear_definition_error():
+    with pytest.raises(StudyError, match="on_withdraw"):
+        parse_definition({**BASE, "consent": {"version": "1", "text": "x", "on_withdraw": "forever"}})

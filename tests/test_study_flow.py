@@ -231,3 +231,23 @@ def test_admin_events_through_gradio_processing(app, studio):
     assert "condition_a" in str(preview)
     with pytest.raises(Exception, match="Wrong admin token"):
         run("on_results", "wrong", "flow-test", False)
+
+
+def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app, studio):
+    client = Client(app.local_url, verbose=False)
+    me = client.predict(study="flow-test", consent=True, participant_id="LEAVER1", api_name="/study_consent")
+    ids = dict(study="flow-test", participant_id="LEAVER1", participant_token=me["participant_token"])
+    client.predict(**ids, history=HISTORY, api_name="/study_history")
+    trial = client.predict(**ids, api_name="/study_next")["trial"]
+    client.predict(**ids, trial_id=trial["trial_id"], choice="B", api_name="/study_vote")
+    db = studio.store._db()
+    profile = db.execute("SELECT h.profile_id FROM study_histories h JOIN study_participants p ON p.id = "
+                         "h.participant WHERE p.participant_id = 'LEAVER1'").fetchone()[0]
+    out = client.predict(**ids, api_name="/study_withdraw")
+    assert out["withdrawn"] and out["mode"] == "delete" and out["deleted"]["history_items"] == 3
+    assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'LEAVER1'").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM study_trials WHERE id = ?", [trial["trial_id"]]).fetchone()[0] == 0
+    for table, column in (("profiles", "id"), ("history_items", "profile_id"), ("generations", "profile_id")):
+        assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", [profile]).fetchone()[0] == 0
+    with pytest.raises(Exception, match="no consent on record"):
+        client.predict(**ids, api_name="/study_status")
