@@ -248,12 +248,26 @@ def generate(generator: Generator, prompts: list[PromptIds], soft: list[torch.Te
     return out
 
 
+def other_histories(examples: list[Example], histories=None) -> list[torch.Tensor]:
+    """Each example's history swapped for the next example's (another user of the same batch)."""
+    hist = histories if histories is not None else [e.items for e in examples]
+    return hist[1:] + hist[:1]
+
+
 def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompts: list[PromptIds],
-              targets: list[list[int]], kl_weight: float, histories=None) -> tuple[torch.Tensor, dict]:
-    """The training loss of a batch: NLL of the gold output (+ kl_weight * KL to the generic model)."""
+              targets: list[list[int]], kl_weight: float, histories=None, other_weight: float = 0.0,
+              other_margin: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """The training loss of a batch.
+
+    NLL of the gold output given the user's own history, + ``kl_weight`` * KL to the generic model,
+    + ``other_weight`` * mean(relu(margin + NLL_own - NLL_other)): the same output must be likelier
+    with the user's own history than with another user's by ``other_margin`` nats per token, which
+    rewards a personal embedding that differs between users (NLL alone let it collapse to one vector).
+    """
     soft, weights = soft_tokens(plug_module, examples, generator.device, histories)
     logits, tgt, tmask = teacher_forced_logits(generator, prompts, list(soft), targets)
-    nll = nll_per_row(logits, tgt, tmask).mean()
+    own = nll_per_row(logits, tgt, tmask)
+    nll = own.mean()
     loss = nll
     stats = {"nll": float(nll.detach())}
     if kl_weight > 0:
@@ -262,8 +276,12 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
         kl = kl_to_generic(logits, g_logits, tmask)
         loss = loss + kl_weight * kl
         stats["kl"] = float(kl.detach())
+    if other_weight > 0 and len(examples) > 1:
+        soft_o, _ = soft_tokens(plug_module, examples, generator.device, other_histories(examples, histories))
+        other = nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets))
+        loss = loss + other_weight * torch.relu(other_margin + own - other).mean()
+        stats["own_minus_other"] = float((own - other).mean().detach())
     ent = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1).mean()
     stats["w_entropy"] = float(ent.detach())
     stats["loss"] = float(loss.detach())
     return loss, stats
-

@@ -34,7 +34,7 @@ import torch
 
 from .lamp import SHARED_TASKS, read_task
 from .objective import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
-                        soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
+                        other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
 from .plug import PPlug
 from .settings import REPO_ROOT, Settings
 
@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--kl-weight", type=float, default=0.1)
+    p.add_argument("--other-weight", type=float, default=0.0,
+                   help="weight of the own-vs-other-user margin term (0 = plain NLL + KL)")
+    p.add_argument("--other-margin", type=float, default=0.1,
+                   help="nats per token by which the own history must beat another user's")
+    p.add_argument("--gate-lr-scale", type=float, default=1.0,
+                   help="learning rate of the plug's log-gate relative to --lr (the gate barely moves at 1)")
     p.add_argument("--tau", type=float, default=0.05, help="aggregator temperature (cosine logits / tau)")
     p.add_argument("--history-cap", type=int, default=16, help="most recent N history items per query")
     p.add_argument("--encoder-max-tokens", type=int, default=128,
@@ -199,11 +205,13 @@ class Trainer(FrozenModels):
             soft, _ = soft_tokens(plug_module, exs, self.generator.device)
             n_new = min(task.max_new_tokens, self.args.eval_max_new_tokens)
             texts = generate(self.generator, prompts, list(soft), n_new)
-            logits, tgt, tmask = teacher_forced_logits(self.generator, prompts, list(soft), targets)
+            nll = nll_per_row(*teacher_forced_logits(self.generator, prompts, list(soft), targets))
+            soft_o, _ = soft_tokens(plug_module, exs, self.generator.device, other_histories(exs))
+            nll_o = nll_per_row(*teacher_forced_logits(self.generator, prompts, list(soft_o), targets))
             refs = [q.output for q in queries]
             r = rouge(texts, refs)
-            out[task.name] = {"rougeL": r["rougeL"], "rouge1": r["rouge1"],
-                              "nll": float(nll_per_row(logits, tgt, tmask).mean()),
+            out[task.name] = {"rougeL": r["rougeL"], "rouge1": r["rouge1"], "nll": float(nll.mean()),
+                              "own_minus_other": float((nll - nll_o).mean()),
                               "mean_words": float(np.mean([len(t.split()) for t in texts])),
                               "example": texts[0][:160]}
         out["mean_rougeL"] = float(np.mean([v["rougeL"] for k, v in out.items() if isinstance(v, dict)]))
@@ -288,7 +296,11 @@ def train(args) -> Path:
 
     plug = t.new_plug().to(accelerator.device)
     module = SoftTokenModule(plug)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    gate = [plug.log_gate]
+    rest = [p for p in module.parameters() if p is not plug.log_gate]
+    optimizer = torch.optim.AdamW([{"params": rest}, {"params": gate, "lr": args.lr * args.gate_lr_scale,
+                                                      "weight_decay": 0.0}],
+                                  lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
         if step < args.warmup:
@@ -347,7 +359,8 @@ def train(args) -> Path:
             hist = [thin_history(e.items, args.augment_drop, sampler) if sampler.random() < args.augment else e.items
                     for e in batch]
         prompts, targets = t.rows(batch)
-        loss, stats = ce_and_kl(t.generator, module, batch, prompts, targets, args.kl_weight, hist)
+        loss, stats = ce_and_kl(t.generator, module, batch, prompts, targets, args.kl_weight, hist,
+                                other_weight=args.other_weight, other_margin=args.other_margin)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(module.parameters(), 1.0)

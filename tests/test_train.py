@@ -10,8 +10,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from demo.generation import Generator
 from demo.lamp import Query, task_spec
 from demo.models import llm_folder
-from demo.objective import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt, stack_histories,
-                            target_ids)
+from demo.objective import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt, other_histories,
+                            stack_histories, target_ids)
 from demo.plug import PPlug
 from demo.train import set_linear_map, thin_history
 
@@ -107,3 +107,29 @@ def test_history_augmentation_keeps_at_least_one_item():
         thinned = thin_history(items, 0.99, rng)
         assert 1 <= thinned.shape[0] <= 10
     assert thin_history(items, 0.0, rng).shape[0] == 10
+
+
+def test_the_other_user_term_makes_the_own_history_count(tiny):
+    """With the margin term, the gold output becomes likelier with its own history than another's."""
+    d_enc = 16
+    plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=1)
+    module = SoftTokenModule(plug)
+    examples = make_examples(3, d_enc, seed=3)
+    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
+    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
+    optimizer = torch.optim.AdamW(module.parameters(), lr=5e-2)
+    gaps = []
+    for _ in range(12):
+        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.0,
+                                other_weight=1.0, other_margin=0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        gaps.append(stats["own_minus_other"])
+    assert gaps[-1] < gaps[0] - 0.05 and gaps[-1] < 0
+
+
+def test_other_histories_rotate_within_the_batch():
+    examples = make_examples(3, 4)
+    swapped = other_histories(examples)
+    assert [h.shape[0] for h in swapped] == [4, 5, 3]  # each example gets the next one's history
