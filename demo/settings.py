@@ -98,6 +98,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     admin_token: str = ""  # user-study admin functions are off while this is empty
     studies_dir: Path = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up
+    # "Sign in with Hugging Face": on when the app runs in a Space with `hf_oauth: true` (the Space
+    # sets OAUTH_CLIENT_ID and SPACE_ID); elsewhere Gradio's login would need a local HF login.
+    hf_login: bool = False
     journal_mode: str = "auto"  # SQLite journal: "auto" = WAL, or DELETE on a network filesystem
 
     @property
@@ -143,6 +146,7 @@ class Settings:
             limits=limits,
             admin_token=env.get("PPLUG_ADMIN_TOKEN", ""),
             studies_dir=Path(get("STUDIES_DIR", str(base.studies_dir))),
+            hf_login=bool(env.get("OAUTH_CLIENT_ID") and env.get("SPACE_ID")),
             journal_mode=get("JOURNAL_MODE", base.journal_mode),
         )
 

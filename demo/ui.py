@@ -4,10 +4,13 @@ Everything here is layout and glue. The handlers call ``demo.service.Studio`` an
 errors (``HistoryError``, ``ServiceError``) into messages; no torch, no SQL.
 
 The visitor's identity is an unguessable owner token kept in their browser
-(``gr.BrowserState``); every profile and generation is stored under it.
+(``gr.BrowserState``), or their Hugging Face account when the Space offers "Sign in with Hugging
+Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import asdict
 from pathlib import Path
@@ -58,6 +61,12 @@ def _browser_secret(db_path: Path) -> str:
     return path.read_text().strip()
 
 
+def signed_in_owner(secret: str, username: str) -> str:
+    """The owner of a visitor signed in with Hugging Face: the same in every browser, keyed by the
+    app's secret so that knowing a username does not give the owner."""
+    return "hf-" + hmac.new(secret.encode(), username.encode(), hashlib.sha256).hexdigest()[:40]
+
+
 def _parse(studio: Studio, text: str, files: list | None, column: str, user: str | None) -> ParsedHistory:
     limits = studio.settings.limits
     kwargs = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
@@ -99,8 +108,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # --- handlers ------------------------------------------------------------------------
 
+    secret = _browser_secret(studio.settings.db_path)
+
     def ensure_owner(owner: str | None) -> str:
         return owner or secrets.token_urlsafe(24)
+
+    def identify(token: str | None, user: gr.OAuthProfile | None) -> str:
+        """Who the visitor acts as: their Hugging Face account when signed in, else this browser's token."""
+        return signed_in_owner(secret, user.username) if user is not None else ensure_owner(token)
 
     def show_preview(text, files, column, user):
         try:
@@ -120,8 +135,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     @spaces.GPU(duration=120)
     def on_compute(owner, text, files, column, user, name, progress=gr.Progress()):
-        # A click that comes before the page's load event has stored a token makes one here (kept below).
-        owner = ensure_owner(owner)
+        if not owner:  # the button is enabled only after the page's load event has set it
+            raise gr.Error("The page is still loading; try again in a moment.", print_exception=False)
         try:
             parsed = _parse(studio, text, files, column, user)
             progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
@@ -134,7 +149,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         cached = result.n_items - result.n_encoded
         status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
                   f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
-        return status, profile_choices(owner, result.profile_id), result.profile_id, owner
+        return status, profile_choices(owner, result.profile_id), result.profile_id
 
     @spaces.GPU(duration=60)
     def on_generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
@@ -170,8 +185,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # Uploaded files sit in Gradio's cache: delete them within two hours, whatever "Delete my data" does.
     with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600)) as demo:
-        owner = gr.BrowserState(None, storage_key="pplug_owner", secret=_browser_secret(studio.settings.db_path))
+        token = gr.BrowserState(None, storage_key="pplug_owner", secret=secret)  # this browser's owner token
+        owner = gr.State(None)  # who the visitor acts as (see identify)
         profile_id = gr.State(None)
+        if studio.settings.hf_login:
+            with gr.Row():
+                gr.LoginButton(scale=0)
+                gr.Markdown("Signed in, your profiles follow your Hugging Face account to any browser; "
+                            "profiles made before signing in stay with this browser.")
         gr.Markdown(INTRO)
         gr.Markdown(studio.plug_description)
 
@@ -226,13 +247,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Accordion("Your data", open=False):
             gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
                         f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
-                        "are visible only from this browser.")
+                        "are visible only from this browser" + (" (or, signed in, from your Hugging Face account)."
+                                                                 if studio.settings.hf_login else "."))
             delete_btn = gr.Button("Delete my data", variant="stop")
             deleted = gr.Markdown()
 
         # --- wiring ----------------------------------------------------------------------
         private = dict(api_visibility="private")
-        demo.load(ensure_owner, owner, owner, **private).then(profile_choices, owner, profiles, **private).then(
+        demo.load(ensure_owner, token, token, **private).then(identify, token, owner, **private).then(
+            profile_choices, owner, profiles, **private).then(
             lambda: gr.update(interactive=True), None, compute_btn, **private)
         for trigger in (history.change, files.change, column.submit, lamp_user.change):
             trigger(show_preview, [history, files, column, lamp_user], [parsed_preview, lamp_user], **private)
@@ -240,7 +263,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             for button, persona in zip(persona_buttons, personas):
                 button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
         compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name],
-                          [status, profiles, profile_id, owner], concurrency_id=GPU_QUEUE, **private)
+                          [status, profiles, profile_id], concurrency_id=GPU_QUEUE, **private)
         profiles.change(lambda p: p, profiles, profile_id, **private)
         gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
         gen_outputs = [personalized, generic, weights_plot, weights_table, notes]

@@ -14,13 +14,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def studio_with(studio, *, max_context: int | None = None, **limits):
+def studio_with(studio, *, max_context: int | None = None, hf_login: bool | None = None, **limits):
     """A shallow copy of the session's studio (same models, same store) with other limits.
 
     ``max_context`` stands in for a model with a shorter context window.
     """
     other = copy.copy(studio)
     other.settings = studio.settings.with_(limits=replace(studio.settings.limits, **limits))
+    if hf_login is not None:
+        other.settings = other.settings.with_(hf_login=hf_login)
     if max_context is not None:
         generator = copy.copy(studio.generator)
         generator.__class__ = type("ShortContextGenerator", (Generator,), {"max_context": max_context})

@@ -6,12 +6,15 @@ import hashlib
 import secrets
 import sqlite3
 
+import gradio as gr
+import gradio.oauth
 import pytest
 from gradio_client import Client
 
-from demo.ui import build_demo
+from demo.settings import Settings
+from demo.ui import build_demo, signed_in_owner
 
-from apphelp import free_port, handler
+from apphelp import free_port, handler, studio_with
 
 SHARED = "A sentence that two different people both wrote, word for word."
 
@@ -123,7 +126,7 @@ def test_delete_my_data_leaves_no_row(client, studio):
 
 def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     owner = secrets.token_urlsafe(24)
-    _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
+    _, _, profile_id = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
     message, choices, selected = handler(app, "on_delete")(owner)
     assert message.startswith("Deleted: ") and "1 profiles" in message
     assert choices["choices"] == [] and selected is None
@@ -131,13 +134,46 @@ def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     assert handler(app, "on_delete")(owner)[0] == "Deleted: nothing."
 
 
-def test_compute_before_the_page_has_a_token_makes_and_keeps_one(app, studio):
-    # A click that beats the page's load event arrives without a token: the profile still gets an
-    # owner, and the page stores that token in the browser (the handler's last output).
-    status, _, profile_id, owner = handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
-    assert "ready" in status and len(owner) >= 32
-    assert studio.store.get_profile(profile_id, owner) is not None
-    assert handler(app, "on_compute")(owner, _history("again"), None, "text", None, "again")[3] == owner
+def test_compute_before_the_page_knows_its_visitor_stores_nothing(app, studio):
+    # The button is enabled only after the page's load event; a click that still arrives without
+    # an owner gets a message and stores nothing.
+    before = studio.store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
+    with pytest.raises(gr.Error, match="still loading"):
+        handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
+    assert studio.store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == before
+
+
+def test_a_signed_in_visitor_is_the_same_owner_in_every_browser(app, studio):
+    identify = handler(app, "identify")
+    ada = gr.OAuthProfile({"name": "Ada", "preferred_username": "ada", "profile": "", "picture": ""})
+    bob = gr.OAuthProfile({"name": "Bob", "preferred_username": "bob", "profile": "", "picture": ""})
+    browser_a, browser_b = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    assert identify(browser_a, ada) == identify(browser_b, ada)  # signed in: the account, not the browser
+    assert identify(browser_a, bob) != identify(browser_a, ada)
+    assert identify(browser_a, None) == browser_a  # signed out: this browser's token
+    owner = identify(browser_a, ada)
+    assert "ada" not in owner and owner != signed_in_owner("another app's secret", "ada")
+    _, _, profile_id = handler(app, "on_compute")(owner, _history("ada"), None, "text", None, "ada")
+    assert [p["id"] for p in studio.list_profiles(identify(browser_b, ada))] == [profile_id]
+    assert studio.list_profiles(identify(browser_b, bob)) == []
+
+
+def test_the_login_button_appears_only_where_the_space_offers_login(studio, monkeypatch):
+    def has_login(demo) -> bool:
+        return any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+
+    assert not has_login(build_demo(studio))
+    env = {"OAUTH_CLIENT_ID": "abc", "SPACE_ID": "me/pplug"}
+    assert Settings.from_env(env).hf_login and not Settings.from_env({"OAUTH_CLIENT_ID": "abc"}).hf_login
+    # What a Space with `hf_oauth: true` provides; Gradio then adds the real (not mocked) login routes.
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "me/pplug")
+    for name, value in (("OAUTH_CLIENT_ID", "abc"), ("OAUTH_CLIENT_SECRET", "s3cret"), ("OAUTH_SCOPES", "openid profile"),
+                        ("OPENID_PROVIDER_URL", "https://huggingface.co")):
+        monkeypatch.setattr(gradio.oauth, name, value)
+    demo = build_demo(studio_with(studio, hf_login=True))
+    assert has_login(demo)
+    assert {"/login/huggingface", "/login/callback", "/logout"} <= {getattr(r, "path", "") for r in demo.app.routes}
 
 
 def test_uploaded_files_are_removed_from_gradios_cache(app):
