@@ -1,10 +1,9 @@
 """Retrieval of profile items for the RAG baselines: BM25 (default) or the history encoder."""
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 
+import bm25s
 import numpy as np
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -15,24 +14,14 @@ def tokenize(text: str) -> list[str]:
 
 
 def bm25_scores(query: str, documents: list[str], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
-    """Okapi BM25 score of each document for the query (IDF with the +1 smoothing of Lucene)."""
+    """BM25 score of each document for the query (``bm25s``, Lucene's variant). -> [len(documents)]"""
     docs = [tokenize(d) for d in documents]
-    n = len(docs)
-    if n == 0:
-        return np.zeros(0)
-    avg = sum(len(d) for d in docs) / n or 1.0
-    df = Counter(term for d in docs for term in set(d))
-    q = tokenize(query)
-    scores = np.zeros(n)
-    for i, d in enumerate(docs):
-        tf = Counter(d)
-        norm = k1 * (1 - b + b * len(d) / avg)
-        for term in q:
-            f = tf.get(term, 0)
-            if f:
-                idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
-                scores[i] += idf * f * (k1 + 1) / (f + norm)
-    return scores
+    if not any(docs):  # bm25s cannot index an empty vocabulary
+        return np.zeros(len(documents))
+    retriever = bm25s.BM25(method="lucene", k1=k1, b=b)
+    retriever.index(docs, show_progress=False)
+    terms = [t for t in tokenize(query) if t in retriever.vocab_dict]
+    return retriever.get_scores(terms) if terms else np.zeros(len(documents))
 
 
 def top_k(scores: np.ndarray, k: int) -> list[int]:

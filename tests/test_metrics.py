@@ -64,3 +64,15 @@ def test_personal_fit_ranks_the_author():
     assert s["fit_top1"] == 1.0 and s["fit_mrr"] == 1.0
     s = fit.score(["quarks in lattice gauge theory"], ["cats"], ["c"])
     assert s["ranks"][0] > 1 and s["fit_mrr"] < 1
+
+
+def test_bm25_ranks_by_rare_matching_words_and_survives_empty_input():
+    from demo.retrieval import bm25_scores, retrieve_bm25
+
+    docs = ["I love my bike and riding it", "Bread on Sunday with my sourdough starter", "The bike race", ""]
+    assert retrieve_bm25("bike riding", docs, 2) == [0, 2]  # both words beat one
+    assert retrieve_bm25("sourdough", docs, 1) == [1]
+    assert bm25_scores("bike", ["", "!!"]).tolist() == [0.0, 0.0]
+    assert bm25_scores("", docs).tolist() == [0.0] * 4
+    assert bm25_scores("zebra", docs).tolist() == [0.0] * 4
+    assert retrieve_bm25("anything", [], 4) == []
