@@ -5,6 +5,7 @@ Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and cu
 
     w_i = softmax_i(x · h_i / tau)                      input-aware aggregator
     P   = sum_i w_i · Proj(h_i)                          personal embedding, Proj = Linear-GELU-Linear
+          (optionally Proj((h_i - mean) / std), the statistics of the training items' embeddings)
     I   = Proj_I(e)                                      learned instruction embedding, own projector
     soft tokens = [I; P], each rescaled to the norm of the LLM's own token embeddings
 
@@ -44,6 +45,9 @@ class PlugConfig:
     tau: float = 0.05  # aggregator temperature on cosine logits
     token_norm: float = 1.0  # mean L2 norm of the LLM's token-embedding rows
     origin: str = "untrained"  # "untrained" | "training-free" | "trained"
+    # Standardize item embeddings before Proj: sentence embeddings of one kind of text share a large
+    # common part, which left P nearly the same vector for every user (mean pairwise cosine .96).
+    standardize: bool = False
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -70,6 +74,15 @@ class PPlug(nn.Module):
             self.instruction = nn.Parameter(F.normalize(torch.randn(config.d_enc), dim=0))
         # Learned strength of the soft tokens (log scale; 0 = the norm of a token embedding).
         self.log_gate = nn.Parameter(torch.zeros(()))
+        if config.standardize:  # set by set_item_statistics, saved with the weights
+            self.register_buffer("item_mean", torch.zeros(config.d_enc))
+            self.register_buffer("item_std", torch.ones(config.d_enc))
+
+    @torch.no_grad()
+    def set_item_statistics(self, items: torch.Tensor) -> None:
+        """Mean and std per dimension of item embeddings [n, d_enc] (needs ``config.standardize``)."""
+        self.item_mean.copy_(items.float().mean(0))
+        self.item_std.copy_(items.float().std(0).clamp_min(1e-4))
 
     # --- the aggregator and projectors ----------------------------------------------------
 
@@ -82,6 +95,8 @@ class PPlug(nn.Module):
 
     def project_items(self, items: torch.Tensor) -> torch.Tensor:
         """Proj(h_i) for every item: [..., n, d_enc] -> [..., n, d_llm]."""
+        if self.config.standardize:
+            items = (items - self.item_mean) / self.item_std
         return self.projector(items)
 
     def instruction_embedding(self) -> torch.Tensor:
@@ -163,11 +178,11 @@ class PPlug(nn.Module):
 
     @classmethod
     def untrained(cls, encoder_id: str, llm_id: str, d_enc: int, token_embeddings: torch.Tensor,
-                  tau: float = 0.05, seed: int = 0) -> "PPlug":
+                  tau: float = 0.05, seed: int = 0, standardize: bool = False) -> "PPlug":
         """A randomly initialized plug for the given models. token_embeddings: [vocab, d_llm]."""
         norm = token_embeddings.detach().float().norm(dim=-1).mean().item()
-        config = PlugConfig(encoder_id=encoder_id, llm_id=llm_id, d_enc=d_enc,
-                            d_llm=token_embeddings.shape[1], tau=tau, token_norm=norm, seed=seed)
+        config = PlugConfig(encoder_id=encoder_id, llm_id=llm_id, d_enc=d_enc, d_llm=token_embeddings.shape[1],
+                            tau=tau, token_norm=norm, seed=seed, standardize=standardize)
         return cls(config)
 
 

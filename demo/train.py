@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nats per token by which the own history must beat another user's")
     p.add_argument("--gate-lr-scale", type=float, default=1.0,
                    help="learning rate of the plug's log-gate relative to --lr (the gate barely moves at 1)")
+    p.add_argument("--standardize", action="store_true",
+                   help="standardize item embeddings (train-item mean and std) before the projector")
     p.add_argument("--tau", type=float, default=0.05, help="aggregator temperature (cosine logits / tau)")
     p.add_argument("--history-cap", type=int, default=16, help="most recent N history items per query")
     p.add_argument("--encoder-max-tokens", type=int, default=128,
@@ -170,14 +172,19 @@ class Trainer(FrozenModels):
         self.args = args
         self.acc = accelerator
 
-    def new_plug(self) -> PPlug:
+    def new_plug(self, train_items: torch.Tensor) -> PPlug:
+        """A plug to start from; ``train_items`` [n, d_enc] give the standardization statistics."""
         emb = self.model.get_input_embeddings().weight
         if self.args.init == "training-free":
+            if self.args.standardize:
+                raise SystemExit("--init training-free maps raw embeddings; it does not go with --standardize")
             plug = training_free_plug(self.cache, self.model, self.tokenizer, self.encoder_id, self.llm_id,
                                       tau=self.args.tau, seed=self.args.seed, vocab_limit=self.args.vocab_limit)
         else:
             plug = PPlug.untrained(self.encoder_id, self.llm_id, self.encoder.get_embedding_dimension(), emb,
-                                   tau=self.args.tau, seed=self.args.seed)
+                                   tau=self.args.tau, seed=self.args.seed, standardize=self.args.standardize)
+            if self.args.standardize:
+                plug.set_item_statistics(train_items)
         plug.config.origin = "trained"
         plug.config.made = {}
         return plug
@@ -294,7 +301,7 @@ def train(args) -> Path:
     probs = np.sqrt(np.array([sizes[n] for n in names], dtype=float))
     probs = (probs / probs.sum()).tolist()
 
-    plug = t.new_plug().to(accelerator.device)
+    plug = t.new_plug(torch.cat([e.items for ex in train_ex.values() for e in ex])).to(accelerator.device)
     module = SoftTokenModule(plug)
     gate = [plug.log_gate]
     rest = [p for p in module.parameters() if p is not plug.log_gate]

@@ -96,3 +96,21 @@ def test_cosine_spread():
     v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
     assert cosine_spread(v) == pytest.approx(1.0)
     assert cosine_spread(torch.tensor([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(0.0)
+
+
+def test_standardized_items_spread_p_apart_and_round_trip(tmp_path):
+    common = unit(D_ENC)
+    items = torch.nn.functional.normalize(common + 0.05 * torch.randn(4, 6, D_ENC), dim=-1)  # one kind of text
+    x = unit(4, D_ENC)
+    raw = make_plug(seed=1)
+    std = make_plug(seed=1, standardize=True)
+    std.set_item_statistics(items.reshape(-1, D_ENC))
+    assert torch.allclose(std.project_items(items), raw.project_items((items - std.item_mean) / std.item_std))
+    spread_raw = cosine_spread(raw.soft_tokens(x, items)[0][:, 1])
+    spread_std = cosine_spread(std.soft_tokens(x, items)[0][:, 1])
+    assert spread_std < spread_raw - 0.2  # users' P differ far more once the shared part is taken out
+    std.save(tmp_path / "std")
+    back = PPlug.load(tmp_path / "std")
+    assert back.config.standardize and torch.equal(back.item_mean, std.item_mean)
+    assert back.plug_id == std.plug_id and back.plug_id != raw.plug_id
+    assert "item_mean" not in raw.state_dict()  # plugs without it keep their weights and ids
