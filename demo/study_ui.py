@@ -483,12 +483,12 @@ def _admin_page(service: StudyService) -> None:
         return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
 
     @guard
-    def on_withdraw(t, name, pid):
+    def on_admin_withdraw(t, name, pid):
         out = service.admin_withdraw(t, name or "", pid or "")
         return f"Participant {pid.strip()} withdrawn ({out['mode']}). {out['message']}"
 
     refresh_btn.click(on_refresh, [token, study], [study, studies_table], **PRIVATE)
-    withdraw_btn.click(on_withdraw, [token, study, withdraw_pid], withdraw_md, **PRIVATE).then(
+    withdraw_btn.click(on_admin_withdraw, [token, study, withdraw_pid], withdraw_md, **PRIVATE).then(
         on_refresh, [token, study], [study, studies_table], **PRIVATE)
     token.submit(on_refresh, [token, study], [study, studies_table], **PRIVATE)
     results_btn.click(on_results, [token, study, completed_only], [results_md, plot, participants], **PRIVATE)

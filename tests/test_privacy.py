@@ -206,7 +206,8 @@ def admin_app(studio):
 
 
 ADMIN_HANDLERS = [("on_refresh", (None,)), ("on_results", ("voice-check", False)), ("on_export", ("voice-check",)),
-                  ("on_save", ("name: x", None)), ("on_show", ("voice-check",))]
+                  ("on_save", ("name: x", None)), ("on_show", ("voice-check",)),
+                  ("on_admin_withdraw", ("voice-check", "someone"))]
 
 
 @pytest.mark.parametrize("name,args", ADMIN_HANDLERS, ids=[h[0] for h in ADMIN_HANDLERS])
