@@ -208,7 +208,7 @@ def test_bad_paste_is_explained_and_the_page_stays_usable(page, text, expected):
     assert expected in shown
     with pytest.raises(gr.Error, match=expected):
         handler(page, "on_compute")(TOKEN, text, None, "text", None, "")
-    status, _, profile_id, _ = handler(page, "on_compute")(TOKEN, GOOD, None, "text", None, "fine")
+    status, _, profile_id = handler(page, "on_compute")(TOKEN, GOOD, None, "text", None, "fine")
     assert "Your PPlug embedding is ready" in status and profile_id
 
 
@@ -216,7 +216,7 @@ def test_huge_item_and_control_characters_are_repaired_with_notes(page, studio):
     text = "A" * 5000 + "\n\nclean\x00 te\x1b[31mxt\x07 with\ttab\n\n" + "B" * 300
     shown, _ = handler(page, "show_preview")(text, None, "text", None)
     assert "2 items cut to 200 characters" in shown and "clean te\\[31mxt with" in shown
-    status, _, profile_id, _ = handler(page, "on_compute")(TOKEN, text, None, "text", None, "huge\x00 name\x1b")
+    status, _, profile_id = handler(page, "on_compute")(TOKEN, text, None, "text", None, "huge\x00 name\x1b")
     assert "**huge name**: 3 items" in status
     stored = [row["text"] for row in studio.store.profile_items(profile_id)]
     assert [len(t) for t in stored] == [200, len("clean te[31mxt with\ttab"), 200]

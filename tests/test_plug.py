@@ -99,8 +99,9 @@ def test_cosine_spread():
 
 
 def test_standardized_items_spread_p_apart_and_round_trip(tmp_path):
-    common = unit(D_ENC)
-    items = torch.nn.functional.normalize(common + 0.05 * torch.randn(4, 6, D_ENC), dim=-1)  # one kind of text
+    torch.manual_seed(0)
+    common, users = unit(D_ENC), unit(4, 1, D_ENC)  # one kind of text, four writers
+    items = torch.nn.functional.normalize(common + 0.1 * users + 0.02 * torch.randn(4, 6, D_ENC), dim=-1)
     x = unit(4, D_ENC)
     raw = make_plug(seed=1)
     std = make_plug(seed=1, standardize=True)
