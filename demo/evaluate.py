@@ -32,8 +32,8 @@ import torch
 from .history import lamp_item_text
 from .lamp import SHARED_TASKS, LampSplit, postprocess, rag_prompt, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
-from .objective import (FrozenModels, build_examples, fit_prompt, generate, nll_per_row, soft_tokens,
-                        target_ids, teacher_forced_logits)
+from .objective import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
+                        soft_tokens, target_ids, teacher_forced_logits)
 from .plug import PPlug, cosine_spread
 from .retrieval import retrieve_bm25, retrieve_dense
 from .settings import REPO_ROOT, Settings
@@ -187,7 +187,7 @@ class Evaluation(FrozenModels):
                 plug = self.plug(method)
                 hist = [examples[j].items for j in others] if method == "pplug-other-user" else None
                 with torch.inference_mode():
-                    s, _ = soft_tokens(plug.soft_tokens, examples, self.generator.device, hist)
+                    s, _ = soft_tokens(SoftTokenModule(plug), examples, self.generator.device, hist)
                 soft = list(s)
             if soft is not None:
                 texts = generate(self.generator, prompts, soft, n_new, args.batch_size)
@@ -258,8 +258,8 @@ class Evaluation(FrozenModels):
             if method not in methods:
                 continue
             plug = self.plug(method)
-            own_soft, weights = soft_tokens(plug.soft_tokens, examples, self.generator.device)
-            other_soft, _ = soft_tokens(plug.soft_tokens, examples, self.generator.device,
+            own_soft, weights = soft_tokens(SoftTokenModule(plug), examples, self.generator.device)
+            other_soft, _ = soft_tokens(SoftTokenModule(plug), examples, self.generator.device,
                                         [examples[j].items for j in others])
             own, other = [], []
             for start in range(0, len(queries), self.args.batch_size):

@@ -132,23 +132,28 @@ def stack_histories(histories: list[torch.Tensor], d: int) -> tuple[torch.Tensor
     return items, mask
 
 
-def soft_tokens(plug, examples: list[Example], device, histories: list[torch.Tensor] | None = None):
+def soft_tokens(plug_module: "SoftTokenModule", examples: list[Example], device,
+                histories: list[torch.Tensor] | None = None):
     """[B, 2, d_llm] soft tokens and weights for the examples (``histories`` overrides their own)."""
     hist = histories if histories is not None else [e.items for e in examples]
     d = examples[0].x.shape[0]
     items, mask = stack_histories(hist, d)
     x = torch.stack([e.x for e in examples])
-    return plug(x.to(device), items.to(device), mask.to(device))
+    return plug_module(x.to(device), items.to(device), mask.to(device), [e.query.input for e in examples])
 
 
 class SoftTokenModule(torch.nn.Module):
-    """``forward`` = ``plug.soft_tokens``, so the plug can be wrapped by accelerate/DDP."""
+    """``forward`` = ``plug.soft_tokens``, so the plug (and its input encoder, if it has one, whose
+    x replaces the cached frozen-encoder x) can be wrapped by accelerate/DDP."""
 
     def __init__(self, plug: PPlug):
         super().__init__()
         self.plug = plug
+        self.input_encoder = plug.input_encoder  # registered here so that its weights train
 
-    def forward(self, x, items, mask):
+    def forward(self, x, items, mask, texts: list[str] | None = None):
+        if self.input_encoder is not None and texts is not None:
+            x = self.plug.encode_inputs(texts)
         return self.plug.soft_tokens(x, items, mask)
 
 

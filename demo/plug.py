@@ -9,6 +9,9 @@ Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and cu
     I   = Proj_I(e)                                      learned instruction embedding, own projector
     soft tokens = [I; P], each rescaled to the norm of the LLM's own token embeddings
 
+x comes from the frozen encoder, or (as in the paper, optional) from the plug's own fine-tuned copy
+of it, the *input encoder*, kept in ``input_encoder/`` beside the weights.
+
 The soft tokens are placed into the prompt by ``demo.generation``. Only this module's
 parameters are trained; the encoder and the LLM stay frozen.
 
@@ -30,6 +33,7 @@ from torch import nn
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INPUT_ENCODER_DIR = "input_encoder"  # a sentence-transformers folder, when the plug has one
 
 
 class PlugMismatchError(ValueError):
@@ -48,6 +52,7 @@ class PlugConfig:
     # Standardize item embeddings before Proj: sentence embeddings of one kind of text share a large
     # common part, which left P nearly the same vector for every user (mean pairwise cosine .96).
     standardize: bool = False
+    input_encoder: bool = False  # the plug embeds the request with its own encoder (INPUT_ENCODER_DIR)
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -78,6 +83,21 @@ class PPlug(nn.Module):
             self.register_buffer("item_mean", torch.zeros(config.d_enc))
             self.register_buffer("item_std", torch.ones(config.d_enc))
 
+    @property
+    def input_encoder(self):
+        """The fine-tuned input encoder (a SentenceTransformer) when ``config.input_encoder``, else None."""
+        return self.__dict__.get("_input_encoder")
+
+    def attach_input_encoder(self, encoder) -> None:
+        # Not a submodule: its weights are saved in their own folder and the plug's stay small.
+        object.__setattr__(self, "_input_encoder", encoder)
+        self.config.input_encoder = encoder is not None
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) / .half() move the input encoder too
+        if self.input_encoder is not None:
+            self.input_encoder._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.no_grad()
     def set_item_statistics(self, items: torch.Tensor) -> None:
         """Mean and std per dimension of item embeddings [n, d_enc] (needs ``config.standardize``)."""
@@ -85,6 +105,13 @@ class PPlug(nn.Module):
         self.item_std.copy_(items.float().std(0).clamp_min(1e-4))
 
     # --- the aggregator and projectors ----------------------------------------------------
+
+    def encode_inputs(self, texts: list[str]) -> torch.Tensor:
+        """x for requests with the plug's input encoder (differentiable): [B] texts -> [B, d_enc], L2-normalized."""
+        encoder = self.input_encoder
+        features = {k: v.to(encoder.device) if torch.is_tensor(v) else v
+                    for k, v in encoder.preprocess(texts).items()}
+        return F.normalize(encoder(features)["sentence_embedding"], dim=-1)
 
     def weights(self, x: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Aggregator weights. x [B, d_enc], items [B, n, d_enc], mask [B, n] (True = real) -> [B, n]."""
@@ -134,7 +161,10 @@ class PPlug(nn.Module):
     def plug_id(self) -> str:
         """Stable id of these exact weights: origin plus a hash of the parameters."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
+        state = dict(self.state_dict())
+        if self.input_encoder is not None:
+            state.update({f"{INPUT_ENCODER_DIR}.{k}": v for k, v in self.input_encoder.state_dict().items()})
+        for name, tensor in sorted(state.items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return f"{self.config.origin}-{digest.hexdigest()[:12]}"
@@ -145,6 +175,8 @@ class PPlug(nn.Module):
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.input_encoder is not None:
+            self.input_encoder.save(str(folder / INPUT_ENCODER_DIR))
 
     @classmethod
     def load(
@@ -174,6 +206,10 @@ class PPlug(nn.Module):
             )
         plug = cls(config)
         plug.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        if config.input_encoder:
+            from sentence_transformers import SentenceTransformer
+
+            plug.attach_input_encoder(SentenceTransformer(str(folder / INPUT_ENCODER_DIR), device="cpu").eval())
         return plug
 
     @classmethod

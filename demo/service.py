@@ -291,7 +291,10 @@ class Studio:
         t0 = time.perf_counter()
         profile = self._profile(owner, profile_id)
         with torch.inference_mode():
-            x = torch.from_numpy(self.encode([request])).to(self.settings.device)  # [1, d_enc]
+            if self.plug.input_encoder is not None:  # the plug embeds requests with its own encoder
+                x = self.plug.encode_inputs([request]).float()  # [1, d_enc]
+            else:
+                x = torch.from_numpy(self.encode([request])).to(self.settings.device)  # [1, d_enc]
             soft, weights = self.plug.soft_tokens(x, profile.items[None], projected=profile.projected[None])
             w = weights[0].float().cpu()
             plain = self._fit_request(request, params, notes)

@@ -5,8 +5,10 @@
     accelerate launch -m demo.train ...          # several GPUs: Hugging Face accelerate
     python -m demo.train --training-free --out runs/training-free
 
-Only the plug is trained (projector, instruction embedding, instruction projector, the log-gate);
-the history encoder and the LLM stay frozen. The loss is the NLL of the gold output given
+Only the plug is trained (projector, instruction embedding, instruction projector, the log-gate)
+and, with ``--train-input-encoder``, a copy of the encoder that embeds the request x, as in the
+paper (saved in ``<out>/input_encoder``, about 90 MB for MiniLM); the history encoder and the LLM
+stay frozen. The loss is the NLL of the gold output given
 ``prefix + [I; P] + request``, plus ``--kl-weight`` times KL(generic || plug) on the gold
 output's tokens, which keeps the plug's next-token distributions near the generic model's (a
 first run without it drifted into short, telegraphic outputs). Each step draws one task (with
@@ -20,6 +22,7 @@ with the best mean ROUGE-L over the tasks is kept in ``<run-dir>/best`` and copi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -66,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nats per token by which the own history must beat another user's")
     p.add_argument("--gate-lr-scale", type=float, default=1.0,
                    help="learning rate of the plug's log-gate relative to --lr (the gate barely moves at 1)")
+    p.add_argument("--train-input-encoder", action="store_true",
+                   help="also fine-tune a copy of the encoder that embeds the request x (as the paper; slow on CPU, "
+                        "and the checkpoint then holds the encoder too)")
+    p.add_argument("--input-encoder-lr", type=float, default=2e-5)
     p.add_argument("--standardize", action="store_true",
                    help="standardize item embeddings (train-item mean and std) before the projector")
     p.add_argument("--tau", type=float, default=0.05, help="aggregator temperature (cosine logits / tau)")
@@ -185,6 +192,8 @@ class Trainer(FrozenModels):
                                    tau=self.args.tau, seed=self.args.seed, standardize=self.args.standardize)
             if self.args.standardize:
                 plug.set_item_statistics(train_items)
+        if self.args.train_input_encoder:
+            plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
         plug.config.made = {}
         return plug
@@ -303,11 +312,12 @@ def train(args) -> Path:
 
     plug = t.new_plug(torch.cat([e.items for ex in train_ex.values() for e in ex])).to(accelerator.device)
     module = SoftTokenModule(plug)
-    gate = [plug.log_gate]
-    rest = [p for p in module.parameters() if p is not plug.log_gate]
-    optimizer = torch.optim.AdamW([{"params": rest}, {"params": gate, "lr": args.lr * args.gate_lr_scale,
-                                                      "weight_decay": 0.0}],
-                                  lr=args.lr, weight_decay=args.weight_decay)
+    encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
+    groups = [{"params": [p for p in plug.parameters() if p is not plug.log_gate]},
+              {"params": [plug.log_gate], "lr": args.lr * args.gate_lr_scale, "weight_decay": 0.0}]
+    if encoder:
+        groups.append({"params": encoder, "lr": args.input_encoder_lr})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
         if step < args.warmup:
@@ -320,7 +330,7 @@ def train(args) -> Path:
     last = run_dir / "last.pt"
     if last.is_file():
         ckpt = torch.load(last, weights_only=False, map_location="cpu")
-        plug.load_state_dict(ckpt["plug"])
+        module.load_state_dict(ckpt["module"])  # the plug, and the input encoder if it trains
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
@@ -333,7 +343,7 @@ def train(args) -> Path:
 
     def save_last():
         if main:
-            _atomic_save({"plug": unwrapped().plug.state_dict(), "optimizer": optimizer.state_dict(),
+            _atomic_save({"module": unwrapped().state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
                           "args": vars(args)}, last)
 

@@ -115,3 +115,21 @@ def test_standardized_items_spread_p_apart_and_round_trip(tmp_path):
     assert back.config.standardize and torch.equal(back.item_mean, std.item_mean)
     assert back.plug_id == std.plug_id and back.plug_id != raw.plug_id
     assert "item_mean" not in raw.state_dict()  # plugs without it keep their weights and ids
+
+
+def test_a_plug_with_its_own_input_encoder_saves_and_reloads_it(tmp_path, studio):
+    import copy
+
+    d = studio.encoder.get_embedding_dimension()
+    plain = PPlug.untrained("enc", "llm", d, torch.randn(10, 24), seed=3)
+    plug = PPlug.untrained("enc", "llm", d, torch.randn(10, 24), seed=3)
+    plug.attach_input_encoder(copy.deepcopy(studio.encoder))
+    with torch.no_grad():
+        x = plug.encode_inputs(["Write about bread.", "A tweet on bikes."])
+    assert x.shape == (2, d) and torch.allclose(x.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not any(k.startswith("input_encoder") for k in plug.state_dict())  # the small weights stay small
+    plug.save(tmp_path / "p")
+    back = PPlug.load(tmp_path / "p")
+    assert back.config.input_encoder and back.plug_id == plug.plug_id != plain.plug_id
+    with torch.no_grad():
+        assert torch.allclose(back.encode_inputs(["Write about bread.", "A tweet on bikes."]), x, atol=1e-5)

@@ -110,3 +110,23 @@ def test_device_and_dtype_settings():
     assert Settings.from_env({"PPLUG_DEVICE": "cpu", "PPLUG_LLM_DTYPE": "float16"}).dtype == torch.float16
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert Settings.from_env({"PPLUG_DEVICE": "auto"}).device == expected
+
+
+def test_a_plug_with_an_input_encoder_embeds_the_request_with_it(studio, owner):
+    import copy
+
+    import torch
+
+    encoder = copy.deepcopy(studio.encoder).eval()
+    with torch.no_grad():  # another x than the frozen encoder's: one layer of the copy changed
+        next(p for n, p in encoder.named_parameters() if "query.weight" in n).mul_(-1)
+    plug = copy.deepcopy(studio.plug)
+    plug.attach_input_encoder(encoder)
+    other = copy.copy(studio)
+    other.plug, other.plug_id = plug, plug.plug_id
+    profile = studio.compute_profile(owner, "mine", HISTORY).profile_id
+    params = GenerationParams(max_new_tokens=4)
+    base = list(studio.generate(owner, profile, "Write a tweet about cycling.", params))[-1]
+    mine = list(other.generate(owner, profile, "Write a tweet about cycling.", params))[-1]
+    assert mine.done and mine.personalized and other.plug_id != studio.plug_id
+    assert [round(t.weight, 4) for t in mine.top_items] != [round(t.weight, 4) for t in base.top_items]

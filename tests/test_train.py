@@ -133,3 +133,30 @@ def test_other_histories_rotate_within_the_batch():
     examples = make_examples(3, 4)
     swapped = other_histories(examples)
     assert [h.shape[0] for h in swapped] == [4, 5, 3]  # each example gets the next one's history
+
+
+def test_the_input_encoder_trains_while_the_history_encoder_stays_frozen(tiny, studio):
+    import copy
+
+    encoder = copy.deepcopy(studio.encoder).train().requires_grad_(True)
+    d_enc = encoder.get_embedding_dimension()
+    plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0)
+    plug.attach_input_encoder(encoder)
+    module = SoftTokenModule(plug)
+    examples = make_examples(3, d_enc)
+    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
+    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
+    frozen = {k: v.clone() for k, v in studio.encoder.state_dict().items()}
+    start = {k: v.clone() for k, v in encoder.state_dict().items()}
+    optimizer = torch.optim.AdamW([{"params": plug.parameters()}, {"params": encoder.parameters(), "lr": 1e-3}],
+                                  lr=5e-2)
+    losses = []
+    for _ in range(6):
+        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(stats["loss"])
+    assert losses[-1] < losses[0] - 0.05
+    assert any(not torch.equal(v, start[k]) for k, v in encoder.state_dict().items())  # x is learned
+    assert all(torch.equal(v, frozen[k]) for k, v in studio.encoder.state_dict().items())  # items' encoder is not
