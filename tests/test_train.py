@@ -46,24 +46,29 @@ def make_examples(n: int, d_enc: int, seed: int = 0) -> list[Example]:
     return out
 
 
+def train_steps(tiny, module, examples, optimizer, steps: int, **loss_args) -> list[dict]:
+    """``steps`` optimizer steps of ``ce_and_kl`` on one fixed batch; the stats of each step."""
+    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
+    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
+    out = []
+    for _ in range(steps):
+        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, **loss_args)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        out.append(stats)
+    return out
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     d_enc = 16
     plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0)
     module = SoftTokenModule(plug)
-    examples = make_examples(3, d_enc)
-    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
-    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
     llm_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-2)
-    losses = []
-    for _ in range(8):
-        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.1)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(stats["loss"])
-        assert set(stats) >= {"nll", "kl", "loss", "w_entropy"}
-    assert losses[-1] < losses[0] - 0.05
+    stats = train_steps(tiny, module, make_examples(3, d_enc), optimizer, 8, kl_weight=0.1)
+    assert all(set(s) >= {"nll", "kl", "loss", "w_entropy"} for s in stats)
+    assert stats[-1]["loss"] < stats[0]["loss"] - 0.05
     # only the plug learns; the LLM is frozen and untouched
     assert all(p.grad is None for p in tiny.model.parameters())
     assert all(torch.equal(v, llm_before[k]) for k, v in tiny.model.state_dict().items())
@@ -114,18 +119,10 @@ def test_the_other_user_term_makes_the_own_history_count(tiny):
     d_enc = 16
     plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=1)
     module = SoftTokenModule(plug)
-    examples = make_examples(3, d_enc, seed=3)
-    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
-    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-2)
-    gaps = []
-    for _ in range(12):
-        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.0,
-                                other_weight=1.0, other_margin=0.5)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        gaps.append(stats["own_minus_other"])
+    stats = train_steps(tiny, module, make_examples(3, d_enc, seed=3), optimizer, 12, kl_weight=0.0,
+                        other_weight=1.0, other_margin=0.5)
+    gaps = [s["own_minus_other"] for s in stats]
     assert gaps[-1] < gaps[0] - 0.05 and gaps[-1] < 0
 
 
@@ -143,20 +140,11 @@ def test_the_input_encoder_trains_while_the_history_encoder_stays_frozen(tiny, s
     plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0)
     plug.attach_input_encoder(encoder)
     module = SoftTokenModule(plug)
-    examples = make_examples(3, d_enc)
-    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
-    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
     frozen = {k: v.clone() for k, v in studio.encoder.state_dict().items()}
     start = {k: v.clone() for k, v in encoder.state_dict().items()}
     optimizer = torch.optim.AdamW([{"params": plug.parameters()}, {"params": encoder.parameters(), "lr": 1e-3}],
                                   lr=5e-2)
-    losses = []
-    for _ in range(6):
-        loss, stats = ce_and_kl(tiny, module, examples, prompts, targets, kl_weight=0.0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(stats["loss"])
-    assert losses[-1] < losses[0] - 0.05
+    stats = train_steps(tiny, module, make_examples(3, d_enc), optimizer, 6, kl_weight=0.0)
+    assert stats[-1]["loss"] < stats[0]["loss"] - 0.05
     assert any(not torch.equal(v, start[k]) for k, v in encoder.state_dict().items())  # x is learned
     assert all(torch.equal(v, frozen[k]) for k, v in studio.encoder.state_dict().items())  # items' encoder is not
