@@ -13,7 +13,8 @@ x comes from the frozen encoder, or (as in the paper, optional) from the plug's 
 of it, the *input encoder*, kept in ``input_encoder/`` beside the weights.
 
 The soft tokens are placed into the prompt by ``demo.generation``. Only this module's
-parameters are trained; the encoder and the LLM stay frozen.
+parameters (and the optional input encoder) are trained; the history encoder and the LLM stay
+frozen.
 
 A checkpoint is a folder with ``config.json`` (``PlugConfig``) and ``model.safetensors``,
 in the manner of sentence-transformers' modules.
