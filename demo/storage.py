@@ -330,9 +330,9 @@ class Store:
 
     def owners_of(self, profile_ids: list[str]) -> list[str]:
         """The distinct owners of the given profiles (ids that do not exist are skipped)."""
-        marks = ", ".join("?" * len(profile_ids))
         if not profile_ids:
             return []
+        marks = ", ".join("?" * len(profile_ids))
         return [r[0] for r in self._db().execute(
             f"SELECT DISTINCT owner FROM profiles WHERE id IN ({marks})", list(profile_ids)).fetchall()]
 

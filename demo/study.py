@@ -572,10 +572,14 @@ class StudyStore:
             raise StudyError(f"Participant {participant_id} has already started this study. Open the study "
                              "in the browser where you gave consent to continue, or contact the researcher.") from None
 
+    def find_participant(self, study: str, participant_id: str) -> dict | None:
+        """The participant's row by id, token not checked (the admin's path)."""
+        return self._one("SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
+                         [study, participant_id or ""])
+
     def participant(self, study: str, participant_id: str, token: str) -> dict:
         """The participant's row, only with the right token (else StudyError)."""
-        row = self._one("SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
-                        [study, participant_id or ""])
+        row = self.find_participant(study, participant_id)
         if row is None or not hmac.compare_digest(row.pop("token_sha256"), _sha(token or "")):
             raise StudyError("This browser has no consent on record for this participant in this study: "
                              "reload the study link to start.")
@@ -590,6 +594,11 @@ class StudyStore:
     def history(self, participant: int) -> dict | None:
         """The participant's latest history choice."""
         return self._one("SELECT * FROM study_histories WHERE participant = ? ORDER BY id DESC LIMIT 1", [participant])
+
+    def profile_ids(self, participant: int) -> list[str]:
+        """Every profile the participant's histories were computed into."""
+        return [r["profile_id"] for r in self.store._db().query(
+            "SELECT profile_id FROM study_histories WHERE participant = ?", [participant])]
 
     def _one(self, sql: str, args: list) -> dict | None:
         """The first row as a dict; the statement is finished at once (no cursor left open)."""
@@ -1075,10 +1084,8 @@ class StudyService:
     def _withdraw(self, participant: dict, d: StudyDefinition) -> dict:
         # Their writing (profile, items, embeddings, generations) goes in every mode, first: if the
         # study rows then failed, the withdrawal is not recorded and can be asked for again.
-        profile_ids = [row["profile_id"] for row in self.studio.store._db().query(
-            "SELECT profile_id FROM study_histories WHERE participant = ?", [participant["id"]])]
         deleted: dict[str, int] = {}
-        for owner in self.studio.store.owners_of(profile_ids):
+        for owner in self.studio.store.owners_of(self.db.profile_ids(participant["id"])):
             for table, n in self.studio.delete_my_data(owner).items():
                 deleted[table] = deleted.get(table, 0) + n
         study_rows = self.db.withdraw(participant["id"], d.name, d.on_withdraw)
@@ -1095,8 +1102,7 @@ class StudyService:
     def admin_withdraw(self, admin_token: str, name: str, participant_id: str) -> dict:
         """Withdraw a participant who asked the researcher (they have no token at hand)."""
         self.check_admin(admin_token)
-        found = self.db._one("SELECT * FROM study_participants WHERE study = ? AND participant_id = ?",
-                             [name, (participant_id or "").strip()])
+        found = self.db.find_participant(name, (participant_id or "").strip())
         if found is None or found["id_source"] == "withdrawn":
             raise StudyError(f"Study `{name}` has no participant {participant_id!r} (or they have withdrawn).")
         _, d = self.db.definition(name, found["study_version"])
