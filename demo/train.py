@@ -179,8 +179,8 @@ class Trainer(FrozenModels):
         self.args = args
         self.acc = accelerator
 
-    def new_plug(self, train_items: torch.Tensor) -> PPlug:
-        """A plug to start from; ``train_items`` [n, d_enc] give the standardization statistics."""
+    def new_plug(self, train_examples: list[Example]) -> PPlug:
+        """A plug to start from; the examples' items give the standardization statistics."""
         emb = self.model.get_input_embeddings().weight
         if self.args.init == "training-free":
             if self.args.standardize:
@@ -191,7 +191,7 @@ class Trainer(FrozenModels):
             plug = PPlug.untrained(self.encoder_id, self.llm_id, self.encoder.get_embedding_dimension(), emb,
                                    tau=self.args.tau, seed=self.args.seed, standardize=self.args.standardize)
             if self.args.standardize:
-                plug.set_item_statistics(train_items)
+                plug.set_item_statistics(torch.cat([e.items for e in train_examples]))  # [n, d_enc]
         if self.args.train_input_encoder:
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
@@ -310,7 +310,7 @@ def train(args) -> Path:
     probs = np.sqrt(np.array([sizes[n] for n in names], dtype=float))
     probs = (probs / probs.sum()).tolist()
 
-    plug = t.new_plug(torch.cat([e.items for ex in train_ex.values() for e in ex])).to(accelerator.device)
+    plug = t.new_plug([e for ex in train_ex.values() for e in ex]).to(accelerator.device)
     module = SoftTokenModule(plug)
     encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
     groups = [{"params": [p for p in plug.parameters() if p is not plug.log_gate]},
