@@ -6,6 +6,8 @@ this visitor's profiles; the study flow goes from consent through votes to the c
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import os
 import shutil
@@ -84,13 +86,18 @@ def echo_app(studio):
     demo.close()
 
 
+@contextlib.contextmanager
 def _page(browser):
+    """A page in a fresh browser context (its own storage), closed afterwards. -> (page, dialogs shown)."""
     context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    return context, page, dialogs
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        yield page, dialogs
+    finally:
+        context.close()
 
 
 def _wait_or_report(page, locator) -> None:
@@ -135,8 +142,7 @@ def _assert_inert(page, dialogs: list[str]) -> None:
 
 
 def test_paste_compute_generate_shows_both_answers_and_history_html_stays_text(browser, app):
-    context, page, dialogs = _page(browser)
-    try:
+    with _page(browser) as (page, dialogs):
         personalized, generic = _compute_and_generate(page, app, HISTORY, f"Baker {IMG}")
         assert personalized.strip() and generic.strip()
         # The pasted HTML is shown as text in the preview, the status line and the weights table.
@@ -144,27 +150,20 @@ def test_paste_compute_generate_shows_both_answers_and_history_html_stays_text(b
         page.get_by_text(f"Baker {IMG}", exact=False).first.wait_for()
         assert page.get_by_text("Ramen broth takes twelve hours <svg", exact=False).count() >= 1
         _assert_inert(page, dialogs)
-    finally:
-        context.close()
 
 
 def test_model_output_html_is_shown_as_text(browser, echo_app):
-    context, page, dialogs = _page(browser)
-    try:
+    with _page(browser) as (page, dialogs):
         personalized, generic = _compute_and_generate(page, echo_app, HISTORY, "echo")
         assert personalized == generic == OUTPUT
         _assert_inert(page, dialogs)
         # Control: the same payload inserted as HTML does run in this browser, so the checks above can fail.
         page.evaluate("html => document.body.insertAdjacentHTML('beforeend', html)", IMG)
         page.wait_for_function("() => window.__pwned === 'img'")
-    finally:
-        context.close()
 
 
 def test_profiles_stay_with_their_browser(browser, app):
-    first, page, _ = _page(browser)
-    other, other_page, _ = _page(browser)
-    try:
+    with _page(browser) as (page, _), _page(browser) as (other_page, _):
         page.goto(app)
         page.get_by_role("button", name="Food Blogger").click()
         playwright_api.expect(page.get_by_label("Your writing history")).not_to_have_value("", timeout=TIMEOUT_MS)
@@ -182,9 +181,6 @@ def test_profiles_stay_with_their_browser(browser, app):
         assert other_page.get_by_role("option", name="kept-in-this-browser", exact=False).count() == 0
         tokens = [p.evaluate("() => JSON.stringify(Object.entries(localStorage))") for p in (page, other_page)]
         assert tokens[0] != tokens[1]
-    finally:
-        first.close()
-        other.close()
 
 
 BROWSER_STUDY = {
@@ -217,8 +213,7 @@ def _wait_for_answers(page) -> None:
 def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
     from demo.study import StudyStore
 
-    context, page, dialogs = _page(browser)
-    try:
+    with _page(browser) as (page, dialogs):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-1&STUDY_ID=S1&SESSION_ID=X1")
         page.get_by_text("Consent (version 2)").wait_for()
         assert StudyStore(studio.store).export_rows("browser-flow") == []  # nothing stored before consent
@@ -236,8 +231,6 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
         page.get_by_text("BROWSER-OK").wait_for()
         assert "You have finished all 2 trials" in page.content()
         assert dialogs == []
-    finally:
-        context.close()
     rows = [r for r in StudyStore(studio.store).export_rows("browser-flow") if r["participant_id"] == "BRW-1"]
     assert [(r["trial_index"], r["choice"], r["voted"]) for r in rows] == [(1, "A", True), (2, "B", True)]
     assert rows[1]["reason"] == "Sounds like me." and rows[0]["consent_version"] == "2"
@@ -245,19 +238,15 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
 
 
 def test_study_link_with_html_in_the_participant_id_stays_inert(browser, study_app):
-    context, page, dialogs = _page(browser)
-    try:
+    with _page(browser) as (page, dialogs):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=" + IMG.replace(" ", "%20").replace('"', "%22"))
         page.get_by_text("Consent (version 2)").wait_for()
         page.wait_for_timeout(500)
         _assert_inert(page, dialogs)
-    finally:
-        context.close()
 
 
 def test_study_page_opens_without_an_error(browser, study_app):
-    context, page, _ = _page(browser)
-    try:
+    with _page(browser) as (page, _):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-2")
         page.get_by_text("Consent (version 2)").wait_for()
         page.wait_for_timeout(2000)
@@ -265,13 +254,10 @@ def test_study_page_opens_without_an_error(browser, study_app):
                                        .filter(e => e.innerText.trim() === 'Error').length""")
         assert errors == 0
         page.get_by_label("I have read the information above and agree to take part.").check(timeout=5000)
-    finally:
-        context.close()
 
 
 def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio):
-    context, page, dialogs = _page(browser)
-    try:
+    with _page(browser) as (page, dialogs):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-LEAVE")
         page.get_by_label("I have read the information above and agree to take part.").check()
         page.get_by_role("button", name="Continue").click()
@@ -288,8 +274,6 @@ def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio
         page.get_by_role("button", name="Leave the study", exact=True).click()
         page.get_by_text("You have left the study").wait_for()
         assert dialogs == []
-    finally:
-        context.close()
     db = studio.store._db()
     assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM history_items WHERE text = 'I collect maps.'").fetchone()[0] == 0
