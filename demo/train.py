@@ -274,14 +274,16 @@ def thin_history(items: torch.Tensor, drop: float, rng: random.Random) -> torch.
 
 
 def train(args) -> Path:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm import tqdm
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = Settings.from_env()
     cpu = (args.device or settings.device) == "cpu"
-    accelerator = Accelerator(cpu=cpu)
+    # a transformer encoder has weights its sentence embedding never uses (BERT's pooler): let DDP skip them
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=args.train_input_encoder)
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
     settings = settings.with_(device=str(accelerator.device))
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -301,10 +303,11 @@ def train(args) -> Path:
     train_splits = [read_task(args.data, name, "train", limit=args.limit) for name in tasks]
     dev_splits = [read_task(args.data, name, "dev") for name in tasks]
     subset = dev_subset(args, dev_splits)
-    train_ex = {s.task.name: t.examples([s]) for s in train_splits}
-    t.examples_by_id = {}
-    for split, (task, queries) in zip(dev_splits, subset):
-        t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
+    with accelerator.main_process_first():  # the main process encodes, the others then read its cache
+        train_ex = {s.task.name: t.examples([s]) for s in train_splits}
+        t.examples_by_id = {}
+        for split, (task, queries) in zip(dev_splits, subset):
+            t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
     sizes = {k: len(v) for k, v in train_ex.items()}
     names = list(train_ex)
     probs = np.sqrt(np.array([sizes[n] for n in names], dtype=float))
@@ -360,10 +363,11 @@ def train(args) -> Path:
                 unwrapped().plug.save(run_dir / "best")
         accelerator.wait_for_everyone()
 
-    if state["step"] == 0 and main:
-        state["generic"] = t.evaluate_generic(subset)
-        print("dev generic " + json.dumps(state["generic"]), flush=True)
-        run_eval(0)
+    if state["step"] == 0:
+        if main:
+            state["generic"] = t.evaluate_generic(subset)
+            print("dev generic " + json.dumps(state["generic"]), flush=True)
+        run_eval(0)  # every process: it ends in a barrier
     module.train()
     bar = tqdm(total=args.steps, initial=state["step"], disable=not main, mininterval=5, dynamic_ncols=True)
     running = None
@@ -417,6 +421,7 @@ def finish(args, t: Trainer, state: dict, sizes: dict, run_dir: Path) -> None:
         "encoder": t.encoder_id, "llm": t.llm_id,
         "data": {name: {"split": "train", "queries": n} for name, n in sizes.items()},
         "data_dir": str(args.data), "steps": args.steps, "selected_step": best["step"],
+        "processes": t.acc.num_processes,  # each step saw batch_size examples per process
         "train_seconds": round(state["seconds"], 1),
         "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "run_dir", "cache")},
         "dev_selection": {"what": f"greedy ROUGE-L on {args.eval_per_task} dev queries per task "

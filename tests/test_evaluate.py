@@ -7,6 +7,10 @@ the real embedded all-MiniLM-L6-v2.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from demo import train as train_cli
 from demo.evaluate import other_user_order
 from demo.models import llm_folder
 from demo.plug import PPlug
+from demo.settings import REPO_ROOT
 
 WORDS = "tea coffee goal match paper model river bike song snow".split()
 
@@ -113,6 +118,34 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert "| pplug+rag |" in md and "fit MRR" in md
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
+    """``accelerate launch`` with two CPU processes (gloo): the DDP path GPUs take, input encoder included."""
+    root = tiny_env
+    run, out = root / "run-ddp", root / "plug-ddp"
+    env = {**os.environ, "PPLUG_LLM": str(root / "llm"), "PPLUG_DEVICE": "cpu"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "demo.train"]
+    args = [*common(root), "--run-dir", str(run), "--out", str(out), "--batch-size", "2", "--eval-every", "2",
+            "--eval-per-task", "2", "--eval-max-new-tokens", "4", "--save-every", "1", "--threads", "1",
+            "--train-input-encoder", "--standardize", "--other-weight", "1"]
+    for steps in (2, 3):  # the second launch resumes from last.pt
+        done = subprocess.run([*launch, *args, "--steps", str(steps)], cwd=REPO_ROOT, env=env, timeout=300,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(run / "last.pt", weights_only=False)["state"]
+    assert state["step"] == 3 and [e["step"] for e in state["evals"]] == [0, 2, 3]
+    made = json.loads((out / "config.json").read_text())["made"]
+    assert made["processes"] == 2 and made["steps"] == 3
+    assert PPlug.load(out).input_encoder is not None
 
 
 def test_saved_plug_reloads_bit_identically(tmp_path):
