@@ -17,6 +17,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from demo import evaluate as evaluate_cli
+from demo import oracle as oracle_cli
 from demo import train as train_cli
 from demo.evaluate import other_user_order
 from demo.models import llm_folder
@@ -146,6 +147,23 @@ def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
     made = json.loads((out / "config.json").read_text())["made"]
     assert made["processes"] == 2 and made["steps"] == 3
     assert PPlug.load(out).input_encoder is not None
+
+
+def test_the_oracle_finds_a_personal_shift_that_carries_to_a_held_out_query(tiny_llm_env, settings):
+    """Each user's gold outputs share one word, so a shift fitted on two of them helps the third."""
+    root = tiny_llm_env
+    write_task(root / "data" / "three", "tweets", "train", 6, queries_per_user=3)
+    llm = LlamaForCausalLM.from_pretrained(root / "llm")
+    PPlug.untrained("sentence-transformers/all-MiniLM-L6-v2", str(root / "llm"), 384,
+                    llm.get_input_embeddings().weight, seed=0).save(root / "oracle-plug")
+    out = root / "oracle"
+    assert oracle_cli.main(["--data", str(root / "data"), "--tasks", "three", "--cache", str(root / "cache.db"),
+                            "--plug", str(root / "oracle-plug"), "--users", "6", "--steps", "30", "--lr", "0.05",
+                            "--out", str(out)]) == 0
+    r = json.loads((out / "oracle.json").read_text())["tasks"]["three"]
+    assert r["users"] == 6 and r["shift_norm"] > 0
+    assert r["own_minus_other"]["diff"] < 0 and r["own_better_share"] >= 0.5
+    assert r["nll_own"] < r["nll_plug"]  # the own shift beats no shift on the held-out query
 
 
 def test_saved_plug_reloads_bit_identically(tmp_path):
