@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from .history import lamp_item_text
-from .lamp import SHARED_TASKS, LampSplit, postprocess, rag_prompt, read_task
+from .lamp import SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .objective import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
                         soft_tokens, target_ids, teacher_forced_logits)
 from .plug import PPlug, cosine_spread
-from .retrieval import retrieve_bm25, retrieve_dense
+from .retrieval import rag_request
 from .settings import REPO_ROOT, Settings
 
 log = logging.getLogger("demo.evaluate")
@@ -160,17 +160,12 @@ class Evaluation(FrozenModels):
         plain = [fit_prompt(self.generator, q.input, args.max_prompt_tokens) for q in queries]
         rag_prompts, rag_items = [], []
         for q, e in zip(queries, examples):
-            items = q.items()
-            texts = [lamp_item_text(it) for it in items]
-            if args.retriever == "bm25":
-                idx = retrieve_bm25(q.input, texts, args.k)
-            else:
-                idx = retrieve_dense(e.x.numpy(), self.cache.matrix(texts), args.k)
-            chosen = [items[i] for i in idx]
+            dense = {}
+            if args.retriever == "encoder":
+                dense = {"x": e.x.numpy(), "item_matrix": self.cache.matrix([lamp_item_text(it) for it in q.items()])}
+            text, chosen = rag_request(task, q, args.k, args.item_chars, **dense)
             rag_items.append([c.get("id") for c in chosen])
-            text = rag_prompt(task, q.input, chosen, args.item_chars)
-            ids = fit_prompt(self.generator, text, args.max_prompt_tokens)
-            rag_prompts.append(ids)
+            rag_prompts.append(fit_prompt(self.generator, text, args.max_prompt_tokens))
         results: dict[str, dict] = {}
         per_query: dict[str, dict] = {}
         outputs: dict[str, list[str]] = {}

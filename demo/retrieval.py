@@ -6,6 +6,9 @@ import re
 import bm25s
 import numpy as np
 
+from .history import lamp_item_text
+from .lamp import Query, TaskSpec, rag_prompt
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -37,3 +40,19 @@ def retrieve_bm25(query: str, documents: list[str], k: int) -> list[int]:
 def retrieve_dense(x: np.ndarray, items: np.ndarray, k: int) -> list[int]:
     """By cosine of L2-normalized encoder embeddings x [d] and items [n, d]."""
     return top_k(items @ x if len(items) else np.zeros(0), k)
+
+
+def rag_request(task: TaskSpec, query: Query, k: int, item_chars: int = 300,
+                item_matrix=None, x=None) -> tuple[str, list[dict]]:
+    """The query's request with its top-k profile items put before it as LaMP does, and the items.
+
+    BM25 over the whole profile, or encoder cosine when ``x`` [d] and ``item_matrix`` [n, d] (the
+    profile items' embeddings, in profile order) are given.
+    """
+    items = query.items()
+    if x is not None:
+        idx = retrieve_dense(x, item_matrix, k)
+    else:
+        idx = retrieve_bm25(query.input, [lamp_item_text(it) for it in items], k)
+    chosen = [items[i] for i in idx]
+    return rag_prompt(task, query.input, chosen, item_chars), chosen

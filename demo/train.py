@@ -39,6 +39,7 @@ from .lamp import SHARED_TASKS, read_task
 from .objective import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
                         other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
 from .plug import PPlug
+from .retrieval import rag_request
 from .settings import REPO_ROOT, Settings
 
 log = logging.getLogger("demo.train")
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-max-tokens", type=int, default=128,
                    help="history items are cut at this many encoder tokens (saves encoding time on CPU)")
     p.add_argument("--max-prompt-tokens", type=int, default=192)
+    p.add_argument("--rag-k", type=int, default=0,
+                   help="train for pplug+rag: put the top-k BM25 profile items before each request, as "
+                        "demo.evaluate's rag does (raise --max-prompt-tokens to fit them)")
     p.add_argument("--max-target-tokens", type=int, default=48)
     p.add_argument("--augment", type=float, default=0.0,
                    help="history augmentation: share of examples whose history is randomly thinned")
@@ -204,7 +208,9 @@ class Trainer(FrozenModels):
         return build_examples(splits, self.cache, self.args.history_cap, progress=self.acc.is_main_process)
 
     def rows(self, examples: list[Example]):
-        prompts = [fit_prompt(self.generator, e.query.input, self.args.max_prompt_tokens) for e in examples]
+        k = self.args.rag_k
+        requests = [rag_request(e.task, e.query, k)[0] if k else e.query.input for e in examples]
+        prompts = [fit_prompt(self.generator, r, self.args.max_prompt_tokens) for r in requests]
         targets = [target_ids(self.generator, e.query.output, self.args.max_target_tokens) for e in examples]
         return prompts, targets
 

@@ -90,6 +90,12 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert made["steps"] == 3 and made["selected_step"] in (2, 3)
     assert "tweets" in made["dev_selection"]["selected"] and made["summary"].startswith("trained on tweets")
 
+    # a plug trained for pplug+rag sees the retrieved items in its prompts
+    assert train_cli.main([*common(root), "--run-dir", str(root / "run-rag"), "--out", str(root / "plug-rag"),
+                           "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
+                           "--rag-k", "2", "--max-prompt-tokens", "320"]) == 0
+    assert json.loads((root / "plug-rag" / "config.json").read_text())["made"]["settings"]["rag_k"] == 2
+
     # the training-free plug as its own command
     assert train_cli.main([*common(root), "--training-free", "--vocab-limit", "300", "--out",
                            str(root / "free")]) == 0
