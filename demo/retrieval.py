@@ -1,6 +1,7 @@
 """Retrieval of profile items for the RAG baselines: BM25 (default) or the history encoder."""
 from __future__ import annotations
 
+import logging
 import re
 
 import bm25s
@@ -9,6 +10,7 @@ import numpy as np
 from .history import lamp_item_text
 from .lamp import Query, TaskSpec, rag_prompt
 
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG at import: a log line per index built
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
