@@ -35,7 +35,7 @@ from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap
 from .objective import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
                         soft_tokens, target_ids, teacher_forced_logits)
 from .plug import PPlug, cosine_spread
-from .retrieval import rag_request
+from .retrieval import lamp_rag_request
 from .settings import REPO_ROOT, Settings
 
 log = logging.getLogger("demo.evaluate")
@@ -163,7 +163,7 @@ class Evaluation(FrozenModels):
             dense = {}
             if args.retriever == "encoder":
                 dense = {"x": e.x.numpy(), "item_matrix": self.cache.matrix([lamp_item_text(it) for it in q.items()])}
-            text, chosen = rag_request(task, q, args.k, args.item_chars, **dense)
+            text, chosen = lamp_rag_request(task, q, args.k, args.item_chars, **dense)
             rag_items.append([c.get("id") for c in chosen])
             rag_prompts.append(fit_prompt(self.generator, text, args.max_prompt_tokens))
         results: dict[str, dict] = {}

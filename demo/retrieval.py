@@ -44,7 +44,7 @@ def retrieve_dense(x: np.ndarray, items: np.ndarray, k: int) -> list[int]:
     return top_k(items @ x if len(items) else np.zeros(0), k)
 
 
-def rag_request(task: TaskSpec, query: Query, k: int, item_chars: int = 300,
+def lamp_rag_request(task: TaskSpec, query: Query, k: int, item_chars: int = 300,
                 item_matrix=None, x=None) -> tuple[str, list[dict]]:
     """The query's request with its top-k profile items put before it as LaMP does, and the items.
 

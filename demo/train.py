@@ -39,7 +39,7 @@ from .lamp import SHARED_TASKS, read_task
 from .objective import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
                         other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
 from .plug import PPlug
-from .retrieval import rag_request
+from .retrieval import lamp_rag_request
 from .settings import REPO_ROOT, Settings
 
 log = logging.getLogger("demo.train")
@@ -209,7 +209,7 @@ class Trainer(FrozenModels):
 
     def rows(self, examples: list[Example]):
         k = self.args.rag_k
-        requests = [rag_request(e.task, e.query, k)[0] if k else e.query.input for e in examples]
+        requests = [lamp_rag_request(e.task, e.query, k)[0] if k else e.query.input for e in examples]
         prompts = [fit_prompt(self.generator, r, self.args.max_prompt_tokens) for r in requests]
         targets = [target_ids(self.generator, e.query.output, self.args.max_target_tokens) for e in examples]
         return prompts, targets

@@ -78,20 +78,20 @@ def test_bm25_ranks_by_rare_matching_words_and_survives_empty_input():
     assert retrieve_bm25("anything", [], 4) == []
 
 
-def test_rag_request_puts_the_best_items_before_the_request():
+def test_lamp_rag_request_puts_the_best_items_before_the_request():
     import numpy as np
 
     from demo.lamp import TASKS, Query
-    from demo.retrieval import rag_request
+    from demo.retrieval import lamp_rag_request
 
     profile = [{"id": "a", "text": "sourdough bread again"}, {"id": "b", "text": "long bike ride today"},
                {"id": "c", "text": "bike repair"}]
     q = Query("q1", "u1", "Write a tweet about a bike ride", profile)
-    text, chosen = rag_request(TASKS["tweets"], q, 2)
+    text, chosen = lamp_rag_request(TASKS["tweets"], q, 2)
     assert [c["id"] for c in chosen] == ["b", "c"]
     assert text == ('"long bike ride today", and "bike repair" are written by a person. '
                     "Following the given patterns, write a tweet about a bike ride")
     # by the encoder: the item whose embedding is closest to x
-    _, chosen = rag_request(TASKS["tweets"], q, 1, x=np.array([1.0, 0.0]),
+    _, chosen = lamp_rag_request(TASKS["tweets"], q, 1, x=np.array([1.0, 0.0]),
                             item_matrix=np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
     assert [c["id"] for c in chosen] == ["a"]
