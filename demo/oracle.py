@@ -122,7 +122,8 @@ class Oracle(FrozenModels):
                 "own_better_share": float(np.mean(np.array(nll["own"]) < np.array(nll["other"]))),
                 "own_minus_plug": paired_bootstrap(nll["own"], nll["plug"]),
                 "shift_norm": float(torch.stack(deltas).norm(dim=-1).mean()),
-                "p_norm": float(rows[0][1][1].norm()), "seconds": round(time.perf_counter() - t0, 1)}
+                "p_norm": float(torch.stack([soft[1] for _, soft, _ in rows]).norm(dim=-1).mean()),
+                "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def retrieve_dense(x: np.ndarray, items: np.ndarray, k: int) -> list[int]:
 
 
 def lamp_rag_request(task: TaskSpec, query: Query, k: int, item_chars: int = 300,
-                item_matrix=None, x=None) -> tuple[str, list[dict]]:
+                     item_matrix=None, x=None) -> tuple[str, list[dict]]:
     """The query's request with its top-k profile items put before it as LaMP does, and the items.
 
     BM25 over the whole profile, or encoder cosine when ``x`` [d] and ``item_matrix`` [n, d] (the
