@@ -90,7 +90,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert made["steps"] == 3 and made["selected_step"] in (2, 3)
     assert "tweets" in made["dev_selection"]["selected"] and made["summary"].startswith("trained on tweets")
 
-    # a plug trained for pplug+rag sees the retrieved items in its prompts
+    # a plug for pplug+rag trains on prompts that carry the retrieved items, and records k
     assert train_cli.main([*common(root), "--run-dir", str(root / "run-rag"), "--out", str(root / "plug-rag"),
                            "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
                            "--rag-k", "2", "--max-prompt-tokens", "320"]) == 0
@@ -155,7 +155,7 @@ def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
     assert PPlug.load(out).input_encoder is not None
 
 
-def test_the_oracle_finds_a_personal_shift_that_carries_to_a_held_out_query(tiny_llm_env, settings):
+def test_the_oracle_finds_a_personal_shift_that_carries_to_a_held_out_query(tiny_llm_env):
     """Each user's gold outputs share one word, so a shift fitted on two of them helps the third."""
     root = tiny_llm_env
     write_task(root / "data" / "three", "tweets", "train", 6, queries_per_user=3)

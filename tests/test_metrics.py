@@ -93,5 +93,5 @@ def test_lamp_rag_request_puts_the_best_items_before_the_request():
                     "Following the given patterns, write a tweet about a bike ride")
     # by the encoder: the item whose embedding is closest to x
     _, chosen = lamp_rag_request(TASKS["tweets"], q, 1, x=np.array([1.0, 0.0]),
-                            item_matrix=np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+                                 item_matrix=np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
     assert [c["id"] for c in chosen] == ["a"]
