@@ -253,9 +253,9 @@ class Evaluation(FrozenModels):
             if method not in methods:
                 continue
             plug = self.plug(method)
-            own_soft, weights = soft_tokens(SoftTokenModule(plug), examples, self.generator.device)
-            other_soft, _ = soft_tokens(SoftTokenModule(plug), examples, self.generator.device,
-                                        [examples[j].items for j in others])
+            module = SoftTokenModule(plug)
+            own_soft, weights = soft_tokens(module, examples, self.generator.device)
+            other_soft, _ = soft_tokens(module, examples, self.generator.device, [examples[j].items for j in others])
             own, other = [], []
             for start in range(0, len(queries), self.args.batch_size):
                 sl = slice(start, start + self.args.batch_size)
