@@ -1,13 +1,13 @@
 """PPlug Studio: the Hugging Face Spaces entry point (``python app.py``).
 
 Loads the models once, opens the database, and builds the Gradio app as ``demo``.
-Configuration comes from ``PPLUG_*`` environment variables (see ``demo/settings.py``).
+Configuration comes from ``PPLUG_*`` environment variables (see ``demo/core/settings.py``).
 """
 import logging
 
-from demo.service import Studio
-from demo.settings import Settings
-from demo.ui import build_demo
+from demo.app.ui import build_demo
+from demo.core.settings import Settings
+from demo.core.studio import Studio
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 

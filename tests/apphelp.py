@@ -5,7 +5,7 @@ import copy
 import socket
 from dataclasses import replace
 
-from demo.generation import Generator
+from demo.core.generation import Generator
 
 
 def free_port() -> int:

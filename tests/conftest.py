@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
-from demo.settings import Settings
-from demo.storage import Store
+from demo.core.settings import Settings
+from demo.core.storage import Store
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def studio(settings):
-    from demo.service import Studio
+    from demo.core.studio import Studio
 
     return Studio(settings)
 

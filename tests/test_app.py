@@ -2,7 +2,7 @@
 import pytest
 from gradio_client import Client
 
-from demo.ui import build_demo
+from demo.app.ui import build_demo
 
 from apphelp import free_port
 

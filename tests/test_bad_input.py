@@ -13,10 +13,10 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from demo.generation import GenerationParams
-from demo.history import HistoryError, parse_file, parse_text
-from demo.service import ServiceError
-from demo.ui import build_demo
+from demo.app.ui import build_demo
+from demo.core.generation import GenerationParams
+from demo.core.history import HistoryError, parse_file, parse_text
+from demo.core.studio import ServiceError
 
 from apphelp import free_port, handler, studio_with
 
@@ -367,7 +367,7 @@ def test_chat_template_markers_in_a_request_stay_text(studio):
 
 
 # ---------------------------------------------------------------------------------------
-# Study files (demo/study.py): at start-up from PPLUG_STUDIES_DIR, and on the admin page
+# Study files (demo/study/): at start-up from PPLUG_STUDIES_DIR, and on the admin page
 # ---------------------------------------------------------------------------------------
 
 _STUDY = {"name": "ok-study", "consent": {"version": "1", "text": "Consent."}, "conditions": ["pplug", "generic"],
@@ -415,7 +415,7 @@ BAD_STUDIES = [
 
 @pytest.mark.parametrize("text", BAD_STUDIES)
 def test_bad_study_file_gets_a_clear_study_error(text):
-    from demo.study import StudyError, parse_definition
+    from demo.study.definition import StudyError, parse_definition
 
     with pytest.raises(StudyError) as caught:
         parse_definition(text, where="bad.yaml")
@@ -425,7 +425,7 @@ def test_bad_study_file_gets_a_clear_study_error(text):
 
 
 def test_a_non_utf8_study_file_does_not_stop_the_app(studio, tmp_path):
-    from demo.study import StudyService
+    from demo.study.flow import StudyService
 
     (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
     (tmp_path / "binary.json").write_bytes(bytes(range(256)))
@@ -434,7 +434,7 @@ def test_a_non_utf8_study_file_does_not_stop_the_app(studio, tmp_path):
 
 
 def test_bad_study_files_at_start_up_are_reported_not_fatal(studio, tmp_path):
-    from demo.study import StudyService
+    from demo.study.flow import StudyService
 
     (tmp_path / "broken.yaml").write_text("name: x\n\tconsent: y")
     (tmp_path / "invalid.json").write_text(json.dumps({**_STUDY, "conditions": ["pplug"]}))
@@ -480,7 +480,9 @@ def test_binary_study_file_uploaded_on_the_admin_page_is_explained(admin_page, t
 
 
 def test_bad_history_on_the_study_page_is_explained(admin_page, studio, tmp_path):
-    from demo.study import StudyService, StudyStore, parse_definition
+    from demo.study.definition import parse_definition
+    from demo.study.flow import StudyService
+    from demo.study.store import StudyStore
 
     StudyStore(studio.store).register(parse_definition({**_STUDY, "name": "bad-history-study"}), source="test")
     me = StudyService(studio, studies_dir=None).consent("bad-history-study", True)

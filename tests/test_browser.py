@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from demo.ui import build_demo
+from demo.app.ui import build_demo
 
 from apphelp import free_port, studio_with
 
@@ -198,7 +198,8 @@ BROWSER_STUDY = {
 
 @pytest.fixture(scope="module")
 def study_app(app, studio):
-    from demo.study import StudyStore, parse_definition
+    from demo.study.definition import parse_definition
+    from demo.study.store import StudyStore
 
     StudyStore(studio.store).register(parse_definition(BROWSER_STUDY), source="test")
     return app
@@ -211,7 +212,7 @@ def _wait_for_answers(page) -> None:
 
 
 def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
-    from demo.study import StudyStore
+    from demo.study.store import StudyStore
 
     with _page(browser) as (page, dialogs):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-1&STUDY_ID=S1&SESSION_ID=X1")

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from gradio_client import Client
 
-from demo.study import StudyStore, parse_definition
-from demo.ui import build_demo
+from demo.app.ui import build_demo
+from demo.study.definition import parse_definition
+from demo.study.store import StudyStore
 
 from apphelp import free_port, studio_with
 

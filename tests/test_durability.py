@@ -17,8 +17,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from demo.settings import Settings, choose_journal_mode, filesystem_type, is_network_filesystem
-from demo.storage import Store
+from demo.core.settings import Settings, choose_journal_mode, filesystem_type, is_network_filesystem
+from demo.core.storage import Store
 
 from apphelp import free_port
 

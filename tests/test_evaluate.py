@@ -16,13 +16,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from demo import evaluate as evaluate_cli
-from demo import oracle as oracle_cli
-from demo import train as train_cli
-from demo.evaluate import other_user_order
-from demo.models import llm_folder
-from demo.plug import PPlug
-from demo.settings import REPO_ROOT
+from demo.core.models import llm_folder
+from demo.core.plug import PPlug
+from demo.core.settings import REPO_ROOT
+from demo.research import evaluate as evaluate_cli
+from demo.research import oracle as oracle_cli
+from demo.research import train as train_cli
+from demo.research.evaluate import other_user_order
 
 WORDS = "tea coffee goal match paper model river bike song snow".split()
 
@@ -140,7 +140,7 @@ def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
     env = {**os.environ, "PPLUG_LLM": str(root / "llm"), "PPLUG_DEVICE": "cpu"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), "-m", "demo.train"]
+              "--main_process_port", str(free_port()), "-m", "demo.research.train"]
     args = [*common(root), "--run-dir", str(run), "--out", str(out), "--batch-size", "2", "--eval-every", "2",
             "--eval-per-task", "2", "--eval-max-new-tokens", "4", "--save-every", "1", "--threads", "1",
             "--train-input-encoder", "--standardize", "--other-weight", "1"]

@@ -3,8 +3,8 @@ per-row stopping, seeded sampling."""
 import pytest
 import torch
 
-from demo.generation import GenerationParams, Generator
-from demo.models import load_llm
+from demo.core.generation import GenerationParams, Generator
+from demo.core.models import load_llm
 
 REQUEST = "Write a tweet using these words: coffee, morning, rain"
 

@@ -1,4 +1,4 @@
-"""Tests for demo.history: pasted text and uploaded files into history items."""
+"""Tests for demo.core.history: pasted text and uploaded files into history items."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from demo.history import (
+from demo.core.history import (
     HistoryError,
     ParsedHistory,
     lamp_item_text,

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from demo.lamp import (LampFormatError, item_prompt, postprocess, rag_prompt, read_split, read_task,
-                       task_spec)
+from demo.research.lamp import (LampFormatError, item_prompt, postprocess, rag_prompt, read_split, read_task,
+                                task_spec)
 
 # One query per LaMP task, in the shape of the benchmark's files (LaMP-2: the movie-tag version).
 SHAPES = {

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from demo.metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge, rouge_per_query
+from demo.research.metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge, rouge_per_query
 
 
 def test_rouge_hand_computed():
@@ -67,7 +67,7 @@ def test_personal_fit_ranks_the_author():
 
 
 def test_bm25_ranks_by_rare_matching_words_and_survives_empty_input():
-    from demo.retrieval import bm25_scores, retrieve_bm25
+    from demo.research.retrieval import bm25_scores, retrieve_bm25
 
     docs = ["I love my bike and riding it", "Bread on Sunday with my sourdough starter", "The bike race", ""]
     assert retrieve_bm25("bike riding", docs, 2) == [0, 2]  # both words beat one
@@ -81,8 +81,8 @@ def test_bm25_ranks_by_rare_matching_words_and_survives_empty_input():
 def test_lamp_rag_request_puts_the_best_items_before_the_request():
     import numpy as np
 
-    from demo.lamp import TASKS, Query
-    from demo.retrieval import lamp_rag_request
+    from demo.research.lamp import TASKS, Query
+    from demo.research.retrieval import lamp_rag_request
 
     profile = [{"id": "a", "text": "sourdough bread again"}, {"id": "b", "text": "long bike ride today"},
                {"id": "c", "text": "bike repair"}]

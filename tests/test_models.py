@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.models import ModelLoadError, canonical_id, encoder_folder, llm_folder
+from demo.core.models import ModelLoadError, canonical_id, encoder_folder, llm_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_embedded_encoder_folder_is_a_sentence_transformers_model():
 
 def test_two_processes_converting_at_once_convert_once(tmp_path):
     """Both starts succeed and see one complete folder; no temporary debris is left."""
-    code = ("import sys; from pathlib import Path; from demo.models import llm_folder; "
+    code = ("import sys; from pathlib import Path; from demo.core.models import llm_folder; "
             "print(llm_folder('embedded:SmolLM2-135M-Instruct', Path(sys.argv[1])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from demo.plug import PlugConfig, PlugMismatchError, PPlug, cosine_spread
+from demo.core.plug import PlugConfig, PlugMismatchError, PPlug, cosine_spread
 
 D_ENC, D_LLM = 16, 24
 

@@ -11,8 +11,9 @@ import gradio.oauth
 import pytest
 from gradio_client import Client
 
-from demo.settings import Settings
-from demo.ui import build_demo, signed_in_owner
+from demo.app.identity import signed_in_owner
+from demo.app.ui import build_demo
+from demo.core.settings import Settings
 
 from apphelp import free_port, handler, studio_with
 

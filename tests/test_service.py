@@ -1,8 +1,8 @@
 """The service layer end to end on the real embedded models and a real SQLite file."""
 import pytest
 
-from demo.generation import GenerationParams
-from demo.service import ServiceError
+from demo.core.generation import GenerationParams
+from demo.core.studio import ServiceError
 
 HISTORY = [
     "Rode my bike to the farmers market again, bought way too many peaches.",
@@ -90,7 +90,7 @@ def test_the_gpu_dtype_path_runs_on_cpu(settings, owner):
     """bf16, as used on a GPU, exercised on CPU: soft tokens are cast to the LLM's dtype."""
     import torch
 
-    from demo.service import Studio
+    from demo.core.studio import Studio
 
     studio16 = Studio(settings.with_(llm_dtype="bfloat16"))
     assert studio16.model.dtype == torch.bfloat16
@@ -103,7 +103,7 @@ def test_the_gpu_dtype_path_runs_on_cpu(settings, owner):
 def test_device_and_dtype_settings():
     import torch
 
-    from demo.settings import Settings
+    from demo.core.settings import Settings
 
     assert Settings.from_env({"PPLUG_DEVICE": "cuda"}).dtype == torch.bfloat16
     assert Settings.from_env({"PPLUG_DEVICE": "cpu"}).dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Tests for demo.storage: schema, owner isolation, vector blobs, cache, deletion, threads."""
+"""Tests for demo.core.storage: schema, owner isolation, vector blobs, cache, deletion, threads."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from demo.storage import MIGRATIONS_TABLE, Store, blob_to_vector, vector_to_blob
+from demo.core.storage import MIGRATIONS_TABLE, Store, blob_to_vector, vector_to_blob
 
 TABLES = {
     "profiles",

@@ -14,13 +14,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from demo import study_stats
-from demo.service import Comparison, ProfileResult
-from demo.settings import Limits
-from demo.study import (
-    STUDIES_DIR, StudyDefinition, StudyError, StudyService, compute_results, main, parse_definition,
-    read_export, schedule, side_order, to_csv, to_jsonl,
-)
+from demo.core.settings import Limits
+from demo.core.studio import Comparison, ProfileResult
+from demo.study import stats as study_stats
+from demo.study.__main__ import main
+from demo.study.assign import schedule, side_order
+from demo.study.definition import STUDIES_DIR, StudyDefinition, StudyError, parse_definition
+from demo.study.flow import StudyService
+from demo.study.results import compute_results, read_export, to_csv, to_jsonl
 
 BASE = {
     "name": "unit",
@@ -326,7 +327,7 @@ def test_persona_studies_assign_a_recorded_persona(store):
 def test_a_study_naming_a_checkpoint_folder_runs_only_with_that_plug(store, tmp_path):
     import torch
 
-    from demo.plug import PPlug
+    from demo.core.plug import PPlug
 
     plug = PPlug.untrained("enc", "llm", d_enc=4, token_embeddings=torch.ones(10, 6))
     plug.save(tmp_path / "plug")

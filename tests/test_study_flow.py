@@ -9,8 +9,9 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from demo.study import StudyStore, parse_definition
-from demo.ui import build_demo
+from demo.app.ui import build_demo
+from demo.study.definition import parse_definition
+from demo.study.store import StudyStore
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
@@ -144,7 +145,8 @@ def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
 def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, tmp_path):
     with pytest.raises(Exception, match="PPLUG_ADMIN_TOKEN"):
         _handler(app, "on_results")("", "flow-test", False)
-    from demo.study import StudyService, read_export
+    from demo.study.flow import StudyService
+    from demo.study.results import read_export
 
     admin = StudyService(studio, admin_token="a-long-admin-token", studies_dir=None)
     with pytest.raises(Exception, match="Wrong admin token"):
@@ -201,7 +203,7 @@ def test_admin_events_through_gradio_processing(app, studio):
     import gradio as gr
     from gradio.state_holder import SessionState
 
-    from demo.study_ui import add_study
+    from demo.app.study_pages import add_study
 
     admin_studio = copy.copy(studio)  # the same models and store, with an admin token set
     admin_studio.settings = studio.settings.with_(admin_token="admin-token-for-tests")

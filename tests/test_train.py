@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from demo.generation import Generator
-from demo.lamp import Query, task_spec
-from demo.models import llm_folder
-from demo.objective import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt, other_histories,
-                            stack_histories, target_ids)
-from demo.plug import PPlug
-from demo.train import set_linear_map, thin_history
+from demo.core.generation import Generator
+from demo.core.models import llm_folder
+from demo.core.plug import PPlug
+from demo.research.lamp import Query, task_spec
+from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt,
+                                   other_histories, stack_histories, target_ids)
+from demo.research.train import set_linear_map, thin_history
 
 
 def tiny_llm(tokenizer, seed: int = 0) -> LlamaForCausalLM:

@@ -1,9 +1,9 @@
 """Evaluate PPlug against generic and RAG on LaMP-format tasks.
 
-    python -m demo.evaluate --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
+    python -m demo.research.evaluate --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
         --split dev --limit 80 --plug assets/plug --out assets/results
 
-Every method uses the same chat template (``demo.generation``), the same prompt-length cap and
+Every method uses the same chat template (``demo.core.generation``), the same prompt-length cap and
 greedy decoding; they differ only in what goes into the prompt:
 
 * ``generic``: the request alone, no soft tokens;
@@ -13,7 +13,7 @@ greedy decoding; they differ only in what goes into the prompt:
 * ``pplug+rag``: both;
 * ``pplug-untrained``: the app's untrained plug (control);
 * ``pplug-other-user``: the trained plug fed another user's history (control: is the gain personal?);
-* ``training-free``: the ridge-regression plug (see ``demo.train.training_free_plug``).
+* ``training-free``: the ridge-regression plug (see ``demo.research.train.training_free_plug``).
 
 Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``.
 """
@@ -29,23 +29,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .history import lamp_item_text
+from ..core.history import lamp_item_text
+from ..core.plug import PPlug, cosine_spread
+from ..core.settings import REPO_ROOT, Settings
 from .lamp import SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
-from .objective import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
-                        soft_tokens, target_ids, teacher_forced_logits)
-from .plug import PPlug, cosine_spread
 from .retrieval import lamp_rag_request
-from .settings import REPO_ROOT, Settings
+from .runtime import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
+                      soft_tokens, target_ids, teacher_forced_logits)
 
-log = logging.getLogger("demo.evaluate")
+log = logging.getLogger("demo.research.evaluate")
 
 METHODS = ("generic", "rag", "pplug", "pplug+rag", "pplug-untrained", "pplug-other-user", "training-free")
 DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m demo.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo.research.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--tasks", default=",".join(SHARED_TASKS))
     p.add_argument("--split", default="dev")

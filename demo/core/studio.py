@@ -1,10 +1,10 @@
 """The service layer: what the app can do, in plain Python calls.
 
-The UI (``demo.ui``) and the API endpoints call only this module; it owns the models, the
+The UI (``demo.app.ui``) and the API endpoints call only this module; it owns the models, the
 plug and the store, and it is the only place that turns user actions into tensors and rows.
 
 A request's path:
-    history text/files --demo.history--> items --encode (cached by content hash)--> H [n, d_enc]
+    history text/files --demo.core.history--> items --encode (cached by content hash)--> H [n, d_enc]
     --plug.project_items--> Proj(H) [n, d_llm]  (stored: the profile's personal embedding)
     request --encode--> x [d_enc] --plug.soft_tokens(x, H, Proj(H))--> [I; P] [2, d_llm]
     --generation.Generator (one batched pass: personalized row + generic row)--> both texts

@@ -1,6 +1,6 @@
 """Benchmark suite: the project's paths against the raw libraries, on the same machine, in one run.
 
-    python -m demo.benchmark --data ../shared/data --out assets/results/benchmark
+    python -m demo.research.benchmark --data ../shared/data --out assets/results/benchmark
 
 Every figure is a ratio against a baseline measured in the same run (medians over repeats):
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from .generation import GenerationParams
-from .history import lamp_item_text
-from .service import Studio
-from .settings import REPO_ROOT, Settings
+from ..core.generation import GenerationParams
+from ..core.history import lamp_item_text
+from ..core.settings import REPO_ROOT, Settings
+from ..core.studio import Studio
 
 
 def median_time(fn, repeats: int) -> float:

@@ -2,7 +2,7 @@
 
 One example is a LaMP query: the request (its ``input``), the user's history capped to the most
 recent items, and the gold output. Its rows are built exactly as the app builds them
-(``demo.generation``): ``prefix + [I; P] + suffix`` with the soft tokens inside the user turn, and
+(``demo.core.generation``): ``prefix + [I; P] + suffix`` with the soft tokens inside the user turn, and
 for teacher forcing the gold output plus the end-of-turn token after the assistant header.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .generation import GenerationParams, Generator, PromptIds
+from ..core.generation import GenerationParams, Generator, PromptIds
+from ..core.models import canonical_id, load_encoder, load_llm
+from ..core.plug import PPlug
+from ..core.settings import Settings
+from ..core.storage import Store, sha256_text
 from .lamp import LampSplit, Query, TaskSpec
-from .models import canonical_id, load_encoder, load_llm
-from .plug import PPlug
-from .settings import Settings
-from .storage import Store, sha256_text
 
 log = logging.getLogger(__name__)
 

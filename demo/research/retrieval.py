@@ -7,7 +7,7 @@ import re
 import bm25s
 import numpy as np
 
-from .history import lamp_item_text
+from ..core.history import lamp_item_text
 from .lamp import Query, TaskSpec, rag_prompt
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG at import: a log line per index built

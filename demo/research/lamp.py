@@ -7,7 +7,7 @@ the shared tasks in ``../shared/data``):
 * ``<split>_outputs.json``: ``{"task": name, "golds": [{"id", "output"}, ...]}``
 
 Real LaMP files carry no ``user_id`` in every release; a query without one is its own user.
-Profile items differ per task; ``demo.history.lamp_item_text`` is the one place that maps an
+Profile items differ per task; ``demo.core.history.lamp_item_text`` is the one place that maps an
 item to the text the encoder reads, and ``item_prompt`` below renders an item for the RAG
 prompt the way the LaMP paper's retrieval prompts do.
 """
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .history import lamp_item_text
+from ..core.history import lamp_item_text
 
 SHARED_TASKS = ("tweets", "scholar_titles", "blog_posts")
 

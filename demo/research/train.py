@@ -1,9 +1,9 @@
 """Train a PPlug on LaMP-format tasks, or build the training-free plug.
 
-    python -m demo.train --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
+    python -m demo.research.train --data ../shared/data --tasks tweets,scholar_titles,blog_posts \\
         --steps 480 --out assets/plug
-    accelerate launch -m demo.train ...          # several GPUs: Hugging Face accelerate
-    python -m demo.train --training-free --out runs/training-free
+    accelerate launch -m demo.research.train ...          # several GPUs: Hugging Face accelerate
+    python -m demo.research.train --training-free --out runs/training-free
 
 Only the plug is trained (projector, instruction embedding, instruction projector, the log-gate)
 and, with ``--train-input-encoder``, a copy of the encoder that embeds the request x, as in the
@@ -35,21 +35,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.plug import PPlug
+from ..core.settings import REPO_ROOT, Settings
 from .lamp import SHARED_TASKS, read_task
-from .objective import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
-                        other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
-from .plug import PPlug
 from .retrieval import lamp_rag_request
-from .settings import REPO_ROOT, Settings
+from .runtime import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
+                      other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
 
-log = logging.getLogger("demo.train")
+log = logging.getLogger("demo.research.train")
 
 DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
 INSTRUCTION_TEXT = "Write the answer the way this particular person writes."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m demo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo.research.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="folder of the LaMP-format tasks (default ../shared/data)")
     p.add_argument("--tasks", default=",".join(SHARED_TASKS), help="comma-separated task folders")
     p.add_argument("--out", default=str(REPO_ROOT / "assets" / "plug"), help="where the selected plug is saved")
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompt-tokens", type=int, default=192)
     p.add_argument("--rag-k", type=int, default=0,
                    help="train for pplug+rag: put the top-k BM25 profile items before each request, as "
-                        "demo.evaluate's rag does (raise --max-prompt-tokens to fit them)")
+                        "demo.research.evaluate's rag does (raise --max-prompt-tokens to fit them)")
     p.add_argument("--max-target-tokens", type=int, default=48)
     p.add_argument("--augment", type=float, default=0.0,
                    help="history augmentation: share of examples whose history is randomly thinned")
@@ -203,7 +203,7 @@ class Trainer(FrozenModels):
         return plug
 
     def examples(self, splits) -> list[Example]:
-        from .objective import build_examples
+        from .runtime import build_examples
 
         return build_examples(splits, self.cache, self.args.history_cap, progress=self.acc.is_main_process)
 

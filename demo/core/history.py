@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Defaults; the app passes the values from ``demo.settings.Limits``.
+# Defaults; the app passes the values from ``demo.core.settings.Limits``.
 MAX_ITEMS = 10_000
 MAX_ITEM_CHARS = 20_000
 MAX_BYTES = 20 * 2**20

@@ -1,6 +1,6 @@
 """The Gradio app: history in, personal embedding computed, two answers side by side.
 
-Everything here is layout and glue. The handlers call ``demo.service.Studio`` and turn its
+Everything here is layout and glue. The handlers call ``demo.core.studio.Studio`` and turn its
 errors (``HistoryError``, ``ServiceError``) into messages; no torch, no SQL.
 
 The visitor's identity is an unguessable owner token kept in their browser
@@ -9,25 +9,23 @@ Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
-from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import spaces
 
-from .generation import GenerationParams
-from .history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
-from .service import Comparison, ServiceError, Studio
-from .settings import REPO_ROOT
-from .study_ui import add_study
+from ..core.generation import GenerationParams
+from ..core.history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
+from ..core.settings import REPO_ROOT
+from ..core.studio import Comparison, ServiceError, Studio
+from .api import GPU_QUEUE, add_api
+from .identity import browser_secret, signed_in_owner
+from .study_pages import add_study
 
 PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
-GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
 
 INTRO = """# PPlug Studio
 **PPlug** turns your writing history into a *personal embedding*: each item is embedded by a
@@ -48,23 +46,6 @@ def _personas() -> dict[str, Path]:
         return stem.upper() if len(stem) <= 3 else stem.replace("_", " ").title()
 
     return {label(p.stem): p for p in sorted(PERSONAS_DIR.glob("*.txt"))}
-
-
-def _browser_secret(db_path: Path) -> str:
-    """The key that encrypts the owner token in the browser, kept beside the database so that
-    a restart does not orphan everyone's profiles."""
-    path = db_path.with_suffix(db_path.suffix + ".secret")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-def signed_in_owner(secret: str, username: str) -> str:
-    """The owner of a visitor signed in with Hugging Face: the same in every browser, keyed by the
-    app's secret so that knowing a username does not give the owner."""
-    return "hf-" + hmac.new(secret.encode(), username.encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def _parse(studio: Studio, text: str, files: list | None, column: str, user: str | None) -> ParsedHistory:
@@ -108,7 +89,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # --- handlers ------------------------------------------------------------------------
 
-    secret = _browser_secret(studio.settings.db_path)
+    secret = browser_secret(studio.settings.db_path)
 
     def ensure_owner(owner: str | None) -> str:
         return owner or secrets.token_urlsafe(24)
@@ -271,63 +252,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         request.submit(on_generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
         delete_btn.click(on_delete, owner, [deleted, profiles, profile_id], **private)
 
-        _api(studio)
+        add_api(studio)
     add_study(demo, studio)  # the user-study pages: /study?study=NAME and /study-admin
     demo.queue(default_concurrency_limit=1, max_size=limits.max_queue)
     return demo
-
-
-def _api(studio: Studio) -> None:
-    """Named endpoints for ``gradio_client``. The caller passes its own owner token."""
-
-    @spaces.GPU(duration=120)
-    def compute_profile(history: str, owner_token: str, name: str = "API profile") -> dict:
-        """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
-        limits = studio.settings.limits
-        try:
-            if history is not None and not isinstance(history, str):
-                raise HistoryError("history must be text: items separated by blank lines.")
-            parsed = parse_text(history, max_items=limits.max_items, max_item_chars=limits.max_item_chars)
-            result = studio.compute_profile(owner_token, name, parsed.items, source="api")
-        except (HistoryError, ServiceError) as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
-                "seconds": round(result.seconds, 3), "notes": parsed.notes}
-
-    @spaces.GPU(duration=60)
-    def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
-        """Generate the personalized and the generic answer to a request (temperature 0 = greedy)."""
-        try:
-            params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
-        except (TypeError, ValueError, OverflowError):
-            raise gr.Error("max_new_tokens and seed must be whole numbers; temperature and top_p numbers.",
-                           print_exception=False) from None
-        try:
-            result = Comparison()
-            for result in studio.generate(owner_token, profile_id, request, params):
-                pass
-        except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        return {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
-                "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
-                "plug_id": studio.plug_id, "generation_id": result.generation_id}
-
-    def list_profiles(owner_token: str) -> list[dict]:
-        """The caller's profiles, newest first."""
-        try:
-            return studio.list_profiles(owner_token)
-        except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-
-    def delete_my_data(owner_token: str) -> dict:
-        """Delete every profile, embedding and generation of the caller."""
-        try:
-            return studio.delete_my_data(owner_token)
-        except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-
-    gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
-    gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)
-    gr.api(list_profiles, api_name="list_profiles")
-    gr.api(delete_my_data, api_name="delete_my_data")

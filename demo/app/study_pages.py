@@ -17,13 +17,14 @@ import pandas as pd
 import spaces
 import yaml
 
-from .history import HistoryError, markdown_text, parse_files, parse_text
-from .study import (
-    CHOICES, CONDITION_LABELS, EXPORT_COLUMNS, StudyError, StudyService, persona_items, read_study_text,
-    study_stats,
-)
+from ..core.history import HistoryError, markdown_text, parse_files, parse_text
+from ..study import stats as study_stats
+from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_items, read_study_text
+from ..study.flow import StudyService
+from ..study.store import EXPORT_COLUMNS
+from .api import GPU_QUEUE
+from .identity import browser_secret
 
-GPU_QUEUE = "gpu"  # the same concurrency group as the main page's generation (demo.ui.GPU_QUEUE)
 PRIVATE = dict(api_visibility="private")
 
 
@@ -33,11 +34,9 @@ def _error(err: Exception) -> gr.Error:
 
 def add_study(demo: gr.Blocks, studio) -> StudyService:
     """Add the study pages to ``demo`` (call after its main ``with`` block). Returns the service."""
-    from .ui import _browser_secret  # the same key file as the owner token
-
     settings = studio.settings
     service = StudyService(studio, admin_token=settings.admin_token, studies_dir=settings.studies_dir)
-    secret = _browser_secret(settings.db_path)
+    secret = browser_secret(settings.db_path)
 
     with demo:  # on the main page: a study link of the form /?study=NAME opens the study page
         _hide_navbar()  # the extra pages are reached by link; the main page looks as it did

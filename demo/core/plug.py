@@ -12,7 +12,7 @@ Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and cu
 x comes from the frozen encoder, or (as in the paper, optional) from the plug's own fine-tuned copy
 of it, the *input encoder*, kept in ``input_encoder/`` beside the weights.
 
-The soft tokens are placed into the prompt by ``demo.generation``. Only this module's
+The soft tokens are placed into the prompt by ``demo.core.generation``. Only this module's
 parameters (and the optional input encoder) are trained; the history encoder and the LLM stay
 frozen.
 

