@@ -26,8 +26,9 @@ else:
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (tests/requirements.txt)")
 
 CHROMIUM = os.environ.get("PPLUG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not REQUIRED and not os.path.exists(CHROMIUM),
-                                reason="needs Debian's Chromium: apt-get install chromium (.ci/run does)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not REQUIRED and not os.path.exists(CHROMIUM),
+                                 reason="needs Debian's Chromium: apt-get install chromium (.ci/run does)")]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
 TIMEOUT_MS = 60_000

@@ -118,6 +118,7 @@ def _writer(url: str, n: int, committed: list, stop: threading.Event) -> None:
         return
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
     db, log = tmp_path / "studio.db", tmp_path / "app.log"
     process, url = _start(db, log)

@@ -133,6 +133,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
     """``accelerate launch`` with two CPU processes (gloo): the DDP path GPUs take, input encoder included."""
     root = tiny_env

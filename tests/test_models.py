@@ -34,6 +34,7 @@ def test_embedded_encoder_folder_is_a_sentence_transformers_model():
     assert (folder / "modules.json").is_file() or (folder / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_converting_at_once_convert_once(tmp_path):
     """Both starts succeed and see one complete folder; no temporary debris is left."""
     code = ("import sys; from pathlib import Path; from demo.core.models import llm_folder; "
