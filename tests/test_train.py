@@ -10,10 +10,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from demo.core.generation import Generator
 from demo.core.models import llm_folder
 from demo.core.plug import PPlug
+from demo.core.scoring import end_of_turn_ids, fit_prompt, target_ids
 from demo.research.lamp import Query, task_spec
-from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, end_of_turn_ids, fit_prompt,
-                                   other_histories, stack_histories, target_ids)
-from demo.research.train import set_linear_map, thin_history
+from demo.core.selfsup import examples_from_history
+from demo.core.tuning import FitSettings, add_shift, fit_shift
+from demo.research.lamp import LampSplit
+from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
+                                   stack_histories)
+from demo.research.train import distinct_users, self_supervised_split, set_linear_map, thin_history
 
 
 def tiny_llm(tokenizer, seed: int = 0) -> LlamaForCausalLM:
@@ -124,6 +128,70 @@ def test_the_other_user_term_makes_the_own_history_count(tiny):
                         other_weight=1.0, other_margin=0.5)
     gaps = [s["own_minus_other"] for s in stats]
     assert gaps[-1] < gaps[0] - 0.05 and gaps[-1] < 0
+
+
+def test_the_contrastive_term_makes_the_own_history_the_likeliest(tiny):
+    """InfoNCE over the batch's users: the own history's share of the posterior over users grows."""
+    d_enc = 16
+    plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=1)
+    module = SoftTokenModule(plug)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=5e-2)
+    stats = train_steps(tiny, module, make_examples(3, d_enc, seed=3), optimizer, 12, kl_weight=0.0,
+                        contrast_weight=1.0, contrast_k=3)
+    assert stats[-1]["nce"] < stats[0]["nce"] - 0.1
+    assert stats[-1]["own_minus_other"] < 0
+
+
+def test_contrastive_loss_is_the_cross_entropy_of_the_own_user():
+    own = torch.tensor([10.0, 30.0])  # summed NLL of each example's output with its own history
+    others = [torch.tensor([30.0, 10.0]), torch.tensor([30.0, 30.0])]
+    loss = contrastive_loss(own, others)
+    expected = -(torch.log_softmax(torch.tensor([-10.0, -30.0, -30.0]), 0)[0]
+                 + torch.log_softmax(torch.tensor([-30.0, -10.0, -30.0]), 0)[0]) / 2
+    assert torch.isclose(loss, expected)
+
+
+def test_self_supervised_queries_never_hold_their_own_answer():
+    tweets = [f"Item number {i}: morning coffee tastes wonderful today friends" for i in range(12)]
+    users = {"u1": tweets[:8], "u2": tweets[8:]}
+    split = LampSplit(task_spec("tweets"), "train", [
+        Query(f"q-{u}", u, "Write a tweet using these words: a, b, c", [{"text": t} for t in items], "gold")
+        for u, items in users.items()])
+    made = self_supervised_split(split, per_user=3, cap=4, seed=0)
+    assert [q.user_id for q in made.queries] == ["u1"] * 3 + ["u2"] * 3
+    for q in made.queries:
+        assert q.input.startswith("Write a tweet using these words: ")
+        assert q.output not in [it["text"] for it in q.profile]  # the answer is left out of its history
+        assert all(it["text"] in users[q.user_id] for it in q.profile) and len(q.profile) <= 4
+    assert self_supervised_split(LampSplit(task_spec("LaMP-1"), "train", split.queries), 3, 4, 0).queries == []
+
+
+def test_batches_hold_distinct_users():
+    examples = make_examples(6, 4) + make_examples(6, 4, seed=1)  # two examples of each user
+    batch = distinct_users(examples, 4, random.Random(0))
+    assert len(batch) == 4 and len({e.query.user_id for e in batch}) == 4
+
+
+def test_a_tune_to_me_shift_makes_held_back_items_likelier(tiny):
+    """fit_shift on a history that repeats one voice: the held-back items get likelier, or nothing is kept."""
+    history = [f"Honestly the best coffee in town, trust me #{i}" for i in range(8)]
+    examples = examples_from_history(history, "tweet")
+    d = tiny.embedding.weight.shape[1]
+    soft = torch.randn(len(examples), 2, d, generator=torch.Generator().manual_seed(0))
+
+    def soft_fn(requests, left_out):
+        assert len(requests) == len(left_out)
+        return soft[:len(requests)]
+
+    token = fit_shift(tiny, soft_fn, examples, FitSettings(steps=6, lr=0.1, fit_examples=4, held_back=2))
+    assert token.steps > 0 and token.held_nll_after < token.held_nll_before and token.gain > 0
+    assert token.shift.shape == (d,) and token.shift.norm() > 0
+    shifted = add_shift(soft[:2], token.shift)
+    assert torch.equal(shifted[:, 0], soft[:2, 0]) and torch.allclose(shifted[:, 1], soft[:2, 1] + token.shift)
+    nothing = fit_shift(tiny, soft_fn, examples, FitSettings(steps=2, lr=0.0, fit_examples=4, held_back=2))
+    assert nothing.steps == 0 and nothing.shift.norm() == 0  # no step helped: no shift is kept
+    with pytest.raises(ValueError, match="at least"):
+        fit_shift(tiny, soft_fn, examples[:3], FitSettings(held_back=2))
 
 
 def test_other_histories_rotate_within_the_batch():

@@ -13,7 +13,10 @@ greedy decoding; they differ only in what goes into the prompt:
 * ``pplug+rag``: both;
 * ``pplug-untrained``: the app's untrained plug (control);
 * ``pplug-other-user``: the trained plug fed another user's history (control: is the gain personal?);
-* ``training-free``: the ridge-regression plug (see ``demo.research.train.training_free_plug``).
+* ``training-free``: the ridge-regression plug (see ``demo.research.train.training_free_plug``);
+* ``pplug-tuned``: the trained plug with a "tune to me" shift of P fitted per user on
+  self-supervised examples from their own history (``demo.core.tuning``; per-user optimisation, a
+  reference for what one personal token can carry, not the amortized plug).
 
 Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``.
 """
@@ -32,15 +35,18 @@ import torch
 from ..core.history import lamp_item_text
 from ..core.plug import PPlug, cosine_spread
 from ..core.settings import REPO_ROOT, Settings
-from .lamp import SHARED_TASKS, LampSplit, postprocess, read_task
+from .lamp import SELFSUP_RULE, SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .retrieval import lamp_rag_request
-from .runtime import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, generate, nll_per_row,
-                      soft_tokens, target_ids, teacher_forced_logits)
+from ..core.selfsup import examples_from_history
+from ..core.tuning import FitSettings, TunedToken, add_shift, fit_shift
+from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
+from .runtime import (FrozenModels, SoftTokenModule, build_examples, generate, soft_tokens)
 
 log = logging.getLogger("demo.research.evaluate")
 
-METHODS = ("generic", "rag", "pplug", "pplug+rag", "pplug-untrained", "pplug-other-user", "training-free")
+METHODS = ("generic", "rag", "pplug", "pplug+rag", "pplug-untrained", "pplug-other-user", "training-free",
+           "pplug-tuned")
 DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
 
 
@@ -73,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", default=None,
                    help="per_query.jsonl of an earlier run with the same settings: its outputs are reused "
                         "for the methods it holds instead of generating them again")
+    p.add_argument("--tune-steps", type=int, default=FitSettings.steps, help="pplug-tuned: Adam steps per user")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
@@ -115,6 +122,7 @@ class Evaluation(FrozenModels):
         self.d_enc = self.encoder.get_embedding_dimension()
         self.plugs: dict[str, PPlug] = {}
         self.reuse: dict[tuple[str, str], dict] = {}
+        self.tuned_tokens: dict[str, dict] = {}
         if args.reuse:
             for line in Path(args.reuse).read_text().splitlines():
                 rec = json.loads(line)
@@ -124,7 +132,7 @@ class Evaluation(FrozenModels):
         if method in self.plugs:
             return self.plugs[method]
         emb = self.model.get_input_embeddings().weight
-        if method in ("pplug", "pplug+rag", "pplug-other-user"):
+        if method in ("pplug", "pplug+rag", "pplug-other-user", "pplug-tuned"):
             plug = PPlug.load(self.args.plug, encoder_id=self.encoder_id, llm_id=self.llm_id, d_enc=self.d_enc,
                               d_llm=emb.shape[1])
         elif method == "pplug-untrained":
@@ -141,7 +149,7 @@ class Evaluation(FrozenModels):
             raise ValueError(method)
         plug = plug.to(self.settings.device).eval()
         plug.requires_grad_(False)
-        for key in (("pplug", "pplug+rag", "pplug-other-user") if method.startswith("pplug") and
+        for key in (("pplug", "pplug+rag", "pplug-other-user", "pplug-tuned") if method.startswith("pplug") and
                     method != "pplug-untrained" else (method,)):
             self.plugs[key] = plug
         return plug
@@ -183,6 +191,8 @@ class Evaluation(FrozenModels):
                 hist = [examples[j].items for j in others] if method == "pplug-other-user" else None
                 with torch.inference_mode():
                     s, _ = soft_tokens(SoftTokenModule(plug), examples, self.generator.device, hist)
+                if method == "pplug-tuned":
+                    s = add_shift(s, torch.stack([self.tuned(split, examples, plug)[q.user_id].shift for q in queries]))
                 soft = list(s)
             if soft is not None:
                 texts = generate(self.generator, prompts, soft, n_new, args.batch_size)
@@ -234,6 +244,41 @@ class Evaluation(FrozenModels):
                 "max_new_tokens": n_new, "methods": results, "comparisons": comparisons,
                 "diagnostics": diagnostics}
 
+    def tuned(self, split, examples, plug) -> dict:
+        """user id -> TunedToken fitted on self-supervised examples from the user's history (cached per task)."""
+        key = split.task.name
+        if key in self.tuned_tokens:
+            return self.tuned_tokens[key]
+        module = SoftTokenModule(plug)
+        kind = SELFSUP_RULE.get(split.task.like, "auto")
+        tokens, t0 = {}, time.perf_counter()
+        for q, e in zip(split.queries, examples):
+            if q.user_id in tokens:
+                continue
+            items = [it for it in q.items(self.history_cap()) if lamp_item_text(it).strip()]  # as in e.items
+            made = examples_from_history(items[::-1], kind)  # most recent first
+            requests = [m.request for m in made]
+            self.cache.ensure(requests)
+
+            def soft_fn(reqs, left_out, e=e):
+                x = torch.from_numpy(self.cache.matrix(reqs)).to(self.generator.device)  # [B, d_enc]
+                items_b = e.items[None].expand(len(reqs), -1, -1).to(self.generator.device)
+                mask = torch.ones(items_b.shape[:2], dtype=torch.bool, device=self.generator.device)
+                for b, i in enumerate(left_out):
+                    mask[b, i] = False
+                return module(x, items_b, mask, reqs)[0]
+
+            # examples index items in most-recent-first order; the history tensor is oldest first
+            made = [type(m)(m.request, m.target, len(items) - 1 - m.index) for m in made]
+            try:
+                tokens[q.user_id] = fit_shift(self.generator, soft_fn, made,
+                                              FitSettings(steps=self.args.tune_steps))
+            except ValueError:  # too few items that make an example: no shift
+                tokens[q.user_id] = TunedToken(torch.zeros(plug.config.d_llm), 0, 0.0, 0.0, 0, 0, 0.0)
+        log.info("%s: tuned %d users in %.0f s", key, len(tokens), time.perf_counter() - t0)
+        self.tuned_tokens[key] = tokens
+        return tokens
+
     @torch.inference_mode()
     def diagnostics(self, split, examples, others, methods) -> dict:
         """Spread of P across users and the paired teacher-forced NLL own vs other user's history."""
@@ -249,13 +294,17 @@ class Evaluation(FrozenModels):
                                                        targets[sl])
             generic_nll.extend(nll_per_row(logits, tgt, tmask).tolist())
         out["generic_nll"] = float(np.mean(generic_nll))
-        for method in ("pplug", "training-free", "pplug-untrained"):
+        for method in ("pplug", "training-free", "pplug-untrained", "pplug-tuned"):
             if method not in methods:
                 continue
             plug = self.plug(method)
             module = SoftTokenModule(plug)
             own_soft, weights = soft_tokens(module, examples, self.generator.device)
             other_soft, _ = soft_tokens(module, examples, self.generator.device, [examples[j].items for j in others])
+            if method == "pplug-tuned":  # each user's own shift; the other user's history with their shift
+                tokens = self.tuned_tokens[split.task.name]
+                own_soft = add_shift(own_soft, torch.stack([tokens[q.user_id].shift for q in queries]))
+                other_soft = add_shift(other_soft, torch.stack([tokens[queries[j].user_id].shift for j in others]))
             own, other = [], []
             for start in range(0, len(queries), self.args.batch_size):
                 sl = slice(start, start + self.args.batch_size)

@@ -46,6 +46,10 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# The demo.core.selfsup rule that makes a task's kind of query from one profile item.
+SELFSUP_RULE = {"LaMP-7": "tweet", "LongLaMP": "continuation", "LaMP-5": "title"}
+
+
 class LampFormatError(ValueError):
     """A file is not in the LaMP format; the message says what is wrong."""
 

@@ -25,10 +25,10 @@ import torch
 
 from ..core.plug import PPlug
 from ..core.settings import REPO_ROOT, Settings
+from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
 from .lamp import SHARED_TASKS, read_task
 from .metrics import paired_bootstrap
-from .runtime import (FrozenModels, SoftTokenModule, build_examples, fit_prompt, nll_per_row, soft_tokens,
-                      target_ids, teacher_forced_logits)
+from .runtime import (FrozenModels, SoftTokenModule, build_examples, soft_tokens)
 from .train import DEFAULT_DATA
 
 FIT, HELD_OUT = 2, 1  # queries per user: fitted on, held out

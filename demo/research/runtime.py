@@ -17,6 +17,7 @@ import torch
 from ..core.generation import GenerationParams, Generator, PromptIds
 from ..core.models import canonical_id, load_encoder, load_llm
 from ..core.plug import PPlug
+from ..core.scoring import nll_per_row, teacher_forced_logits
 from ..core.settings import Settings
 from ..core.storage import Store, sha256_text
 from .lamp import LampSplit, Query, TaskSpec
@@ -157,83 +158,6 @@ class SoftTokenModule(torch.nn.Module):
         return self.plug.soft_tokens(x, items, mask)
 
 
-# --- prompts and teacher forcing -----------------------------------------------------------------
-
-
-def fit_prompt(generator: Generator, request: str, max_prompt_tokens: int) -> PromptIds:
-    """Prompt ids with the request cut so that prefix + suffix fit ``max_prompt_tokens``."""
-    ids = generator.prompt_ids(request)
-    if len(ids.plain) <= max_prompt_tokens:
-        return ids
-    tail = generator.prompt_ids("").suffix  # end of turn + assistant header
-    keep = max(max_prompt_tokens - len(ids.prefix) - len(tail), 8)
-    return PromptIds(ids.prefix, ids.suffix[:keep] + tail)
-
-
-def end_of_turn_ids(generator: Generator) -> list[int]:
-    """The token(s) that end an assistant answer (what the decoder stops at)."""
-    tok = generator.tokenizer
-    for name in ("<|im_end|>", "<|eot_id|>"):
-        tid = tok.convert_tokens_to_ids(name)
-        if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
-            return [tid]
-    return [tok.eos_token_id]
-
-
-def target_ids(generator: Generator, text: str, max_target_tokens: int) -> list[int]:
-    """Gold output ids plus the end-of-turn token (dropped when the output is cut)."""
-    ids = generator.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
-    if len(ids) >= max_target_tokens:
-        return ids[:max_target_tokens]
-    return ids + end_of_turn_ids(generator)
-
-
-def teacher_forced_logits(generator: Generator, prompts: list[PromptIds], soft: list[torch.Tensor | None],
-                          targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded rows prefix + soft + suffix + target through the LLM.
-
-    -> (logits at the positions that predict target tokens [B, L, V], target ids [B, L],
-    target mask [B, L]), L the longest target.
-    """
-    emb = generator.embedding
-    device = generator.device
-    rows, starts = [], []
-    for ids, tokens, tgt in zip(prompts, soft, targets):
-        parts = [emb(torch.tensor(ids.prefix, device=device))]
-        if tokens is not None:
-            parts.append(tokens.to(parts[0].dtype))
-        parts.append(emb(torch.tensor(ids.suffix + tgt, device=device)))
-        row = torch.cat(parts)
-        rows.append(row)
-        starts.append(row.shape[0] - len(tgt))
-    T = max(r.shape[0] for r in rows)
-    B, d = len(rows), rows[0].shape[1]
-    embeds = torch.zeros(B, T, d, dtype=rows[0].dtype, device=device)
-    mask = torch.zeros(B, T, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        embeds[i, :r.shape[0]] = r
-        mask[i, :r.shape[0]] = 1
-    # The decoder alone, then the LM head only where a target token is predicted: the head's
-    # [vocab x d] product over every prompt position would cost as much as several layers.
-    model = generator.model
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    L = max(len(t) for t in targets)
-    picked = torch.zeros(B, L, hidden.shape[-1], dtype=hidden.dtype, device=device)
-    tgt = torch.zeros(B, L, dtype=torch.long, device=device)
-    tmask = torch.zeros(B, L, dtype=torch.bool, device=device)
-    for i, (s, t) in enumerate(zip(starts, targets)):
-        picked[i, :len(t)] = hidden[i, s - 1:s - 1 + len(t)]
-        tgt[i, :len(t)] = torch.tensor(t, device=device)
-        tmask[i, :len(t)] = True
-    return model.get_output_embeddings()(picked), tgt, tmask
-
-
-def nll_per_row(logits: torch.Tensor, tgt: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
-    """Mean NLL per target token of each row [B]."""
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
-    return -(logp * tmask).sum(-1) / tmask.sum(-1).clamp(min=1)
-
-
 def kl_to_generic(plug_logits: torch.Tensor, generic_logits: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
     """Mean over target tokens of KL(generic || plug): keeps the plug's outputs near the generic model's."""
     lp = torch.log_softmax(plug_logits.float(), dim=-1)
@@ -253,21 +177,36 @@ def generate(generator: Generator, prompts: list[PromptIds], soft: list[torch.Te
     return out
 
 
-def other_histories(examples: list[Example], histories=None) -> list[torch.Tensor]:
-    """Each example's history swapped for the next example's (another user of the same batch)."""
+def other_histories(examples: list[Example], histories=None, shift: int = 1) -> list[torch.Tensor]:
+    """Each example's history swapped for the one ``shift`` places on (another user of the same batch)."""
     hist = histories if histories is not None else [e.items for e in examples]
-    return hist[1:] + hist[:1]
+    return hist[shift:] + hist[:shift]
+
+
+def contrastive_loss(own_sum: torch.Tensor, others_sum: list[torch.Tensor]) -> torch.Tensor:
+    """InfoNCE over users: which history made the gold output likeliest?
+
+    own_sum [B] and each of others_sum [B]: summed gold NLL (nats) of each example's output with its
+    own history and with other users' histories. The log-likelihood of the whole output is the
+    score, so p(own | output) is the posterior over the K candidate users: -> mean cross-entropy.
+    """
+    scores = -torch.stack([own_sum, *others_sum], dim=1)  # [B, K]
+    return torch.nn.functional.cross_entropy(scores, torch.zeros(len(own_sum), dtype=torch.long,
+                                                                 device=scores.device))
 
 
 def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompts: list[PromptIds],
               targets: list[list[int]], kl_weight: float, histories=None, other_weight: float = 0.0,
-              other_margin: float = 0.1) -> tuple[torch.Tensor, dict]:
+              other_margin: float = 0.1, contrast_weight: float = 0.0, contrast_k: int = 4
+              ) -> tuple[torch.Tensor, dict]:
     """The training loss of a batch.
 
     NLL of the gold output given the user's own history, + ``kl_weight`` * KL to the generic model,
     + ``other_weight`` * mean(relu(margin + NLL_own - NLL_other)): the same output must be likelier
     with the user's own history than with another user's by ``other_margin`` nats per token, which
-    rewards a personal embedding that differs between users (NLL alone let it collapse to one vector).
+    rewards a personal embedding that differs between users (NLL alone let it collapse to one vector),
+    + ``contrast_weight`` * InfoNCE over ``contrast_k`` users: the gold output scored with its own
+    history and with ``contrast_k - 1`` other users' histories of the batch (``contrastive_loss``).
     """
     soft, weights = soft_tokens(plug_module, examples, generator.device, histories)
     logits, tgt, tmask = teacher_forced_logits(generator, prompts, list(soft), targets)
@@ -286,6 +225,18 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
         other = nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets))
         loss = loss + other_weight * torch.relu(other_margin + own - other).mean()
         stats["own_minus_other"] = float((own - other).mean().detach())
+    k = min(contrast_k, len(examples))
+    if contrast_weight > 0 and k > 1:
+        n_tokens = torch.tensor([len(t) for t in targets], dtype=own.dtype, device=own.device)
+        others = []
+        for shift in range(1, k):
+            soft_o, _ = soft_tokens(plug_module, examples, generator.device,
+                                    other_histories(examples, histories, shift))
+            others.append(nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets)) * n_tokens)
+        nce = contrastive_loss(own * n_tokens, others)
+        loss = loss + contrast_weight * nce
+        stats["nce"] = float(nce.detach())
+        stats["own_minus_other"] = float((own - others[0] / n_tokens).mean().detach())
     ent = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1).mean()
     stats["w_entropy"] = float(ent.detach())
     stats["loss"] = float(loss.detach())

@@ -36,11 +36,13 @@ import numpy as np
 import torch
 
 from ..core.plug import PPlug
+from ..core.selfsup import example_for
 from ..core.settings import REPO_ROOT, Settings
-from .lamp import SHARED_TASKS, read_task
+from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
+from .lamp import SELFSUP_RULE, SHARED_TASKS, LampSplit, Query, read_task
 from .retrieval import lamp_rag_request
-from .runtime import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, fit_prompt, generate,
-                      other_histories, soft_tokens, target_ids, teacher_forced_logits, nll_per_row)
+from .runtime import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, generate, other_histories,
+                      soft_tokens)
 
 log = logging.getLogger("demo.research.train")
 
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="Store file of item embeddings (default: <cache dir>/train_cache.db)")
     p.add_argument("--training-free", action="store_true", help="only build the ridge-regression plug and save it")
     p.add_argument("--init", choices=["random", "training-free"], default="random")
+    p.add_argument("--init-from", default=None,
+                   help="start from this plug checkpoint's weights (its standardization statistics are "
+                        "recomputed when --standardize is set)")
     p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
@@ -93,6 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-max-new-tokens", type=int, default=32)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--limit", type=int, default=None, help="use only the first N train queries per task")
+    p.add_argument("--selfsup", type=int, default=0,
+                   help="also N self-supervised examples per train user, made from their profile items "
+                        "(demo.core.selfsup); 0 = LaMP queries only")
+    p.add_argument("--contrast-weight", type=float, default=0.0,
+                   help="weight of the InfoNCE term over the batch's users (0 = off)")
+    p.add_argument("--contrast-k", type=int, default=4, help="users scored per gold output by the InfoNCE term")
+    p.add_argument("--llm-dtype", default=None, help="the frozen LLM's dtype (default PPLUG_LLM_DTYPE; "
+                                                       "bfloat16 trains faster on CPUs with AMX/AVX-512 bf16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default: PPLUG_DEVICE or auto)")
     p.add_argument("--threads", type=int, default=None,
@@ -167,6 +180,49 @@ def training_free_plug(cache: EmbeddingCache, model, tokenizer, encoder_id: str,
 # --- training ---------------------------------------------------------------------------------------
 
 
+def self_supervised_split(split: LampSplit, per_user: int, cap: int, seed: int) -> LampSplit:
+    """Up to ``per_user`` queries made from each user's own profile items (``demo.core.selfsup``).
+
+    Each query's gold output is one profile item, its input the task prompt made from that item,
+    and its profile ``cap`` other items of the same profile drawn at random (never the item itself).
+    The user's largest profile in the split is used.
+    """
+    kind = SELFSUP_RULE.get(split.task.like)
+    if kind is None:
+        return LampSplit(split.task, "self", [])
+    profiles: dict[str, list[dict]] = {}
+    for q in split.queries:
+        if len(q.profile) > len(profiles.get(q.user_id, [])):
+            profiles[q.user_id] = q.profile
+    rng = random.Random(f"{seed}:{split.task.name}")
+    queries = []
+    for user, profile in sorted(profiles.items()):
+        order = rng.sample(range(len(profile)), len(profile))
+        made = 0
+        for i in order:
+            if made == per_user:
+                break
+            pair = example_for(profile[i], kind)
+            if pair is None:
+                continue
+            others = [profile[j] for j in order if j != i][:cap]
+            queries.append(Query(f"{user}-self-{i}", user, pair[0], others, pair[1]))
+            made += 1
+    return LampSplit(split.task, "self", queries)
+
+
+def distinct_users(examples: list[Example], n: int, rng: random.Random) -> list[Example]:
+    """``n`` examples of different users (fewer when the list has fewer users)."""
+    batch, seen = [], set()
+    for e in rng.sample(examples, min(len(examples), 8 * n)):
+        if e.query.user_id not in seen:
+            batch.append(e)
+            seen.add(e.query.user_id)
+            if len(batch) == n:
+                break
+    return batch
+
+
 def dev_subset(args, splits_dev) -> list:
     """A few dev queries per task for checkpoint selection (tweets: its last ones)."""
     out = []
@@ -196,6 +252,10 @@ class Trainer(FrozenModels):
                                    tau=self.args.tau, seed=self.args.seed, standardize=self.args.standardize)
             if self.args.standardize:
                 plug.set_item_statistics(torch.cat([e.items for e in train_examples]))  # [n, d_enc]
+        if self.args.init_from:
+            start = PPlug.load(self.args.init_from, encoder_id=self.encoder_id, llm_id=self.llm_id)
+            kept = {k: v for k, v in start.state_dict().items() if not k.startswith("item_")}
+            plug.load_state_dict(kept, strict=False)
         if self.args.train_input_encoder:
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
@@ -286,6 +346,8 @@ def train(args) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = Settings.from_env()
+    if args.llm_dtype:
+        settings = settings.with_(llm_dtype=args.llm_dtype)
     cpu = (args.device or settings.device) == "cpu"
     # a transformer encoder has weights its sentence embedding never uses (BERT's pooler): let DDP skip them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=args.train_input_encoder)
@@ -311,6 +373,10 @@ def train(args) -> Path:
     subset = dev_subset(args, dev_splits)
     with accelerator.main_process_first():  # the main process encodes, the others then read its cache
         train_ex = {s.task.name: t.examples([s]) for s in train_splits}
+        if args.selfsup:
+            for s in train_splits:
+                made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
+                train_ex[s.task.name] = train_ex[s.task.name] + made
         t.examples_by_id = {}
         for split, (task, queries) in zip(dev_splits, subset):
             t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
@@ -364,6 +430,8 @@ def train(args) -> Path:
             metrics["step"] = step
             state["evals"].append(metrics)
             print("dev " + json.dumps(metrics), flush=True)
+            if step > 0:
+                unwrapped().plug.save(run_dir / f"step-{step}")  # every evaluated plug, to compare later
             if step > 0 and (state["best"] is None or metrics["mean_rougeL"] > state["best"]["mean_rougeL"]):
                 state["best"] = metrics
                 unwrapped().plug.save(run_dir / "best")
@@ -380,14 +448,15 @@ def train(args) -> Path:
     while state["step"] < args.steps:
         t0 = time.perf_counter()
         name = sampler.choices(names, probs)[0]
-        batch = sampler.sample(train_ex[name], min(args.batch_size, len(train_ex[name])))
+        batch = distinct_users(train_ex[name], args.batch_size, sampler)
         hist = None
         if args.augment > 0:
             hist = [thin_history(e.items, args.augment_drop, sampler) if sampler.random() < args.augment else e.items
                     for e in batch]
         prompts, targets = t.rows(batch)
         loss, stats = ce_and_kl(t.generator, module, batch, prompts, targets, args.kl_weight, hist,
-                                other_weight=args.other_weight, other_margin=args.other_margin)
+                                other_weight=args.other_weight, other_margin=args.other_margin,
+                                contrast_weight=args.contrast_weight, contrast_k=args.contrast_k)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(module.parameters(), 1.0)

@@ -1,0 +1,86 @@
+"""The likelihood of a given answer: teacher forcing through the frozen LLM, with or without soft tokens.
+
+A row is built exactly as ``demo.generation`` builds it for decoding, ``prefix + [I; P] + suffix``,
+followed by the answer's ids and the end-of-turn token; the LLM's logits at the positions that
+predict the answer give its NLL. Training, evaluation, the "tune to me" fit and the "does it know
+me?" measure all score answers this way.
+"""
+from __future__ import annotations
+
+import torch
+
+from .generation import Generator, PromptIds
+
+
+def fit_prompt(generator: Generator, request: str, max_prompt_tokens: int) -> PromptIds:
+    """Prompt ids with the request cut so that prefix + suffix fit ``max_prompt_tokens``."""
+    ids = generator.prompt_ids(request)
+    if len(ids.plain) <= max_prompt_tokens:
+        return ids
+    tail = generator.prompt_ids("").suffix  # end of turn + assistant header
+    keep = max(max_prompt_tokens - len(ids.prefix) - len(tail), 8)
+    return PromptIds(ids.prefix, ids.suffix[:keep] + tail)
+
+
+def end_of_turn_ids(generator: Generator) -> list[int]:
+    """The token(s) that end an assistant answer (what the decoder stops at)."""
+    tok = generator.tokenizer
+    for name in ("<|im_end|>", "<|eot_id|>"):
+        tid = tok.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
+            return [tid]
+    return [tok.eos_token_id]
+
+
+def target_ids(generator: Generator, text: str, max_target_tokens: int) -> list[int]:
+    """Gold output ids plus the end-of-turn token (dropped when the output is cut)."""
+    ids = generator.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    if len(ids) >= max_target_tokens:
+        return ids[:max_target_tokens]
+    return ids + end_of_turn_ids(generator)
+
+
+def teacher_forced_logits(generator: Generator, prompts: list[PromptIds], soft: list[torch.Tensor | None],
+                          targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows prefix + soft + suffix + target through the LLM.
+
+    -> (logits at the positions that predict target tokens [B, L, V], target ids [B, L],
+    target mask [B, L]), L the longest target.
+    """
+    emb = generator.embedding
+    device = generator.device
+    rows, starts = [], []
+    for ids, tokens, tgt in zip(prompts, soft, targets):
+        parts = [emb(torch.tensor(ids.prefix, device=device))]
+        if tokens is not None:
+            parts.append(tokens.to(parts[0].dtype))
+        parts.append(emb(torch.tensor(ids.suffix + tgt, device=device)))
+        row = torch.cat(parts)
+        rows.append(row)
+        starts.append(row.shape[0] - len(tgt))
+    T = max(r.shape[0] for r in rows)
+    B, d = len(rows), rows[0].shape[1]
+    embeds = torch.zeros(B, T, d, dtype=rows[0].dtype, device=device)
+    mask = torch.zeros(B, T, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        embeds[i, :r.shape[0]] = r
+        mask[i, :r.shape[0]] = 1
+    # The decoder alone, then the LM head only where a target token is predicted: the head's
+    # [vocab x d] product over every prompt position would cost as much as several layers.
+    model = generator.model
+    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    L = max(len(t) for t in targets)
+    picked = torch.zeros(B, L, hidden.shape[-1], dtype=hidden.dtype, device=device)
+    tgt = torch.zeros(B, L, dtype=torch.long, device=device)
+    tmask = torch.zeros(B, L, dtype=torch.bool, device=device)
+    for i, (s, t) in enumerate(zip(starts, targets)):
+        picked[i, :len(t)] = hidden[i, s - 1:s - 1 + len(t)]
+        tgt[i, :len(t)] = torch.tensor(t, device=device)
+        tmask[i, :len(t)] = True
+    return model.get_output_embeddings()(picked), tgt, tmask
+
+
+def nll_per_row(logits: torch.Tensor, tgt: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    """Mean NLL per target token of each row [B]."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
+    return -(logp * tmask).sum(-1) / tmask.sum(-1).clamp(min=1)
