@@ -230,3 +230,12 @@ def test_admin_functions_work_with_the_token(admin_app):
     choices, table = handler(admin_app, "on_refresh")(ADMIN, None)
     assert len(table) >= 1
 
+
+
+def test_the_browser_secret_file_is_ignored_by_git(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pplug_studio.db.secret", "data/other.db.secret"):
+        assert subprocess.run(["git", "check-ignore", "-q", name], cwd=root).returncode == 0, name

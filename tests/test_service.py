@@ -130,3 +130,18 @@ def test_a_plug_with_an_input_encoder_embeds_the_request_with_it(studio, owner):
     mine = list(other.generate(owner, profile, "Write a tweet about cycling.", params))[-1]
     assert mine.done and mine.personalized and other.plug_id != studio.plug_id
     assert [round(t.weight, 4) for t in mine.top_items] != [round(t.weight, 4) for t in base.top_items]
+
+
+def test_the_console_names_the_plug_at_start_and_stays_quiet_per_request(settings, studio, owner, caplog, capfd):
+    import logging
+
+    from demo.core.studio import Studio
+
+    with caplog.at_level(logging.INFO):  # the level app.py logs at
+        again = Studio(settings, store=studio.store)
+        capfd.readouterr()
+        again.compute_profile(owner, "quiet", HISTORY)
+        list(again.generate(owner, again.list_profiles(owner)[0]["id"], "Hi", GenerationParams(max_new_tokens=2)))
+    assert any(again.plug_id in r.getMessage() for r in caplog.records)
+    printed = capfd.readouterr()
+    assert "Batches" not in printed.err + printed.out

@@ -112,6 +112,7 @@ class Studio:
         self.plug = self._load_plug().to(settings.device).eval()
         self.plug.requires_grad_(False)
         self.plug_id = self.plug.plug_id
+        log.info("Plug %s (%s) for %s and %s", self.plug_id, self.plug.config.origin, self.encoder_id, self.llm_id)
         self._profiles: OrderedDict[str, _LoadedProfile] = OrderedDict()  # small LRU of loaded histories
         self._profiles_lock = threading.Lock()
 
@@ -150,8 +151,10 @@ class Studio:
         chunk = max(self.settings.encode_batch_size * 4, 1)
         for start in range(0, len(order), chunk):
             idx = order[start:start + chunk]
+            # No progress bar: at INFO level sentence-transformers prints one per call, i.e. per request.
             out[idx] = self.encoder.encode([texts[i] for i in idx], batch_size=self.settings.encode_batch_size,
-                                           normalize_embeddings=True, convert_to_numpy=True)
+                                           normalize_embeddings=True, convert_to_numpy=True,
+                                           show_progress_bar=False)
             if progress:
                 progress(min(start + chunk, len(order)), len(order))
         return out
