@@ -1,18 +1,20 @@
 """The decode loop on the real embedded LLM: equal to transformers' own generate, batched rows,
-per-row stopping, seeded sampling."""
+per-row stopping, seeded sampling, and the decoding policy against repetition."""
+import re
+
 import pytest
 import torch
 
-from demo.core.generation import GenerationParams, Generator
-from demo.core.models import load_llm
+from demo.core.generation import GenerationParams, Generator, apply_policy
+from demo.research.runtime import generate as research_generate
 
 REQUEST = "Write a tweet using these words: coffee, morning, rain"
+NO_POLICY = dict(repetition_penalty=1.0, no_repeat_ngram_size=0)  # transformers' plain greedy decoding
 
 
 @pytest.fixture(scope="module")
-def gen(settings) -> Generator:
-    model, tokenizer = load_llm(settings)
-    return Generator(model, tokenizer)
+def gen(studio) -> Generator:
+    return studio.generator
 
 
 def test_soft_tokens_sit_inside_the_user_turn(gen):
@@ -31,7 +33,7 @@ def test_inputs_embeds_without_soft_tokens_equals_generate_from_input_ids(gen):
                                  do_sample=False)
     expected = gen.tokenizer.decode(ref[0, input_ids.shape[1]:], skip_special_tokens=True)
     embeds, mask = gen.embed([ids], [None])
-    assert gen.generate(embeds, mask, GenerationParams(max_new_tokens=24)) == [expected]
+    assert gen.generate(embeds, mask, GenerationParams(max_new_tokens=24, **NO_POLICY)) == [expected]
 
 
 def test_a_row_in_a_left_padded_batch_generates_what_it_generates_alone(gen):
@@ -64,3 +66,52 @@ def test_sampling_is_reproducible_with_a_seed(gen):
     b = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16, temperature=1.0, seed=5))
     c = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16, temperature=1.0, seed=6))
     assert a == b and a != c
+
+
+def repeats(text: str) -> bool:
+    """A degenerate answer: a character three times in a row (emoji runs) or a repeated word 3-gram."""
+    words = text.split()
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return bool(re.search(r"(\S)\1\1", text)) or len(set(trigrams)) < len(trigrams)
+
+
+def test_the_default_policy_keeps_a_row_from_repeating(gen):
+    requests = ["Write a tweet about coffee.", "Write a short blog post about my weekend.", REQUEST]
+    embeds, mask = gen.embed([gen.prompt_ids(r) for r in requests], [None] * len(requests))
+    plain = gen.generate(embeds, mask, GenerationParams(max_new_tokens=64, **NO_POLICY))
+    assert repeats(plain[0]) and repeats(plain[2])  # without the policy the generic model loops on emoji
+    with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=64))
+    assert not any(repeats(text) for text in with_policy), with_policy
+    assert all(len(text.split()) >= 3 for text in with_policy)
+
+
+def test_the_policy_judges_each_row_by_its_own_tokens():
+    logits = torch.randn(1, 50).repeat(3, 1)
+    tokens = [[5, 6, 7, 5, 6], [9], [5, 6, 7, 5, 6]]
+    out = apply_policy(logits, tokens, GenerationParams())
+    assert out[0, 7] == float("-inf") and out[1, 7] == logits[1, 7]  # "5 6 7" again is banned only in row 0
+    assert torch.equal(out[0], out[2])  # same tokens, same treatment, whatever the row's padding
+    assert torch.equal(out[:1], apply_policy(logits[:1], tokens[:1], GenerationParams()))  # alone = in a batch
+    seen = logits[1, 9]
+    assert out[1, 9] == (seen / 1.2 if seen > 0 else seen * 1.2)
+    assert torch.equal(out[1, :9], logits[1, :9])  # tokens the row has not generated are untouched
+
+
+def test_the_policy_is_the_same_for_personalized_generic_and_rag_rows(gen):
+    """Each row's policy state is its own: a row decodes the same alone and beside rows of other kinds."""
+    plain = gen.prompt_ids("Write a tweet about coffee.")
+    rag = gen.prompt_ids("Here are some texts I wrote before:\n- Espresso at dawn, again.\n\nWrite a tweet about coffee.")
+    soft = torch.randn(2, gen.embedding.weight.shape[1]) * 3.0
+    params = GenerationParams(max_new_tokens=32)
+    rows = [(plain, soft), (plain, None), (rag, None), (rag, soft)]  # pplug, generic, rag, pplug+rag
+    together = gen.generate(*gen.embed([p for p, _ in rows], [s for _, s in rows]), params)
+    alone = [gen.generate(*gen.embed([p], [s]), params)[0] for p, s in rows]
+    assert together == alone
+    assert not any(repeats(text) for text in together)
+
+
+def test_the_research_runtime_decodes_with_the_same_policy(gen):
+    ids = gen.prompt_ids("Write a tweet about coffee.")
+    ours = research_generate(gen, [ids], [None], 40)
+    assert ours == [gen.generate(*gen.embed([ids], [None]), GenerationParams(max_new_tokens=40))[0].strip()]
+    assert not repeats(ours[0])

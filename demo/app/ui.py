@@ -210,6 +210,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
                 top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p (sampling)")
                 seed = gr.Number(0, precision=0, label="Seed")
+            policy = GenerationParams()
+            gr.Markdown(f"Both sides avoid loops the same way: repetition penalty {policy.repetition_penalty:g} "
+                        f"on tokens already written, no repeated {policy.no_repeat_ngram_size}-token sequence.")
         generate_btn = gr.Button("Generate", variant="primary")
         with gr.Row():
             personalized = gr.Textbox(label="Personalized (PPlug)", lines=8, interactive=False)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 _MARKER = "\u2063PPLUG_REQUEST\u2063"  # invisible separator; never appears in real requests
 
@@ -32,10 +33,38 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int = 0
     stop_at_eos: bool = True  # False only for benchmarks that need a fixed length
+    # The decoding policy against degeneration (emoji runs, "I'm glad to ... I'm glad to ..."), the
+    # same for every row: personalized, generic, rag and control alike. Both look only at the
+    # tokens a row has generated, never at its prompt, so a rag row's pasted history or a soft-token
+    # row's missing ids cannot make the policy differ between rows.
+    repetition_penalty: float = 1.2  # logits of already generated tokens: positive / 1.2, negative * 1.2
+    no_repeat_ngram_size: int = 3  # a row never repeats one of its own 3-grams (0 = off)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+
+def apply_policy(logits: torch.Tensor, tokens: list[list[int]], params: GenerationParams) -> torch.Tensor:
+    """Logits [B, vocab] after the decoding policy, each row judged by its own generated ``tokens``.
+
+    transformers' own logits processors do the work; rows of different lengths are left-padded
+    with the id ``vocab``, which both processors ignore (it is past the logits' last column).
+    """
+    if not any(tokens) or (params.repetition_penalty == 1.0 and params.no_repeat_ngram_size <= 0):
+        return logits
+    vocab = logits.shape[-1]
+    width = max(len(t) for t in tokens)
+    ids = torch.full((len(tokens), width), vocab, dtype=torch.long)
+    for i, row in enumerate(tokens):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row)
+    ids = ids.to(logits.device)
+    if params.repetition_penalty != 1.0:
+        logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, logits)
+    if params.no_repeat_ngram_size > 0:
+        logits = NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size)(ids, logits)
+    return logits
 
 
 @dataclass(frozen=True)
@@ -117,12 +146,12 @@ class Generator:
         """
         batch = embeds.shape[0]
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
+        tokens: list[list[int]] = [[] for _ in range(batch)]  # each row's generated ids: its policy state
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         for _ in range(params.max_new_tokens):
-            next_ids = self._pick(logits, params, generator)
+            next_ids = self._pick(apply_policy(logits, tokens, params), params, generator)
             next_ids = torch.where(done, torch.full_like(next_ids, self.pad_id), next_ids)
             for i, (token, finished) in enumerate(zip(next_ids.tolist(), done.tolist())):
                 if finished:
