@@ -21,7 +21,7 @@ def client(studio):
 
 def test_named_endpoints_are_published(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data"} <= names
+    assert {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data", "/tune_profile"} <= names
 
 
 def test_compute_and_generate_side_by_side(client, owner):
@@ -61,3 +61,12 @@ def test_short_owner_tokens_are_refused(client):
         client.predict(history=HISTORY, owner_token="abc", name="x", api_name="/compute_profile")
     with pytest.raises(Exception, match="too short owner token"):
         client.predict(owner_token="", api_name="/list_profiles")
+
+
+def test_tune_to_me_through_the_api_says_what_it_needs(client, owner):
+    profile = client.predict(history=HISTORY, owner_token=owner, name="hiker", api_name="/compute_profile")
+    with pytest.raises(Exception, match="at least 4 items"):
+        client.predict(owner_token=owner, profile_id=profile["profile_id"], api_name="/tune_profile")
+    with pytest.raises(Exception, match="Tune to me"):
+        client.predict(owner_token=owner, profile_id=profile["profile_id"], request="hi", max_new_tokens=4,
+                       tuned=True, api_name="/generate")

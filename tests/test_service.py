@@ -145,3 +145,42 @@ def test_the_console_names_the_plug_at_start_and_stays_quiet_per_request(setting
     assert any(again.plug_id in r.getMessage() for r in caplog.records)
     printed = capfd.readouterr()
     assert "Batches" not in printed.err + printed.out
+
+
+TUNE_HISTORY = [
+    "Honestly the best coffee in town is at the corner bakery, trust me on this one.",
+    "Rainy mornings call for strong coffee and a long novel by the window.",
+    "Tried the new espresso blend today and wow, those chocolate notes were wonderful.",
+    "Nothing beats a quiet bakery counter, warm croissants and a cappuccino at dawn.",
+    "Coffee tasting notes from yesterday: cherry, cocoa, and a little too much smoke.",
+    "Weekend plans involve hunting for single origin beans across three neighborhoods.",
+]
+
+
+def test_tune_to_me_stores_a_token_that_the_personalized_row_uses(studio, owner):
+    from demo.core.tuning import FitSettings
+
+    profile = studio.compute_profile(owner, "coffee", TUNE_HISTORY).profile_id
+    with pytest.raises(ServiceError, match="Tune to me"):
+        list(studio.generate(owner, profile, "Write a tweet.", GenerationParams(max_new_tokens=2), tuned=True))
+    seen = []
+    result = studio.tune_profile(owner, profile, lambda done, total: seen.append((done, total)),
+                                 FitSettings(steps=3, lr=0.1, fit_examples=4, held_back=2))
+    assert seen and seen[0] == (1, 3) and result.n_fit == 4 and result.n_held == 2
+    assert result.steps > 0 and result.held_nll_after < result.held_nll_before  # lr 0.1 on one voice helps
+    shift, meta = studio.store.personal_token(profile, studio.plug_id)
+    assert shift.shape == (studio.plug.config.d_llm,) and meta["steps"] == result.steps
+    params = GenerationParams(max_new_tokens=12)
+    tuned = list(studio.generate(owner, profile, "Write a tweet about my morning.", params, tuned=True))[-1]
+    plain = list(studio.generate(owner, profile, "Write a tweet about my morning.", params))[-1]
+    assert tuned.generic == plain.generic and tuned.personalized != plain.personalized
+    with pytest.raises(ServiceError, match="No such profile"):
+        studio.tune_profile("another-owner-token-123456", profile)
+    studio.delete_my_data(owner)
+    assert studio.store.personal_token(profile, studio.plug_id) is None
+
+
+def test_tune_to_me_refuses_a_history_too_short_to_learn_from(studio, owner):
+    profile = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
+    with pytest.raises(ServiceError, match="at least 4 items"):
+        studio.tune_profile(owner, profile)

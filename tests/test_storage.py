@@ -8,7 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from demo.core.storage import MIGRATIONS_TABLE, Store, blob_to_vector, vector_to_blob
+from sqlite_utils import Database
+
+from demo.core.storage import MIGRATIONS, MIGRATIONS_TABLE, Store, blob_to_vector, vector_to_blob
 
 TABLES = {
     "profiles",
@@ -16,6 +18,7 @@ TABLES = {
     "item_embeddings",
     "profile_matrices",
     "personal_embeddings",
+    "personal_tokens",
     "generations",
 }
 
@@ -56,7 +59,7 @@ def test_migrations_create_tables_and_are_idempotent(db_path):
         indexed = {r[0] for r in conn.execute("SELECT tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
         assert {"profiles", "generations"} <= indexed
         applied = conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}").fetchall()
-    assert applied == [("m001_initial_schema",)]
+    assert applied == [("m001_initial_schema",), ("m004_personal_tokens",)]
 
     s = Store(db_path)  # reopen: nothing re-applied, data kept
     pid = s.create_profile("alice", "p", ["a"])
@@ -65,7 +68,23 @@ def test_migrations_create_tables_and_are_idempotent(db_path):
     assert s.get_profile(pid, "alice") is not None
     s.close()
     with raw(db_path) as conn:
-        assert conn.execute(f"SELECT COUNT(*) FROM {MIGRATIONS_TABLE}").fetchone()[0] == 1
+        assert conn.execute(f"SELECT COUNT(*) FROM {MIGRATIONS_TABLE}").fetchone()[0] == 2
+
+
+def test_a_database_of_the_first_schema_opens_and_gains_the_token_table(db_path):
+    db_path.parent.mkdir(parents=True)
+    db = Database(db_path)
+    MIGRATIONS.apply(db, stop_before="m004_personal_tokens")  # a database written before tokens existed
+    db.execute("INSERT INTO profiles VALUES ('p1', 'alice', 'old', '', 1, '2025-01-01T00:00:00+00:00')")
+    db.conn.commit()
+    db.close()
+    s = Store(db_path)
+    assert s.get_profile("p1", "alice")["name"] == "old"
+    s.put_personal_token("p1", "plug", np.arange(4, dtype=np.float32), {"steps": 2, "gain": 0.1})
+    shift, meta = s.personal_token("p1", "plug")
+    assert shift.tolist() == [0, 1, 2, 3] and meta == {"steps": 2, "gain": 0.1}
+    assert s.personal_token("p1", "other-plug") is None
+    s.close()
 
 
 def test_pragmas_wal_busy_timeout_foreign_keys(store, db_path):
@@ -323,12 +342,15 @@ def test_delete_owner_data(store, db_path):
     bob = _fill(store, "bob", ["shared", "only bob"])
     store.put_embeddings("enc", {sha("unrelated"): np.ones(4, dtype=np.float32)})
 
+    store.put_personal_token(alice, "plug-1", np.ones(8, dtype=np.float32), {"steps": 3})
+    store.put_personal_token(bob, "plug-1", np.ones(8, dtype=np.float32), {"steps": 3})
     counts = store.delete_owner_data("alice")
     assert counts == {
         "profiles": 2,
         "history_items": 3,
         "profile_matrices": 2,
         "personal_embeddings": 2,
+        "personal_tokens": 1,
         "generations": 2,
         "item_embeddings": 2,  # "only alice", "alice again"; "shared" is still bob's
     }
@@ -339,7 +361,7 @@ def test_delete_owner_data(store, db_path):
 
         assert q("SELECT COUNT(*) FROM profiles WHERE owner = 'alice'") == 0
         assert q("SELECT COUNT(*) FROM generations WHERE owner = 'alice'") == 0
-        for table in ("history_items", "profile_matrices", "personal_embeddings"):
+        for table in ("history_items", "profile_matrices", "personal_embeddings", "personal_tokens"):
             assert q(f"SELECT COUNT(*) FROM {table} WHERE profile_id NOT IN (SELECT id FROM profiles)") == 0
             assert q(f"SELECT COUNT(*) FROM {table} WHERE profile_id = '{bob}'") > 0
         assert q(f"SELECT COUNT(*) FROM history_items WHERE profile_id = '{alice}'") == 0

@@ -30,10 +30,21 @@ def add_api(studio: Studio) -> None:
         return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
                 "seconds": round(result.seconds, 3), "notes": parsed.notes}
 
+    @spaces.GPU(duration=120)
+    def tune_profile(owner_token: str, profile_id: str) -> dict:
+        """"Tune to me": fit the profile's personal token on its own items (per-person optimisation of one
+        token, not the plug's amortized map) and store it; generate with tuned=True then uses it."""
+        try:
+            result = studio.tune_profile(owner_token, profile_id)
+        except ServiceError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return asdict(result)
+
     @spaces.GPU(duration=60)
     def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
-        """Generate the personalized and the generic answer to a request (temperature 0 = greedy)."""
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, tuned: bool = False) -> dict:
+        """Generate the personalized and the generic answer to a request (temperature 0 = greedy);
+        tuned=True adds the profile's "tune to me" token to the personalized answer."""
         try:
             params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
         except (TypeError, ValueError, OverflowError):
@@ -41,7 +52,9 @@ def add_api(studio: Studio) -> None:
                            print_exception=False) from None
         try:
             result = Comparison()
-            for result in studio.generate(owner_token, profile_id, request, params):
+            if not isinstance(tuned, bool):
+                raise ServiceError("tuned must be true or false.")
+            for result in studio.generate(owner_token, profile_id, request, params, tuned=tuned):
                 pass
         except ServiceError as err:
             raise gr.Error(str(err), print_exception=False) from None
@@ -65,5 +78,6 @@ def add_api(studio: Studio) -> None:
 
     gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
     gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)
+    gr.api(tune_profile, api_name="tune_profile", concurrency_id=GPU_QUEUE)
     gr.api(list_profiles, api_name="list_profiles")
     gr.api(delete_my_data, api_name="delete_my_data")

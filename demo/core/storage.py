@@ -17,6 +17,9 @@ the migrations in the "Schema" section below; all timestamps are ISO-8601 UTC):
 ``personal_embeddings``
     The personal embedding of a profile for one plug: the projected item matrix
     ``[n, d_llm]`` and the summary vector ``[d_llm]``, with ``n_rows``, ``dim``.
+``personal_tokens``
+    A profile's "tune to me" token for one plug: the fitted shift of P ``[d_llm]`` (``dim``,
+    ``shift``) and how the fit went (``meta``, JSON).
 ``generations``
     Log of generations: prompt, parameters, personalized and generic outputs, timings.
 ``_sqlite_migrations``
@@ -186,6 +189,22 @@ def m001_initial_schema(db: Database) -> None:
         "CREATE INDEX idx_generations_owner ON generations(owner, id)",
     ):
         db.execute(statement)
+
+
+@MIGRATIONS(name="m004_personal_tokens")
+def m004_personal_tokens(db: Database) -> None:
+    # m002 and m003 are the study tables' migrations (demo.study.store), numbered in one sequence.
+    db.execute(
+        """CREATE TABLE personal_tokens (
+            profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            plug_id TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            shift BLOB NOT NULL,
+            meta TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (profile_id, plug_id)
+        )"""
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,7 +405,7 @@ class Store:
                 return db.execute(sql, {"owner": owner}).fetchone()[0]
 
             # Children go by cascade when their profile goes, so count them first.
-            for table in ("history_items", "profile_matrices", "personal_embeddings"):
+            for table in ("history_items", "profile_matrices", "personal_embeddings", "personal_tokens"):
                 counts[table] = count(f"SELECT COUNT(*) FROM {table} WHERE profile_id IN ({owned})")
             counts["item_embeddings"] = db.execute(
                 f"""DELETE FROM item_embeddings
@@ -499,6 +518,28 @@ class Store:
             blob_to_vector(projected, dim, n_rows=n_rows),
             blob_to_vector(summary, dim, n_rows=1)[0],
         )
+
+    # -- "tune to me" tokens -----------------------------------------------------------
+
+    def put_personal_token(self, profile_id: str, plug_id: str, shift: np.ndarray, meta: dict) -> None:
+        """Store (replacing) a profile's fitted shift of P ``[d_llm]`` for a plug, with how it was fitted."""
+        shift = _as_vector(shift, "personal token")
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO personal_tokens (profile_id, plug_id, dim, shift, meta, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [profile_id, plug_id, shift.shape[0], vector_to_blob(shift), json.dumps(meta), _now()],
+            )
+
+    def personal_token(self, profile_id: str, plug_id: str) -> tuple[np.ndarray, dict] | None:
+        """``(shift [d_llm], meta)`` of the profile's token for the plug, or None."""
+        row = self._db().execute(
+            "SELECT dim, shift, meta FROM personal_tokens WHERE profile_id = ? AND plug_id = ?",
+            [profile_id, plug_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return blob_to_vector(row[1], row[0], n_rows=1)[0], json.loads(row[2])
 
     # -- generation log ----------------------------------------------------------------
 

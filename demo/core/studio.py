@@ -29,7 +29,9 @@ from .generation import GenerationParams, Generator, PromptIds
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
 from .settings import Settings
+from .selfsup import examples_from_history
 from .storage import Store
+from .tuning import FitSettings, add_shift, fit_shift
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,20 @@ class ProfileResult:
     @property
     def items_per_second(self) -> float:
         return self.n_encoded / self.seconds if self.seconds > 0 and self.n_encoded else float("nan")
+
+
+@dataclass
+class TuneResult:
+    """How a "tune to me" fit went; ``gain`` is how much likelier the held-back items became per token."""
+
+    profile_id: str
+    steps: int  # the Adam step whose shift was kept (0: no step helped the held-back items, no shift)
+    held_nll_before: float
+    held_nll_after: float
+    gain: float
+    n_fit: int
+    n_held: int
+    seconds: float
 
 
 @dataclass
@@ -250,6 +266,58 @@ class Studio:
                 self._profiles.pop(p["id"], None)
         return self.store.delete_owner_data(owner)
 
+    # --- "tune to me" ---------------------------------------------------------------------
+
+    def _request_embeddings(self, requests: list[str]) -> torch.Tensor:
+        """x for requests [B] -> [B, d_enc]: the plug's own input encoder when it has one."""
+        if self.plug.input_encoder is not None:
+            return self.plug.encode_inputs(requests).float()
+        return torch.from_numpy(self.encode(requests)).to(self.settings.device)
+
+    def soft_without(self, profile: _LoadedProfile, requests: list[str], left_out: list[int]) -> torch.Tensor:
+        """Soft tokens [B, 2, d_llm] for each request with the history less item ``left_out[b]``.
+
+        How a person's own items are scored as answers: the item that is the answer never
+        counts in the history it is conditioned on.
+        """
+        n = profile.items.shape[0]
+        mask = torch.ones(len(requests), n, dtype=torch.bool, device=profile.items.device)
+        for b, i in enumerate(left_out):
+            if n > 1:
+                mask[b, i] = False
+        x = self._request_embeddings(requests)
+        items = profile.items[None].expand(len(requests), -1, -1)
+        projected = profile.projected[None].expand(len(requests), -1, -1)
+        return self.plug.soft_tokens(x, items, mask, projected)[0]
+
+    def tune_profile(self, owner: str, profile_id: str, progress: Callable[[int, int], None] | None = None,
+                     settings: FitSettings = FitSettings()) -> TuneResult:
+        """Fit and store the profile's "tune to me" token: a shift of P fitted on its own items.
+
+        Per-person optimisation of one token (``demo.core.tuning``), not the plug's amortized map.
+        """
+        profile = self._profile(owner, profile_id)
+        made = examples_from_history(profile.texts)
+        need = settings.fit_examples + settings.held_back
+        if len(made) < settings.held_back + 2:
+            raise ServiceError(f"Tuning needs at least {settings.held_back + 2} items of a sentence or more "
+                               f"(this history has {len(made)}): add more of your writing.")
+        spread = [made[round(i * (len(made) - 1) / max(need - 1, 1))] for i in range(min(need, len(made)))]
+        spread = list({e.index: e for e in spread}.values())  # evenly over the history, no repeats
+        token = fit_shift(self.generator, lambda r, lo: self.soft_without(profile, r, lo), spread, settings,
+                          progress)
+        meta = {"steps": token.steps, "held_nll_before": token.held_nll_before,
+                "held_nll_after": token.held_nll_after, "gain": token.gain, "n_fit": token.n_fit,
+                "n_held": token.n_held, "seconds": round(token.seconds, 2)}
+        self.store.put_personal_token(profile_id, self.plug_id, token.shift.float().cpu().numpy(), meta)
+        return TuneResult(profile_id=profile_id, **meta)
+
+    def _personal_token(self, profile_id: str) -> torch.Tensor:
+        stored = self.store.personal_token(profile_id, self.plug_id)
+        if stored is None:
+            raise ServiceError("This profile has no tuned token for this plug yet: press \"Tune to me\" first.")
+        return torch.from_numpy(stored[0]).to(self.settings.device)
+
     # --- generation ----------------------------------------------------------------------
 
     def _fit_request(self, request: str, params: GenerationParams, notes: list[str]) -> PromptIds:
@@ -265,12 +333,13 @@ class Studio:
 
     def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,
                  conditions: tuple[str, ...] = ("pplug", "generic"), top_k: int = 8,
-                 rag_k: int = 4) -> Iterator[Comparison]:
+                 rag_k: int = 4, tuned: bool = False) -> Iterator[Comparison]:
         """Stream the answers to ``request`` under each condition, all rows in one batch.
 
         Conditions: ``pplug`` (soft tokens), ``generic`` (same model, same prompt, no plug),
         ``rag`` (the ``rag_k`` history items most similar to the request pasted into the prompt),
-        ``pplug+rag`` (both).
+        ``pplug+rag`` (both). ``tuned``: the personalized rows add the profile's "tune to me"
+        token (``tune_profile``) to P.
         """
         limits = self.settings.limits
         unknown = set(conditions) - set(CONDITIONS)
@@ -294,11 +363,10 @@ class Studio:
         t0 = time.perf_counter()
         profile = self._profile(owner, profile_id)
         with torch.inference_mode():
-            if self.plug.input_encoder is not None:  # the plug embeds requests with its own encoder
-                x = self.plug.encode_inputs([request]).float()  # [1, d_enc]
-            else:
-                x = torch.from_numpy(self.encode([request])).to(self.settings.device)  # [1, d_enc]
+            x = self._request_embeddings([request])  # [1, d_enc]
             soft, weights = self.plug.soft_tokens(x, profile.items[None], projected=profile.projected[None])
+            if tuned:
+                soft = add_shift(soft, self._personal_token(profile_id))
             w = weights[0].float().cpu()
             plain = self._fit_request(request, params, notes)
             rag = None

@@ -30,13 +30,14 @@ Progress = Callable[[int, int], None]  # (steps done, steps planned)
 
 @dataclass(frozen=True)
 class FitSettings:
-    steps: int = 10  # Adam steps at most
-    lr: float = 0.02
-    fit_examples: int = 8  # self-supervised examples the shift is fitted on
+    steps: int = 8  # Adam steps at most
+    lr: float = 0.03
+    fit_examples: int = 6  # self-supervised examples the shift is fitted on
     held_back: int = 2  # examples kept apart for early stopping
     patience: int = 3  # stop after this many steps without a better held-back NLL
-    max_prompt_tokens: int = 160
-    max_target_tokens: int = 32
+    # Short rows: the fit's cost is the LLM's forward and backward over every row's tokens.
+    max_prompt_tokens: int = 96
+    max_target_tokens: int = 24
     bf16: bool = True  # autocast the LLM to bfloat16 while fitting (much faster on CPUs with AMX)
 
 

@@ -12,13 +12,18 @@ Every figure is a ratio against a baseline measured in the same run (medians ove
    unchanged history vs the first computation;
 5. aggregator + projector time on histories of 10 .. 10,000 items (cached projections, as served);
 6. app cold start (process start to HTTP ready) before and after the one-off model conversion,
-   and the app's peak memory.
+   and the app's peak memory;
+7. training examples/s: the current recipe (bf16 LLM, NLL + InfoNCE over 3 users) vs the shipped
+   plug's recipe (fp32 LLM, NLL + 0.1 KL), batch 4 of real train examples, one step = forward,
+   backward and an optimizer step of the plug;
+8. "tune to me": fitting a personal token for a 60-item history, vs one 64-token answer.
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -35,10 +40,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from ..core.generation import GenerationParams
+from ..core.generation import GenerationParams, Generator
 from ..core.history import lamp_item_text
+from ..core.scoring import fit_prompt, target_ids
 from ..core.settings import REPO_ROOT, Settings
 from ..core.studio import Studio
+from .lamp import read_task
+from .runtime import Example, SoftTokenModule, ce_and_kl
 
 
 def median_time(fn, repeats: int) -> float:
@@ -246,7 +254,56 @@ GOALS = [
     ("4. profile encoding / raw encode (throughput)", ("encoding", "project_vs_raw"), ">= 0.9", lambda v: v >= 0.9),
     ("4. unchanged recompute speed-up", ("encoding", "recompute_speedup"), ">= 50", lambda v: v >= 50),
     ("6. cold start, first / later", ("cold_start", "first_vs_later"), "(one-off conversion)", None),
+    ("7. training examples/s, current / shipped recipe", ("training", "speedup"), ">= 3", lambda v: v >= 3),
+    ("8. tune to me (60 items) / one 64-token answer", ("tune", "ratio"), "(fit <= 15 s)", None),
 ]
+
+
+def fig_training(studio: Studio, data: Path, repeats: int) -> dict:
+    """Training examples/s of the shipped recipe and of the current one, on the same batches."""
+    queries = [q for q in read_task(data, "tweets", "train", limit=64).queries if q.output][:8]
+    examples = []
+    for q in queries:
+        x = torch.from_numpy(studio.encode([q.input])[0])
+        items = torch.from_numpy(studio.encode(q.item_texts(16)))
+        examples.append(Example(None, q, x, items, q.item_texts(16)))
+    batches = [examples[:4], examples[4:8]]
+    plug = copy.deepcopy(studio.plug).requires_grad_(True)
+    module = SoftTokenModule(plug)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    bf16 = Generator(copy.deepcopy(studio.model).to(torch.bfloat16), studio.tokenizer)
+
+    def step(generator, **loss_args):
+        for batch in batches:
+            prompts = [fit_prompt(generator, e.query.input, 128) for e in batch]
+            targets = [target_ids(generator, e.query.output, 32) for e in batch]
+            loss, _ = ce_and_kl(generator, module, batch, prompts, targets, **loss_args)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    shipped = median_time(lambda: step(studio.generator, kl_weight=0.1), repeats)
+    current = median_time(lambda: step(bf16, kl_weight=0.0, contrast_weight=1.0, contrast_k=3), repeats)
+    plain = median_time(lambda: step(bf16, kl_weight=0.0), repeats)
+    n = sum(len(b) for b in batches)
+    return {"examples": n, "shipped_examples_per_s": n / shipped, "current_examples_per_s": n / current,
+            "bf16_nll_examples_per_s": n / plain, "speedup": shipped / current, "speedup_nll_only": shipped / plain}
+
+
+def fig_tune(studio: Studio, data: Path, repeats: int) -> dict:
+    """Seconds to fit a "tune to me" token for a 60-item history, and one 64-token answer for scale."""
+    split = read_task(data, "tweets", "train", limit=400)
+    history = max((q.item_texts() for q in split.queries), key=len)[:60]
+    owner = secrets.token_urlsafe(24)
+    profile = studio.compute_profile(owner, "bench", history).profile_id
+    results = []
+    fit = median_time(lambda: results.append(studio.tune_profile(owner, profile)), repeats)
+    answer = median_time(lambda: list(studio.generate(owner, profile, "Write a tweet about my weekend.",
+                                                      GenerationParams(max_new_tokens=64, stop_at_eos=False))),
+                         repeats)
+    last = results[-1]
+    return {"items": len(history), "fit_s": fit, "answer_64_tokens_s": answer, "ratio": fit / answer,
+            "steps_kept": last.steps, "held_back_gain": last.gain}
 
 
 def markdown(results: dict) -> str:
@@ -278,6 +335,16 @@ def markdown(results: dict) -> str:
         absolute.append(f"- Encoding {e['items']:,} real posts: raw {e['raw_encode_items_per_s']:.0f} items/s, "
                         f"project {e['project_items_per_s']:.0f} items/s; unchanged recompute "
                         f"{e['unchanged_recompute_s'] * 1000:.0f} ms.")
+    if "training" in results:
+        t = results["training"]
+        absolute.append(f"- Training ({t['examples']} real tweets train examples, batch 4): shipped recipe "
+                        f"{t['shipped_examples_per_s']:.2f} examples/s, current {t['current_examples_per_s']:.2f} "
+                        f"({t['speedup']:.2f}x), bf16 NLL only {t['bf16_nll_examples_per_s']:.2f} "
+                        f"({t['speedup_nll_only']:.2f}x).")
+    if "tune" in results:
+        t = results["tune"]
+        absolute.append(f"- Tune to me: {t['fit_s']:.1f} s for a {t['items']}-item history "
+                        f"({t['ratio']:.1f}x one 64-token answer of {t['answer_64_tokens_s']:.1f} s).")
     if "cold_start" in results:
         c = results["cold_start"]
         absolute.append(f"- Cold start: {c['first_start_s']:.1f} s with the conversion, {c['later_start_s']:.1f} s "
@@ -297,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--queries", type=int, default=8, help="real queries for the first-token figure")
     parser.add_argument("--skip", nargs="*", default=[], help="figures to skip: pair first_token encoding "
-                                                              "aggregator cold_start")
+                                                              "aggregator cold_start training tune")
     args = parser.parse_args(argv)
 
     # Figures skipped in this run keep their values from an earlier run of the same file.
@@ -315,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             "encoding": lambda: fig_encoding(studio, blog),
             "aggregator": lambda: fig_aggregator(studio, blog, args.repeats * 4),
             "cold_start": fig_cold_start,
+            "training": lambda: fig_training(studio, args.data, max(args.repeats // 2, 1)),
+            "tune": lambda: fig_tune(studio, args.data, max(args.repeats // 2, 1)),
         }
         for name, run in figures.items():
             if name in args.skip:
