@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", default=None,
                    help="per_query.jsonl of an earlier run with the same settings: its outputs are reused "
                         "for the methods it holds instead of generating them again")
+    p.add_argument("--diagnostics-only", action="store_true",
+                   help="only the teacher-forced diagnostics (own vs other NLL, P spread): no generation")
     p.add_argument("--tune-steps", type=int, default=FitSettings.steps, help="pplug-tuned: Adam steps per user")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -163,6 +165,9 @@ class Evaluation(FrozenModels):
         queries = split.queries
         examples = build_examples([split], self.cache, self.history_cap())
         others = other_user_order([q.user_id for q in queries])
+        if args.diagnostics_only:  # teacher-forced measures only: no generation, no ROUGE
+            return {"task": task.name, "kind": task.kind, "n_queries": len(queries), "n_users": len(split.users),
+                    "methods": {}, "comparisons": {}, "diagnostics": self.diagnostics(split, examples, others, methods)}
         refs = [q.output for q in queries]
         n_new = args.max_new_tokens or task.max_new_tokens
         plain = [fit_prompt(self.generator, q.input, args.max_prompt_tokens) for q in queries]
@@ -279,8 +284,13 @@ class Evaluation(FrozenModels):
         self.tuned_tokens[key] = tokens
         return tokens
 
-    @torch.inference_mode()
     def diagnostics(self, split, examples, others, methods) -> dict:
+        if "pplug-tuned" in methods:
+            self.tuned(split, examples, self.plug("pplug-tuned"))
+        with torch.inference_mode():
+            return self._diagnostics(split, examples, others, methods)
+
+    def _diagnostics(self, split, examples, others, methods) -> dict:
         """Spread of P across users and the paired teacher-forced NLL own vs other user's history."""
         out = {}
         queries = split.queries
@@ -302,7 +312,7 @@ class Evaluation(FrozenModels):
             own_soft, weights = soft_tokens(module, examples, self.generator.device)
             other_soft, _ = soft_tokens(module, examples, self.generator.device, [examples[j].items for j in others])
             if method == "pplug-tuned":  # each user's own shift; the other user's history with their shift
-                tokens = self.tuned_tokens[split.task.name]
+                tokens = self.tuned_tokens[split.task.name]  # fitted before (needs autograd)
                 own_soft = add_shift(own_soft, torch.stack([tokens[q.user_id].shift for q in queries]))
                 other_soft = add_shift(other_soft, torch.stack([tokens[queries[j].user_id].shift for j in others]))
             own, other = [], []
