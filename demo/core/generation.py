@@ -10,9 +10,11 @@ A prompt is therefore split once into ``prefix`` ids (up to the user role header
 ``suffix`` ids (the request and everything after it). A row is ``prefix + soft + suffix``;
 the generic row is the same ids with no soft tokens.
 
-``stream`` runs one batched forward pass per step for all rows (left padding, attention mask,
-explicit position ids, KV cache), stops each row at its own end token, and yields the decoded
-text of every row after each step. ``TextIteratorStreamer`` handles only one row, hence this loop.
+``DecodeBatch`` runs one batched forward pass per step for all rows (left padding, attention mask,
+explicit position ids, KV cache), stops each row at its own end token, and lets the rows of new
+requests join between steps; ``Generator.stream`` runs it for one set of rows and yields the
+decoded text of every row after each step. ``TextIteratorStreamer`` handles only one row, hence
+this loop.
 """
 from __future__ import annotations
 
@@ -137,37 +139,19 @@ class Generator:
 
     # --- decoding --------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def stream(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> Iterator[list[str]]:
-        """Decode all rows together; yield every row's text so far after each step.
+        """Decode all rows together, in this thread; yield every row's text so far after each step.
 
         embeds [B, T, d_llm], mask [B, T]. Each row stops at its own end token; the loop ends
-        when all rows have stopped or after ``params.max_new_tokens`` steps.
+        when all rows have stopped or after ``params.max_new_tokens`` steps. (The app shares one
+        such loop between requests: ``demo.core.scheduler``.)
         """
-        batch = embeds.shape[0]
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        tokens: list[list[int]] = [[] for _ in range(batch)]  # each row's generated ids: its policy state
-        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-        for _ in range(params.max_new_tokens):
-            next_ids = self._pick(apply_policy(logits, tokens, params), params, generator)
-            next_ids = torch.where(done, torch.full_like(next_ids, self.pad_id), next_ids)
-            for i, (token, finished) in enumerate(zip(next_ids.tolist(), done.tolist())):
-                if finished:
-                    continue
-                if params.stop_at_eos and token in self.stop_ids:
-                    done[i] = True
-                else:
-                    tokens[i].append(token)
-            # A trailing U+FFFD is a character whose bytes are not all generated yet.
-            yield [self.tokenizer.decode(t, skip_special_tokens=True).rstrip("\ufffd") for t in tokens]
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, cache = self._forward(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                                          cache=cache)
+        request = Request(embeds, mask, params)
+        batch = DecodeBatch(self)
+        batch.join([request])
+        while not request.finished:
+            batch.step()
+            yield list(request.texts)
 
     def _forward(self, **inputs) -> tuple[torch.Tensor, object]:
         """One decoder pass -> (logits of the last position [B, vocab], KV cache).
@@ -183,21 +167,172 @@ class Generator:
             logits = logits + self.head.bias
         return logits, out.cache
 
-    def _pick(self, logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> torch.Tensor:
-        """Next token per row from logits [B, vocab]: argmax, or temperature/top-p sampling."""
-        if params.greedy:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-        # Sampling on CPU with a seeded generator: the same seed gives the same text on any device.
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-
     def generate(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> list[str]:
         """Final texts of ``stream``."""
         texts: list[str] = [""] * embeds.shape[0]
         for texts in self.stream(embeds, mask, params):
             pass
         return texts
+
+
+def pick(logits: torch.Tensor, params: GenerationParams, rng: torch.Generator) -> torch.Tensor:
+    """Next token per row from logits [B, vocab]: argmax, or temperature/top-p sampling."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    # Sampling on CPU with a seeded generator: the same seed gives the same text on any device.
+    return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(-1).to(logits.device)
+
+
+class Request:
+    """One request's rows in a decode loop: its prompt until it joins, then its tokens and texts.
+
+    The rows' generated ids (``tokens``) are all the state the decoding policy needs; the seeded
+    sampler is the request's own, so its text does not depend on the rows decoded beside it.
+    """
+
+    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams):
+        self.embeds: torch.Tensor | None = embeds  # [n, T, d_llm], dropped once joined
+        self.mask = mask  # [n, T]
+        self.params = params
+        self.n_rows = embeds.shape[0]
+        self.tokens: list[list[int]] = [[] for _ in range(self.n_rows)]
+        self.texts = [""] * self.n_rows
+        self.steps = 0
+        self.finished = False  # every row ended, or the request was cancelled
+        self.cancelled = False
+        self.rng = torch.Generator(device="cpu").manual_seed(params.seed)
+
+    def cancel(self) -> None:
+        """Leave the loop at its next step."""
+        self.cancelled = True
+
+    def updated(self) -> None:
+        """Called by the loop after each step of this request (and when it ends)."""
+
+
+class DecodeBatch:
+    """The rows of several requests decoded together, one token per row per step.
+
+    Requests join between steps (their prompts are run in one pass, then their KV cache is
+    left-padded to the batch's length and stacked under it) and each row leaves as soon as it
+    ends. Shapes: attention mask [B, L] (0 = padding), positions [B, 1] (each row's own), logits
+    [B, vocab] for each row's next token, and per layer of the KV cache keys/values
+    [B, heads, L, d_head]. Padding columns that no row needs any more are cut off.
+    """
+
+    def __init__(self, generator: Generator):
+        self.gen = generator
+        self.slots: list[tuple[Request, int]] = []  # batch row -> (request, its row)
+        self.mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.cache = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.slots)
+
+    @property
+    def requests(self) -> list[Request]:
+        return list(dict.fromkeys(r for r, _ in self.slots))
+
+    @torch.inference_mode()
+    def join(self, requests: list[Request]) -> None:
+        """Run the prompts of ``requests`` (one pass) and add their rows to the batch."""
+        width = max(r.mask.shape[1] for r in requests)
+        embeds = torch.cat([_left_pad(r.embeds, width, 1) for r in requests])
+        mask = torch.cat([_left_pad(r.mask, width, 1) for r in requests])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self.gen._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        for r in requests:
+            r.embeds = None
+        slots = [(r, i) for r in requests for i in range(r.n_rows)]
+        if self.cache is None:
+            self.slots, self.mask, self.positions, self.logits, self.cache = slots, mask, positions[:, -1:], logits, cache
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        self.positions = torch.cat([self.positions, positions[:, -1:]])
+        self.logits = torch.cat([self.logits, logits])
+        self.slots += slots
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One new token for every row; rows that end (and cancelled requests) leave the batch."""
+        cancelled = {r for r, _ in self.slots if r.cancelled}
+        if cancelled:
+            self._select([b for b, (r, _) in enumerate(self.slots) if r not in cancelled])
+            for request in cancelled:
+                request.finished = True
+                request.updated()
+        if not self.slots:
+            return
+        stepped = self.requests
+        next_ids = self._pick()
+        going: list[int] = []
+        for b, ((request, row), token) in enumerate(zip(self.slots, next_ids.tolist())):
+            if request.params.stop_at_eos and token in self.gen.stop_ids:
+                continue  # the row ends here
+            request.tokens[row].append(token)
+            # A trailing U+FFFD is a character whose bytes are not all generated yet.
+            request.texts[row] = self.gen.tokenizer.decode(request.tokens[row], skip_special_tokens=True).rstrip("\ufffd")
+            if request.steps + 1 < request.params.max_new_tokens:
+                going.append(b)
+        for request in stepped:
+            request.steps += 1
+        if len(going) < self.rows:
+            self._select(going)
+            next_ids = next_ids[going]
+        going_on = set(self.requests)
+        for request in stepped:
+            request.finished = request not in going_on
+            request.updated()
+        if self.slots:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
+            self.positions = self.positions + 1
+            self.logits, self.cache = self.gen._forward(input_ids=next_ids[:, None], attention_mask=self.mask,
+                                                        position_ids=self.positions, cache=self.cache)
+
+    def _pick(self) -> torch.Tensor:
+        """The next token of every row [B]: each request's policy and sampler on its own rows."""
+        by_request: dict[Request, list[int]] = {}
+        for b, (request, _) in enumerate(self.slots):
+            by_request.setdefault(request, []).append(b)
+        next_ids = torch.empty(self.rows, dtype=torch.long, device=self.logits.device)
+        for request, rows in by_request.items():
+            index = torch.tensor(rows, device=self.logits.device)
+            logits = apply_policy(self.logits[index], [request.tokens[self.slots[b][1]] for b in rows], request.params)
+            next_ids[index] = pick(logits, request.params, request.rng)
+        return next_ids
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only the batch rows ``keep``; cut the padding columns no row needs any more."""
+        self.slots = [self.slots[b] for b in keep]
+        if not keep:
+            self.mask = self.positions = self.logits = self.cache = None
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        start = int(self.mask.any(0).long().argmax())  # first column some row attends to
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``tensor`` with zeros in front along ``dim`` up to ``width``."""
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
