@@ -96,6 +96,14 @@ class Settings:
     # Bigger encoder batches fill a GPU; on CPU they only cost memory.
     encode_batch_size: int = field(default_factory=lambda: 256 if torch.cuda.is_available() else 64)
     limits: Limits = field(default_factory=Limits)
+    # Rows decoded together in the shared loop (two per visitor's request); more wait for the next
+    # free rows. On 2 CPU cores throughput grew up to 48 rows and fell at 64 (benchmark figure 7);
+    # a GPU takes many more.
+    batch_rows: int = field(default_factory=lambda: 256 if torch.cuda.is_available() else 48)
+    study_prefetch: bool = True  # generate a participant's next trial while they read the current one
+    # On a ZeroGPU Space (which sets SPACES_ZERO_GPU) the GPU exists only inside a `spaces.GPU`
+    # call: each request then decodes its own rows there instead of joining the shared loop.
+    zero_gpu: bool = False
     admin_token: str = ""  # user-study admin functions are off while this is empty
     studies_dir: Path = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up
     # "Sign in with Hugging Face": on when the app runs in a Space with `hf_oauth: true` (the Space
@@ -144,6 +152,9 @@ class Settings:
             encode_batch_size=get("ENCODE_BATCH_SIZE", base.encode_batch_size, int),
             llm_dtype=get("LLM_DTYPE", base.llm_dtype),
             limits=limits,
+            batch_rows=get("BATCH_ROWS", base.batch_rows, int),
+            study_prefetch=get("STUDY_PREFETCH", "1") not in ("0", "false", "no"),
+            zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),  # as spaces reads it
             admin_token=env.get("PPLUG_ADMIN_TOKEN", ""),
             studies_dir=Path(get("STUDIES_DIR", str(base.studies_dir))),
             hf_login=bool(env.get("OAUTH_CLIENT_ID") and env.get("SPACE_ID")),

@@ -28,6 +28,7 @@ import torch
 from .generation import GenerationParams, Generator, PromptIds
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
+from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
 from .storage import Store
@@ -97,6 +98,7 @@ class Comparison:
     timings: dict = field(default_factory=dict)
     generation_id: int | None = None
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # condition -> prompt length incl. soft tokens
+    request: str = ""  # the request as answered (cleaned, perhaps cut)
 
     @property
     def personalized(self) -> str:
@@ -123,6 +125,7 @@ class Studio:
         self.encoder = load_encoder(settings)
         self.model, self.tokenizer = load_llm(settings)
         self.generator = Generator(self.model, self.tokenizer)
+        self.scheduler = Scheduler(self.generator, settings.batch_rows)  # one decode loop for every request
         self.encoder_id = canonical_id(settings.encoder)
         self.llm_id = canonical_id(settings.llm)
         self.plug = self._load_plug().to(settings.device).eval()
@@ -333,14 +336,46 @@ class Studio:
 
     def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,
                  conditions: tuple[str, ...] = ("pplug", "generic"), top_k: int = 8,
-                 rag_k: int = 4, tuned: bool = False) -> Iterator[Comparison]:
+                 rag_k: int = 4, tuned: bool = False, log: bool = True) -> Iterator[Comparison]:
         """Stream the answers to ``request`` under each condition, all rows in one batch.
 
         Conditions: ``pplug`` (soft tokens), ``generic`` (same model, same prompt, no plug),
         ``rag`` (the ``rag_k`` history items most similar to the request pasted into the prompt),
         ``pplug+rag`` (both). ``tuned``: the personalized rows add the profile's "tune to me"
-        token (``tune_profile``) to P.
+        token (``tune_profile``) to P. The rows are decoded in the shared loop beside other
+        requests' rows (``demo.core.scheduler``); closing this iterator takes them out at the next
+        step. ``log=False`` stores nothing (a study trial prepared before it is reached).
         """
+        t0 = time.perf_counter()
+        result, embeds, mask = self._prepare(owner, profile_id, request, params, conditions, top_k, rag_k, tuned)
+        t_prep = time.perf_counter()
+        first = None
+        # On ZeroGPU only this call holds the GPU: decode here; elsewhere join the shared loop.
+        rows = (self.generator.stream(embeds, mask, params) if self.settings.zero_gpu
+                else self.scheduler.submit(embeds, mask, params))
+        stream = iter(rows)
+        try:
+            for texts in stream:
+                first = first or time.perf_counter()
+                result.outputs = dict(zip(conditions, texts))
+                yield result
+        finally:
+            stream.close()  # a consumer that left (cancelled, disconnected) frees its rows now
+        end = time.perf_counter()
+        result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
+        if log:
+            result.generation_id = self.store.log_generation(
+                owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=result.request,
+                params={**asdict(params), "conditions": list(conditions)}, personalized=result.personalized,
+                generic=result.generic, timings=result.timings,
+            )
+        result.done = True
+        yield result
+
+    def _prepare(self, owner: str, profile_id: str, request: str, params: GenerationParams,
+                 conditions: tuple[str, ...], top_k: int, rag_k: int,
+                 tuned: bool) -> tuple[Comparison, torch.Tensor, torch.Tensor]:
+        """Check a request and build its rows -> (result so far, embeds [n, T, d_llm], mask [n, T])."""
         limits = self.settings.limits
         unknown = set(conditions) - set(CONDITIONS)
         if unknown or not conditions:
@@ -360,7 +395,6 @@ class Studio:
         if len(request) > limits.max_prompt_chars:
             request = request[:limits.max_prompt_chars]
             notes.append(f"The request was cut to {limits.max_prompt_chars:,} characters.")
-        t0 = time.perf_counter()
         profile = self._profile(owner, profile_id)
         with torch.inference_mode():
             x = self._request_embeddings([request])  # [1, d_enc]
@@ -380,22 +414,8 @@ class Studio:
         result = Comparison(notes=list(dict.fromkeys(notes)), prompt_tokens=dict(zip(conditions, mask.sum(1).tolist())),
                             top_items=[
             TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
-        ])
-        t_prep = time.perf_counter()
-        first = None
-        for texts in self.generator.stream(embeds, mask, params):
-            first = first or time.perf_counter()
-            result.outputs = dict(zip(conditions, texts))
-            yield result
-        end = time.perf_counter()
-        result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
-        result.generation_id = self.store.log_generation(
-            owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=request,
-            params={**asdict(params), "conditions": list(conditions)}, personalized=result.personalized,
-            generic=result.generic, timings=result.timings,
-        )
-        result.done = True
-        yield result
+        ], request=request)
+        return result, embeds, mask
 
 
 def rag_request(request: str, items: list[str], max_chars: int = 600) -> str:
