@@ -14,13 +14,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def studio_with(studio, *, max_context: int | None = None, hf_login: bool | None = None, **limits):
+def studio_with(studio, *, max_context: int | None = None, hf_login: bool | None = None,
+                batch_rows: int | None = None, **limits):
     """A shallow copy of the session's studio (same models, same store) with other limits.
 
-    ``max_context`` stands in for a model with a shorter context window.
+    ``max_context`` stands in for a model with a shorter context window; ``batch_rows`` sets how
+    many generation events the app runs at once (``batch_rows // 2``).
     """
     other = copy.copy(studio)
     other.settings = studio.settings.with_(limits=replace(studio.settings.limits, **limits))
+    if batch_rows is not None:
+        other.settings = other.settings.with_(batch_rows=batch_rows)
     if hf_login is not None:
         other.settings = other.settings.with_(hf_login=hf_login)
     if max_context is not None:

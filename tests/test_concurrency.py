@@ -109,7 +109,7 @@ def test_many_concurrent_sessions_lose_and_duplicate_nothing(app, studio):
 
 
 def test_a_full_queue_answers_with_a_clear_message(studio):
-    demo = build_demo(studio_with(studio, max_queue=2))
+    demo = build_demo(studio_with(studio, max_queue=2, batch_rows=2))  # one generation at a time
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)

@@ -8,9 +8,15 @@ import spaces
 
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, parse_text
-from ..core.studio import Comparison, ServiceError, Studio
+from ..core.studio import ServiceError, Studio
 
-GPU_QUEUE = "gpu"  # compute and generate share one queue: one model, one device
+# Profile work (computing, tuning) runs one at a time beside the generations. Generations run
+# together: the shared decode loop batches their rows (two per request), Gradio's queue holds the rest.
+PROFILE_QUEUE = dict(concurrency_id="profile", concurrency_limit=1)
+
+
+def generate_queue(studio: Studio) -> dict:
+    return dict(concurrency_id="generate", concurrency_limit=max(1, studio.settings.batch_rows // 2))
 
 
 def add_api(studio: Studio) -> None:
@@ -44,23 +50,25 @@ def add_api(studio: Studio) -> None:
     def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, tuned: bool = False) -> dict:
         """Generate the personalized and the generic answer to a request (temperature 0 = greedy);
-        tuned=True adds the profile's "tune to me" token to the personalized answer."""
+        tuned=True adds the profile's "tune to me" token to the personalized answer.
+
+        Streams the answers as they grow (``Client.submit``); ``Client.predict`` returns the last,
+        complete one, which has ``done`` true."""
         try:
             params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("max_new_tokens and seed must be whole numbers; temperature and top_p numbers.",
                            print_exception=False) from None
+        # A generator, so that a cancelled or disconnected call is closed and leaves the decode loop.
         try:
-            result = Comparison()
             if not isinstance(tuned, bool):
                 raise ServiceError("tuned must be true or false.")
             for result in studio.generate(owner_token, profile_id, request, params, tuned=tuned):
-                pass
+                yield {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
+                       "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
+                       "plug_id": studio.plug_id, "generation_id": result.generation_id, "done": result.done}
         except ServiceError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        return {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
-                "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
-                "plug_id": studio.plug_id, "generation_id": result.generation_id}
 
     def list_profiles(owner_token: str) -> list[dict]:
         """The caller's profiles, newest first."""
@@ -76,8 +84,8 @@ def add_api(studio: Studio) -> None:
         except ServiceError as err:
             raise gr.Error(str(err), print_exception=False) from None
 
-    gr.api(compute_profile, api_name="compute_profile", concurrency_id=GPU_QUEUE)
-    gr.api(generate, api_name="generate", concurrency_id=GPU_QUEUE)
-    gr.api(tune_profile, api_name="tune_profile", concurrency_id=GPU_QUEUE)
+    gr.api(compute_profile, api_name="compute_profile", **PROFILE_QUEUE)
+    gr.api(generate, api_name="generate", **generate_queue(studio))
+    gr.api(tune_profile, api_name="tune_profile", **PROFILE_QUEUE)
     gr.api(list_profiles, api_name="list_profiles")
     gr.api(delete_my_data, api_name="delete_my_data")

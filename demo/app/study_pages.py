@@ -22,7 +22,7 @@ from ..study import stats as study_stats
 from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_items, read_study_text
 from ..study.flow import StudyService
 from ..study.store import EXPORT_COLUMNS
-from .api import GPU_QUEUE
+from .api import PROFILE_QUEUE, generate_queue
 from .identity import browser_secret
 
 PRIVATE = dict(api_visibility="private")
@@ -297,12 +297,13 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         except StudyError:
             pass
 
-    gpu = dict(concurrency_id=GPU_QUEUE, **PRIVATE)
+    gpu = dict(**generate_queue(service.studio), **PRIVATE)
+    profile_work = dict(**PROFILE_QUEUE, **PRIVATE)
     demo.load(on_load, saved, view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
     consent_btn.click(on_consent, [ctx, saved, agree], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
-    history_btn.click(on_history, [ctx, saved, history_text, history_files], view, **gpu).then(
+    history_btn.click(on_history, [ctx, saved, history_text, history_files], view, **profile_work).then(
         advance, [ctx, saved], view, **gpu)
-    persona_btn.click(on_persona, [ctx, saved], view, **gpu).then(advance, [ctx, saved], view, **gpu)
+    persona_btn.click(on_persona, [ctx, saved], view, **profile_work).then(advance, [ctx, saved], view, **gpu)
     request_btn.click(on_request, [ctx, saved, request_box], view, **gpu)
     request_box.submit(on_request, [ctx, saved, request_box], view, **gpu)
     for choice, button in vote_btns.items():
@@ -362,8 +363,8 @@ def _participant_api(service: StudyService) -> None:
     gr.api(study_info, api_name="study_info")
     gr.api(study_consent, api_name="study_consent")
     gr.api(study_status, api_name="study_status")
-    gr.api(study_history, api_name="study_history", concurrency_id=GPU_QUEUE)
-    gr.api(study_next, api_name="study_next", concurrency_id=GPU_QUEUE)
+    gr.api(study_history, api_name="study_history", **PROFILE_QUEUE)
+    gr.api(study_next, api_name="study_next", **generate_queue(service.studio))
     gr.api(study_vote, api_name="study_vote")
     gr.api(study_withdraw, api_name="study_withdraw")
 

@@ -20,7 +20,7 @@ from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
 from ..core.settings import REPO_ROOT
 from ..core.studio import Comparison, ServiceError, Studio
-from .api import GPU_QUEUE, add_api
+from .api import PROFILE_QUEUE, add_api, generate_queue
 from .identity import browser_secret, signed_in_owner
 from .study_pages import add_study
 
@@ -247,12 +247,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
             for button, persona in zip(persona_buttons, personas):
                 button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
         compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name],
-                          [status, profiles, profile_id], concurrency_id=GPU_QUEUE, **private)
+                          [status, profiles, profile_id], **PROFILE_QUEUE, **private)
         profiles.change(lambda p: p, profiles, profile_id, **private)
         gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
         gen_outputs = [personalized, generic, weights_plot, weights_table, notes]
-        generate_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
-        request.submit(on_generate, gen_inputs, gen_outputs, concurrency_id=GPU_QUEUE, **private)
+        generate_btn.click(on_generate, gen_inputs, gen_outputs, **generate_queue(studio), **private)
+        request.submit(on_generate, gen_inputs, gen_outputs, **generate_queue(studio), **private)
         delete_btn.click(on_delete, owner, [deleted, profiles, profile_id], **private)
 
         add_api(studio)
