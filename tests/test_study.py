@@ -41,7 +41,7 @@ class FakeStudio:
 
     def __init__(self, store):
         self.store = store
-        self.settings = SimpleNamespace(limits=Limits(), plug="")
+        self.settings = SimpleNamespace(limits=Limits(), plug="", study_prefetch=False)
         self.generated: list[tuple[str, ...]] = []
 
     def compute_profile(self, owner, name, items, source="", progress=None):
@@ -51,7 +51,7 @@ class FakeStudio:
     def delete_my_data(self, owner):
         return self.store.delete_owner_data(owner)
 
-    def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4):
+    def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4, log=True):
         assert self.store.get_profile(profile_id, owner) is not None
         self.generated.append(tuple(conditions))
         yield Comparison(outputs={c: f"output of {c}" for c in conditions}, done=True, timings={"total_s": 0.01})

@@ -253,3 +253,65 @@ def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app
         assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", [profile]).fetchone()[0] == 0
     with pytest.raises(Exception, match="no consent on record"):
         client.predict(**ids, api_name="/study_status")
+
+
+# --- the next trial, prepared while the participant reads -----------------------------------------
+
+def _prefetch_service(studio, name: str, max_new_tokens: int):
+    from demo.study.flow import StudyService
+
+    service = StudyService(studio, studies_dir=None, prefetch=True)
+    service.register(parse_definition({**FLOW, "name": name, "trials_per_participant": 2,
+                                       "generation": {"max_new_tokens": max_new_tokens}}), source="test")
+    me = service.consent(name, True)
+    ids = (name, me["participant_id"], me["participant_token"])
+    row = service.db.participant(*ids)["id"]
+    return service, ids, row
+
+
+def _wait(condition, timeout=60.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_next_trial_is_prepared_ahead_and_stored_only_when_reached(studio):
+    service, ids, row = _prefetch_service(studio, "prefetch-test", 8)
+    assert service.set_history(*ids, items=HISTORY.split("\n\n"))["stage"] == "next"
+    job = service._prefetched[row]  # trial 1 is being generated while the participant reads
+    assert job.ready.wait(120) and job.result is not None
+    assert service.db.trials(row) == [] and service.status(*ids)["stage"] == "next"  # stored and shown: nothing
+    owner = studio.store.owners_of([job.plan.profile_id])
+    assert all(studio.store.generations(o) == [] for o in owner)
+
+    first = service.next_trial(*ids)["trial"]
+    stored = service.db.trials(row)
+    assert len(stored) == 1 and stored[0]["order_seed"] == job.plan.order_seed
+    assert (first["A"], first["B"]) == (job.result.outputs[job.plan.condition_a],
+                                        job.result.outputs[job.plan.condition_b])
+    second_job = service._prefetched[row]  # trial 2 starts while trial 1 is read
+    assert second_job.plan.index == 2
+    service.vote(*ids, first["trial_id"], "A")
+    second_job.ready.wait(120)
+    second = service.next_trial(*ids)["trial"]
+    assert second["index"] == 2 and second["A"] == second_job.result.outputs[second_job.plan.condition_a]
+    assert row not in service._prefetched  # nothing after the last trial
+
+
+def test_a_participant_who_leaves_leaves_no_prepared_trial_behind(studio):
+    service, ids, row = _prefetch_service(studio, "prefetch-leave", 200)
+    service.set_history(*ids, items=HISTORY.split("\n\n"))
+    job = service._prefetched[row]
+    _wait(lambda: studio.scheduler.batch.rows > 0)  # its rows are in the decode loop
+    service.withdraw(*ids)
+    assert job.ready.wait(20) and job.result is None  # it left the loop at a step, long before 200 tokens
+    _wait(lambda: studio.scheduler.active == 0, timeout=10)
+    assert row not in service._prefetched
+    assert studio.store.owners_of([job.plan.profile_id]) == []
+    import sqlite3
+
+    with sqlite3.connect(studio.settings.db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM study_trials WHERE participant = ?", [row]).fetchone()[0] == 0

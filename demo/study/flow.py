@@ -6,7 +6,8 @@ import hmac
 import logging
 import random
 import secrets
-from dataclasses import asdict
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.settings import REPO_ROOT
@@ -24,13 +25,47 @@ def _owner_for(token: str) -> str:
     return "study:" + _sha("owner:" + token)[:40]
 
 
-class StudyService:
-    """Studies on top of a :class:`demo.core.studio.Studio` (models, plug, store)."""
+@dataclass
+class _Plan:
+    """Trial ``index`` of a participant, everything but its answers."""
 
-    def __init__(self, studio, admin_token: str = "", studies_dir: str | Path | None = STUDIES_DIR):
+    index: int
+    prompt: str
+    request_source: str
+    condition_a: str
+    condition_b: str
+    order_seed: int
+    profile_id: str
+    history_id: int
+
+
+@dataclass
+class _Prefetch:
+    """A participant's next trial, generated in memory while they read the current one."""
+
+    plan: _Plan
+    ready: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)  # the participant left
+    result: object = None  # the Comparison, once generated (None if it failed or was abandoned)
+
+
+class StudyService:
+    """Studies on top of a :class:`demo.core.studio.Studio` (models, plug, store).
+
+    While a participant reads and votes on trial k, trial k+1 of a study with fixed prompts is
+    generated into memory (``_Prefetch``), so it appears without waiting. Nothing of it is stored
+    or shown before the participant reaches it; one who leaves takes it out of the decode loop at
+    the next step and it is forgotten.
+    """
+
+    def __init__(self, studio, admin_token: str = "", studies_dir: str | Path | None = STUDIES_DIR,
+                 prefetch: bool | None = None):
         self.studio = studio
         self.admin_token = admin_token
         self.db = StudyStore(studio.store)
+        self.prefetch = studio.settings.study_prefetch if prefetch is None else prefetch
+        self._prefetched: dict[int, _Prefetch] = {}  # participant row id -> their next trial
+        self._prefetch_lock = threading.Lock()
         self.load_errors: list[str] = []
         if studies_dir and Path(studies_dir).is_dir():
             for path in sorted(Path(studies_dir).iterdir()):
@@ -182,7 +217,10 @@ class StudyService:
         except ServiceError as err:
             raise StudyError(str(err)) from None
         self.db.add_history(participant["id"], result.profile_id, kind, persona, result.n_items)
-        return self.status(name, participant_id, token)
+        status = self.status(name, participant_id, token)
+        if status["stage"] == "next":
+            self._start_prefetch(participant, d, token, status["index"])
+        return status
 
     def next_trial(self, name: str, participant_id: str, token: str, request: str = "") -> dict:
         """The participant's open trial, or a new one generated now; ``done`` after the last vote.
@@ -202,7 +240,25 @@ class StudyService:
         problem = self.plug_problem(d)
         if problem:
             raise StudyError(problem)
-        index = status["index"]
+        plan = self._plan(participant, d, status["index"], request)
+        plan, result = self._take_prefetched(participant["id"], plan) or (plan, self._generate(plan, d, token))
+        if result is None:
+            raise StudyError("The trial could not be generated; please try again.")
+        params = self._params(d, plan)
+        trial = self.db.add_trial(
+            participant=participant["id"], study=d.name, study_version=participant["study_version"],
+            trial_index=plan.index, request=plan.prompt, request_source=plan.request_source,
+            condition_a=plan.condition_a, condition_b=plan.condition_b, order_seed=plan.order_seed,
+            output_a=result.outputs[plan.condition_a], output_b=result.outputs[plan.condition_b],
+            params=asdict(params), plug_id=self.studio.plug_id, encoder_id=self.studio.encoder_id,
+            llm_id=self.studio.llm_id, history=plan.history_id,
+            generation_seconds=round(result.timings.get("total_s", 0.0), 3))
+        self._start_prefetch(participant, d, token, plan.index + 1)
+        return {**status, "stage": "trial", "trial": self._public_trial(trial, d)}
+
+    # -- generating trials (now or ahead of time) --------------------------------------
+
+    def _plan(self, participant: dict, d: StudyDefinition, index: int, request: str = "") -> _Plan:
         pair, prompt = schedule(d, participant["assignment_seed"])[index - 1]
         request_source = "study"
         if d.participant_prompts:
@@ -211,25 +267,70 @@ class StudyService:
         history = self.db.history(participant["id"])
         order_seed = new_seed()
         condition_a, condition_b = side_order(pair, order_seed)
+        return _Plan(index, prompt, request_source, condition_a, condition_b, order_seed, history["profile_id"],
+                     history["id"])
+
+    @staticmethod
+    def _params(d: StudyDefinition, plan: _Plan):
         from ..core.generation import GenerationParams
+
+        return GenerationParams(d.max_new_tokens, d.temperature, d.top_p, seed=plan.order_seed)
+
+    def _generate(self, plan: _Plan, d: StudyDefinition, token: str, stop: threading.Event | None = None):
+        """The trial's two answers (a Comparison); None if ``stop`` was set first. Stores nothing:
+        the trial row, written when the participant reaches it, is the record."""
         from ..core.studio import ServiceError
 
-        params = GenerationParams(d.max_new_tokens, d.temperature, d.top_p, seed=order_seed)
+        steps = self.studio.generate(_owner_for(token), plan.profile_id, plan.prompt, self._params(d, plan),
+                                     conditions=(plan.condition_a, plan.condition_b), rag_k=d.rag_k, log=False)
         try:
             result = None
-            for result in self.studio.generate(_owner_for(token), history["profile_id"], prompt, params,
-                                               conditions=(condition_a, condition_b), rag_k=d.rag_k):
-                pass
+            for result in steps:
+                if stop is not None and stop.is_set():
+                    return None  # closing the steps takes the rows out of the loop
         except ServiceError as err:
             raise StudyError(str(err)) from None
-        trial = self.db.add_trial(
-            participant=participant["id"], study=d.name, study_version=participant["study_version"],
-            trial_index=index, request=prompt, request_source=request_source, condition_a=condition_a,
-            condition_b=condition_b, order_seed=order_seed, output_a=result.outputs[condition_a],
-            output_b=result.outputs[condition_b], params=asdict(params), plug_id=self.studio.plug_id,
-            encoder_id=self.studio.encoder_id, llm_id=self.studio.llm_id, history=history["id"],
-            generation_seconds=round(result.timings.get("total_s", 0.0), 3))
-        return {**status, "stage": "trial", "trial": self._public_trial(trial, d)}
+        finally:
+            steps.close()
+        return result
+
+    def _start_prefetch(self, participant: dict, d: StudyDefinition, token: str, index: int) -> None:
+        """Generate trial ``index`` in the background, if the study's prompts are known in advance."""
+        if not self.prefetch or d.participant_prompts or index > d.trials_per_participant:
+            return
+        with self._prefetch_lock:
+            if participant["id"] in self._prefetched:
+                return
+            job = self._prefetched[participant["id"]] = _Prefetch(self._plan(participant, d, index))
+
+        def run() -> None:
+            try:
+                job.result = self._generate(job.plan, d, token, stop=job.abandoned)
+            except Exception as err:  # noqa: BLE001 - the trial is then generated when reached
+                log.info("Prefetching a trial failed (%s); it is generated when reached", err)
+            finally:
+                job.ready.set()
+
+        threading.Thread(target=run, name="pplug-study-prefetch", daemon=True).start()
+
+    def _take_prefetched(self, participant_row: int, plan: _Plan) -> tuple[_Plan, object] | None:
+        """The prefetched trial for ``plan``'s index (waiting for it if it is still being generated)."""
+        with self._prefetch_lock:
+            job = self._prefetched.pop(participant_row, None)
+        if job is None:
+            return None
+        same = (job.plan.index, job.plan.prompt, job.plan.profile_id) == (plan.index, plan.prompt, plan.profile_id)
+        if not same:
+            job.abandoned.set()
+            return None
+        job.ready.wait()
+        return (job.plan, job.result) if job.result is not None else None
+
+    def _drop_prefetch(self, participant_row: int) -> None:
+        with self._prefetch_lock:
+            job = self._prefetched.pop(participant_row, None)
+        if job is not None:
+            job.abandoned.set()
 
     def interact(self, name: str, participant_id: str, token: str, trial_id: int) -> None:
         participant, _ = self._participant(name, participant_id, token)
@@ -255,6 +356,7 @@ class StudyService:
     def _withdraw(self, participant: dict, d: StudyDefinition) -> dict:
         # Their writing (profile, items, embeddings, generations) goes in every mode, first: if the
         # study rows then failed, the withdrawal is not recorded and can be asked for again.
+        self._drop_prefetch(participant["id"])
         deleted: dict[str, int] = {}
         for owner in self.studio.store.owners_of(self.db.profile_ids(participant["id"])):
             for table, n in self.studio.delete_my_data(owner).items():
