@@ -111,7 +111,7 @@ def test_delete_my_data_leaves_no_row(client, studio):
 
     counts = client.predict(owner_token=alice, api_name="/delete_my_data")
     assert counts == {"history_items": 6, "profile_matrices": 2, "personal_embeddings": 2, "item_embeddings": 4,
-                      "generations": 2, "profiles": 2}
+                      "generations": 2, "personal_tokens": 0, "profiles": 2}
 
     after = _rows(studio.settings.db_path)
     assert _mentions(after, needles) == []  # no table holds her token, ids, texts, hashes or prompts
