@@ -183,7 +183,7 @@ def test_uploaded_files_are_removed_from_gradios_cache(app):
 
 def test_page_events_are_not_published_as_api_endpoints(client):
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    public = {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data"}
+    public = {"/compute_profile", "/generate", "/tune_profile", "/list_profiles", "/delete_my_data"}
     assert public <= named
     # Everything else is the study's participant API; nothing admin, nothing that takes no token.
     assert all(name.startswith("/study_") for name in named - public), named - public
