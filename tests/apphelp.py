@@ -1,39 +1,50 @@
-"""Helpers shared by the hardening tests: a free port, a studio with other limits, the app's handlers."""
+"""Helpers shared by the tests: a studio with other settings, the app's handlers, the generation log,
+exported CSV cells."""
 from __future__ import annotations
 
-import copy
-import socket
-from dataclasses import replace
+import csv
+import io
+import json
+from dataclasses import fields, replace
 
 from demo.core.generation import Generator
+from demo.core.settings import Limits
+from demo.core.studio import Studio
+
+LIMITS = {f.name for f in fields(Limits)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def studio_with(studio: Studio, *, max_context: int | None = None, **changes) -> Studio:
+    """A studio on the session's models and store with other settings (``Settings`` fields, or
+    ``Limits`` fields such as ``max_items``).
 
-
-def studio_with(studio, *, max_context: int | None = None, hf_login: bool | None = None,
-                batch_rows: int | None = None, **limits):
-    """A shallow copy of the session's studio (same models, same store) with other limits.
-
-    ``max_context`` stands in for a model with a shorter context window; ``batch_rows`` sets how
-    many generation events the app runs at once (``batch_rows // 2``).
+    ``max_context`` stands in for a model with a shorter context window; ``batch_rows`` (a setting)
+    sets how many generation events the app runs at once (``batch_rows // 2``).
     """
-    other = copy.copy(studio)
-    other.settings = studio.settings.with_(limits=replace(studio.settings.limits, **limits))
-    if batch_rows is not None:
-        other.settings = other.settings.with_(batch_rows=batch_rows)
-    if hf_login is not None:
-        other.settings = other.settings.with_(hf_login=hf_login)
-    if max_context is not None:
-        generator = copy.copy(studio.generator)
-        generator.__class__ = type("ShortContextGenerator", (Generator,), {"max_context": max_context})
-        other.generator = generator
-    return other
+    limits = {k: v for k, v in changes.items() if k in LIMITS}
+    settings = studio.settings.with_(limits=replace(studio.settings.limits, **limits),
+                                     **{k: v for k, v in changes.items() if k not in LIMITS})
+    generator = Generator(studio.model, studio.tokenizer, max_context) if max_context else studio.generator
+    return Studio(settings, encoder=studio.encoder, generator=generator, store=studio.store, plug=studio.plug)
 
 
 def handler(demo, name: str):
     """The function behind one of the page's events, by its name."""
     return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def logged_generations(store, owner: str) -> list[dict]:
+    """The owner's rows of the generation log, newest first, with params and timings decoded."""
+    rows = store.rows("SELECT * FROM generations WHERE owner = ? ORDER BY id DESC", [owner])
+    return [{**r, "params": json.loads(r["params"]), "timings": json.loads(r["timings"])} for r in rows]
+
+
+def csv_cells(text: str) -> list[dict]:
+    """The rows of an exported CSV file, as the text of each cell."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def as_cells(rows: list[dict]) -> list[dict]:
+    """Export rows as their CSV cells: None empty, booleans "true"/"false", the rest as text."""
+    return [{k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in r.items()}
+            for r in rows]

@@ -4,7 +4,7 @@ from gradio_client import Client
 
 from demo.app.ui import build_demo
 
-from apphelp import free_port
+from demo.core.text import free_port
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"

@@ -17,8 +17,9 @@ from demo.app.ui import build_demo
 from demo.core.generation import GenerationParams
 from demo.core.history import HistoryError, parse_file, parse_text
 from demo.core.studio import ServiceError
+from demo.core.text import free_port
 
-from apphelp import free_port, handler, studio_with
+from apphelp import handler, logged_generations, studio_with
 
 GOOD = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, dark chocolate.\n\nMy boots gave up at mile 900."
 TOKEN = "bad-input-owner-token-0123456789"
@@ -343,7 +344,7 @@ def test_api_request_with_control_characters_is_cleaned(api, api_profile, studio
     out = api.predict(owner_token=TOKEN, profile_id=api_profile, request="Write\x00 a \x1b[2Jtweet\x07 about\r\nhiking.",
                       max_new_tokens=4, api_name="/generate")
     assert out["personalized"] and out["generic"]
-    logged = studio.store.generations(TOKEN, limit=1)[0]
+    logged = logged_generations(studio.store, TOKEN)[0]
     assert logged["id"] == out["generation_id"] and logged["prompt"] == "Write a [2Jtweet about\nhiking."
 
 
@@ -453,9 +454,7 @@ def admin_page(studio):
 
 
 def _with_admin(studio):
-    other = studio_with(studio)
-    other.settings = other.settings.with_(admin_token=ADMIN)
-    return other
+    return studio_with(studio, admin_token=ADMIN)
 
 
 @pytest.mark.parametrize("content,expected", [

@@ -15,8 +15,9 @@ import shutil
 import pytest
 
 from demo.app.ui import build_demo
+from demo.core.text import free_port
 
-from apphelp import free_port, studio_with
+from apphelp import studio_with
 
 # .ci/run sets PPLUG_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
 REQUIRED = os.environ.get("PPLUG_REQUIRE_BROWSER") == "1"
@@ -270,12 +271,12 @@ def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio
         page.get_by_text("Leave the study and delete my data").click()
         page.get_by_role("button", name="Leave the study", exact=True).click()
         page.get_by_text("Tick the box to confirm").first.wait_for()  # nothing happens without the tick
-        assert studio.store._db().execute(
+        assert studio.store.connection().execute(
             "SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 1
         page.get_by_label("Yes, I want to leave this study.").check()
         page.get_by_role("button", name="Leave the study", exact=True).click()
         page.get_by_text("You have left the study").wait_for()
         assert dialogs == []
-    db = studio.store._db()
+    db = studio.store.connection()
     assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM history_items WHERE text = 'I collect maps.'").fetchone()[0] == 0

@@ -12,10 +12,11 @@ import pytest
 from gradio_client import Client
 
 from demo.app.ui import build_demo
+from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
-from apphelp import free_port, studio_with
+from apphelp import studio_with
 
 API_SESSIONS = 20
 STUDY_SESSIONS = 4

@@ -20,7 +20,7 @@ from gradio_client import Client
 from demo.core.settings import Settings, choose_journal_mode, filesystem_type, is_network_filesystem
 from demo.core.storage import Store
 
-from apphelp import free_port
+from demo.core.text import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_journal_mode_setting_overrides_detection(tmp_path):
     assert settings.db_journal_mode == "DELETE"
     with Store(settings.db_path, journal_mode=settings.db_journal_mode) as store:
         store.create_profile("o" * 16, "n", ["a", "b"])
-        assert store._db().conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert store.connection().conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert not Path(str(settings.db_path) + "-wal").exists()
 
 

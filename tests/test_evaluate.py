@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from demo.core.models import llm_folder
 from demo.core.plug import PPlug
 from demo.core.settings import REPO_ROOT
+from demo.core.text import free_port
 from demo.research import evaluate as evaluate_cli
 from demo.research import oracle as oracle_cli
 from demo.research import train as train_cli
@@ -125,12 +125,6 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert "| pplug+rag |" in md and "fit MRR" in md
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

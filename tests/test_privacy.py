@@ -14,8 +14,9 @@ from gradio_client import Client
 from demo.app.identity import signed_in_owner
 from demo.app.ui import build_demo
 from demo.core.settings import Settings
+from demo.core.text import free_port
 
-from apphelp import free_port, handler, studio_with
+from apphelp import handler, logged_generations, studio_with
 
 SHARED = "A sentence that two different people both wrote, word for word."
 
@@ -70,10 +71,11 @@ def test_another_token_cannot_list_read_use_or_delete(client, studio):
     removed = client.predict(owner_token=mallory, api_name="/delete_my_data")  # delete
     assert set(removed.values()) == {0}
     assert [p["id"] for p in client.predict(owner_token=alice, api_name="/list_profiles")] == [mine["profile_id"]]
-    assert studio.store.generations(mallory) == [] and len(studio.store.generations(alice)) == 1
+    assert logged_generations(studio.store, mallory) == [] and len(logged_generations(studio.store, alice)) == 1
     # Service calls with a wrong owner do no better than the API.
     assert studio.store.get_profile(mine["profile_id"], mallory) is None
-    assert not studio.store.delete_profile(mine["profile_id"], mallory)
+    assert set(studio.delete_my_data(mallory).values()) == {0}
+    assert studio.store.get_profile(mine["profile_id"], alice) is not None
 
 
 def test_ids_and_owner_tokens_are_not_guessable(app, studio):
@@ -138,10 +140,10 @@ def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
 def test_compute_before_the_page_knows_its_visitor_stores_nothing(app, studio):
     # The button is enabled only after the page's load event; a click that still arrives without
     # an owner gets a message and stores nothing.
-    before = studio.store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
+    before = studio.store.connection().execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
     with pytest.raises(gr.Error, match="still loading"):
         handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
-    assert studio.store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == before
+    assert studio.store.connection().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == before
 
 
 def test_a_signed_in_visitor_is_the_same_owner_in_every_browser(app, studio):
@@ -194,11 +196,7 @@ ADMIN = "the-admin-token-of-the-privacy-tests"
 
 
 def _admin_demo(studio, token: str):
-    from apphelp import studio_with
-
-    other = studio_with(studio)
-    other.settings = other.settings.with_(admin_token=token)
-    return build_demo(other)
+    return build_demo(studio_with(studio, admin_token=token))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,14 @@
 """The service layer end to end on the real embedded models and a real SQLite file."""
+import copy
+
 import pytest
+import torch
 
 from demo.core.generation import GenerationParams
-from demo.core.studio import ServiceError
+from demo.core.settings import Settings
+from demo.core.studio import ServiceError, Studio
+
+from apphelp import logged_generations
 
 HISTORY = [
     "Rode my bike to the farmers market again, bought way too many peaches.",
@@ -30,7 +36,7 @@ def test_compute_then_generate_both_sides(studio, owner):
     assert sum(t.weight for t in final.top_items) == pytest.approx(1.0, abs=1e-4)
     top_text = final.top_items[0].text.lower()
     assert "focaccia" in top_text or "sourdough" in top_text  # the bread items weigh most
-    logged = studio.store.generations(owner)[0]
+    logged = logged_generations(studio.store, owner)[0]
     assert logged["personalized"] == final.personalized and logged["generic"] == final.generic
 
 
@@ -86,25 +92,17 @@ def test_rag_conditions_put_the_nearest_items_into_the_prompt(studio, owner):
         next(studio.generate(owner, profile, "hi", GenerationParams(), conditions=("magic",)))
 
 
-def test_the_gpu_dtype_path_runs_on_cpu(settings, owner):
+def test_the_gpu_dtype_path_runs_on_cpu(studio, owner):
     """bf16, as used on a GPU, exercised on CPU: soft tokens are cast to the LLM's dtype."""
-    import torch
-
-    from demo.core.studio import Studio
-
-    studio16 = Studio(settings.with_(llm_dtype="bfloat16"))
+    settings = studio.settings.with_(llm_dtype="bfloat16")
+    studio16 = Studio(settings, encoder=studio.encoder, store=studio.store)  # the LLM loaded again, in bf16
     assert studio16.model.dtype == torch.bfloat16
     profile = studio16.compute_profile(owner, "bf16", HISTORY).profile_id
     final = list(studio16.generate(owner, profile, "Write a tweet about bread.", GenerationParams(max_new_tokens=6)))[-1]
     assert final.done and final.personalized and final.generic
-    studio16.store.close()
 
 
 def test_device_and_dtype_settings():
-    import torch
-
-    from demo.core.settings import Settings
-
     assert Settings.from_env({"PPLUG_DEVICE": "cuda"}).dtype == torch.bfloat16
     assert Settings.from_env({"PPLUG_DEVICE": "cpu"}).dtype == torch.float32
     assert Settings.from_env({"PPLUG_DEVICE": "cpu", "PPLUG_LLM_DTYPE": "float16"}).dtype == torch.float16
@@ -113,17 +111,12 @@ def test_device_and_dtype_settings():
 
 
 def test_a_plug_with_an_input_encoder_embeds_the_request_with_it(studio, owner):
-    import copy
-
-    import torch
-
     encoder = copy.deepcopy(studio.encoder).eval()
     with torch.no_grad():  # another x than the frozen encoder's: one layer of the copy changed
         next(p for n, p in encoder.named_parameters() if "query.weight" in n).mul_(-1)
     plug = copy.deepcopy(studio.plug)
     plug.attach_input_encoder(encoder)
-    other = copy.copy(studio)
-    other.plug, other.plug_id = plug, plug.plug_id
+    other = Studio(studio.settings, encoder=studio.encoder, generator=studio.generator, store=studio.store, plug=plug)
     profile = studio.compute_profile(owner, "mine", HISTORY).profile_id
     params = GenerationParams(max_new_tokens=4)
     base = list(studio.generate(owner, profile, "Write a tweet about cycling.", params))[-1]

@@ -12,6 +12,8 @@ from sqlite_utils import Database
 
 from demo.core.storage import MIGRATIONS, MIGRATIONS_TABLE, Store, blob_to_vector, vector_to_blob
 
+from apphelp import logged_generations
+
 TABLES = {
     "profiles",
     "history_items",
@@ -88,7 +90,7 @@ def test_a_database_of_the_first_schema_opens_and_gains_the_token_table(db_path)
 
 
 def test_pragmas_wal_busy_timeout_foreign_keys(store, db_path):
-    db = store._db()
+    db = store.connection()
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -97,7 +99,7 @@ def test_pragmas_wal_busy_timeout_foreign_keys(store, db_path):
 
 def test_journal_mode_delete(tmp_path):
     s = Store(tmp_path / "d.db", journal_mode="DELETE")
-    assert s._db().execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert s.connection().execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     s.close()
     with pytest.raises(ValueError):
         Store(tmp_path / "e.db", journal_mode="WAL; DROP TABLE profiles")
@@ -127,16 +129,15 @@ def test_profile_create_get_list_with_owner_isolation(store):
     assert [p["id"] for p in store.list_profiles("bob")] == [p3]
     assert store.list_profiles("mallory") == []
 
-    # Another owner sees nothing and cannot delete.
+    # Another owner sees nothing and deletes nothing of alice's.
     assert store.get_profile(p1, "bob") is None
     assert store.get_profile("no-such-id", "alice") is None
-    assert store.delete_profile(p1, "bob") is False
+    assert store.delete_owner_data("bob")["profiles"] == 1
     assert store.get_profile(p1, "alice") is not None
 
-    assert store.delete_profile(p1, "alice") is True
+    assert store.delete_owner_data("alice")["profiles"] == 2
     assert store.get_profile(p1, "alice") is None
     assert store.profile_items(p1) == []
-    assert store.delete_profile(p1, "alice") is False
 
 
 def test_items_round_trip_with_positions_and_hashes(store):
@@ -154,7 +155,7 @@ def test_create_profile_is_atomic(store, db_path):
     # A failure inside the transaction (here: a duplicate id) leaves no partial rows.
     pid = store.create_profile("alice", "p", ["x"])
     with pytest.raises(sqlite3.IntegrityError):
-        with store._write() as db:
+        with store.transaction() as db:
             db.execute("INSERT INTO profiles VALUES ('zz', 'alice', 'n', '', 1, 'now')")
             db.execute("INSERT INTO history_items VALUES ('zz', 0, 't', 'h')")
             db.execute("INSERT INTO profiles VALUES (?, 'alice', 'n', '', 0, 'now')", [pid])
@@ -200,7 +201,7 @@ def test_blob_corrupted_length_raises():
 def test_corrupted_row_in_database_raises(store):
     pid = store.create_profile("alice", "p", ["a", "b"])
     store.put_profile_matrix(pid, "enc", rng_matrix(2, 4))
-    store._db().execute("UPDATE profile_matrices SET n_rows = 3")
+    store.connection().execute("UPDATE profile_matrices SET n_rows = 3")
     with pytest.raises(ValueError, match="corrupted"):
         store.profile_matrix(pid, "enc")
 
@@ -228,7 +229,7 @@ def test_embedding_cache_hit_miss_and_insert_or_ignore(store):
 
 def test_embedding_cache_more_than_999_hashes(store):
     # Behave like an SQLite build with the historical 999-variable limit.
-    store._db().conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    store.connection().conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     n = 2345
     hashes = [sha(str(i)) for i in range(n)]
     vectors = {h: np.full(4, i, dtype=np.float32) for i, h in enumerate(hashes[:1500])}
@@ -255,7 +256,7 @@ def test_profile_matrix_replace(store):
     got = store.profile_matrix(pid, "enc")
     assert got.shape == (1, 7) and np.array_equal(got, m2)
     assert store.profile_matrix(pid, "enc-2") is None
-    assert store._db().execute("SELECT COUNT(*) FROM profile_matrices").fetchone()[0] == 1
+    assert store.connection().execute("SELECT COUNT(*) FROM profile_matrices").fetchone()[0] == 1
 
     with pytest.raises(ValueError):
         store.put_profile_matrix(pid, "enc", np.zeros(5))
@@ -304,7 +305,7 @@ def test_generation_log_round_trip(store):
         owner="bob", profile_id=None, plug_id="p", prompt="x", params={}, personalized="",
         generic="", timings={},
     )
-    rows = store.generations("alice")
+    rows = logged_generations(store, "alice")
     assert [r["id"] for r in rows] == ids[::-1]
     newest = rows[0]
     assert newest["owner"] == "alice" and newest["profile_id"] == pid and newest["plug_id"] == "plug-v1"
@@ -313,12 +314,12 @@ def test_generation_log_round_trip(store):
     assert newest["timings"] == {"encode_s": 0.1, "generate_s": 1.25}
     assert newest["created_at"].endswith("+00:00")
     assert rows[-1]["profile_id"] is None
-    assert [r["id"] for r in store.generations("alice", limit=2)] == ids[:0:-1]
-    assert len(store.generations("bob")) == 1
+    assert len(logged_generations(store, "bob")) == 1
 
-    # Deleting the profile keeps the owner's log but drops the reference.
-    store.delete_profile(pid, "alice")
-    assert [r["profile_id"] for r in store.generations("alice")] == [None, None, None]
+    # A profile that goes keeps its owner's log but drops the reference (ON DELETE SET NULL).
+    with store.transaction() as db:
+        db.execute("DELETE FROM profiles WHERE id = ?", [pid])
+    assert [r["profile_id"] for r in logged_generations(store, "alice")] == [None, None, None]
 
 
 # -- deletion -----------------------------------------------------------------------------
@@ -369,17 +370,10 @@ def test_delete_owner_data(store, db_path):
     cached = store.cached_embeddings("enc", [sha(t) for t in ["only alice", "alice again", "shared", "only bob", "unrelated"]])
     assert set(cached) == {sha("shared"), sha("only bob"), sha("unrelated")}
     assert store.get_profile(bob, "bob") is not None
-    assert len(store.generations("bob")) == 1
+    assert len(logged_generations(store, "bob")) == 1
     assert store.profile_matrix(bob, "enc") is not None and store.personal_embedding(bob, "plug") is not None
-    assert store.list_profiles("alice") == [] and store.generations("alice") == []
+    assert store.list_profiles("alice") == [] and logged_generations(store, "alice") == []
     assert store.delete_owner_data("alice") == {k: 0 for k in counts}
-
-
-def test_delete_profile_drops_unshared_cache_entries(store):
-    p1 = _fill(store, "alice", ["mine", "shared"])
-    _fill(store, "alice", ["shared"])
-    assert store.delete_profile(p1, "alice")
-    assert set(store.cached_embeddings("enc", [sha("mine"), sha("shared")])) == {sha("shared")}
 
 
 # -- threads ------------------------------------------------------------------------------
@@ -395,13 +389,14 @@ def test_per_thread_connections_concurrent_writes(store, db_path):
     def work(t: int) -> None:
         try:
             start.wait()
-            connections[t] = id(store._db().conn)
+            connections[t] = id(store.connection().conn)
             created[t] = []
             for i in range(per_thread):
                 items = [f"t{t} item {j}" for j in range(20)]
                 created[t].append(store.create_profile(f"owner{t}", f"p{i}", items))
-                # delete_profile reads before it writes: it must not fail under contention.
-                assert store.delete_profile(store.create_profile(f"owner{t}", "tmp", items), f"owner{t}")
+                # delete_owner_data reads before it writes: it must not fail under contention.
+                store.create_profile(f"tmp{t}", "tmp", items)
+                assert store.delete_owner_data(f"tmp{t}")["profiles"] == 1
             store.put_embeddings("enc", {sha(f"t{t}"): np.ones(4, dtype=np.float32)})
         except BaseException as exc:  # surfaced below
             errors.append(exc)

@@ -143,7 +143,7 @@ def test_nothing_is_stored_before_consent(store):
     service.info("unit")
     with pytest.raises(StudyError, match="tick the consent box"):
         service.consent("unit", False, "PROLIFIC123")
-    db = store._db()
+    db = store.connection()
     assert db.execute("SELECT COUNT(*) FROM study_participants").fetchone()[0] == 0
     out = service.consent("unit", True, "PROLIFIC123", "S1", "X1")
     row = next(db.query("SELECT * FROM study_participants"))
@@ -168,10 +168,10 @@ def test_votes_count_once_and_only_for_their_participant(store):
     service.vote(*alice, trial["trial_id"], "B", "more like me")
     with pytest.raises(StudyError, match="already recorded"):
         service.vote(*alice, trial["trial_id"], "A")
-    votes = store._db().execute("SELECT COUNT(*) FROM study_votes").fetchone()[0]
+    votes = store.connection().execute("SELECT COUNT(*) FROM study_votes").fetchone()[0]
     assert votes == 1
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        with store._write() as db:
+        with store.transaction() as db:
             db.execute("UPDATE study_votes SET choice = 'A'")
 
 
@@ -186,7 +186,7 @@ def test_full_run_resumes_and_ends_with_the_completion_code(store):
         out = service.vote(*args, trial["trial_id"], "tie")
     assert out["stage"] == "done" and out["completion_code"] == "DONE42"
     assert service.next_trial(*args)["stage"] == "done"
-    assert store._db().execute("SELECT COUNT(*) FROM study_completions").fetchone()[0] == 1
+    assert store.connection().execute("SELECT COUNT(*) FROM study_completions").fetchone()[0] == 1
     assert len(service.studio.generated) == 4
 
 
@@ -381,7 +381,7 @@ def _rows(store, table: str, participant: int) -> list[dict]:
     where = ("id = ?" if table == "study_participants" else
              "trial IN (SELECT id FROM study_trials WHERE participant = ?)" if table == "study_interactions" else
              "participant = ?")
-    return list(store._db().query(f"SELECT * FROM {table} WHERE {where}", [participant]))
+    return list(store.connection().query(f"SELECT * FROM {table} WHERE {where}", [participant]))
 
 
 def _vote_twice(service, pid: str, **request):
@@ -400,11 +400,11 @@ def test_withdrawal_deletes_every_study_row_and_the_writing(store):
     out = service.withdraw(*args)
     assert out["mode"] == "delete" and out["deleted"]["history_items"] == len(ITEMS)
     assert all(_rows(store, t, me) == [] for t in STUDY_TABLES)
-    assert store._db().execute("SELECT COUNT(*) FROM profiles WHERE id = ?", [profile]).fetchone()[0] == 0
-    assert store._db().execute("SELECT COUNT(*) FROM history_items WHERE profile_id = ?", [profile]).fetchone()[0] == 0
+    assert store.connection().execute("SELECT COUNT(*) FROM profiles WHERE id = ?", [profile]).fetchone()[0] == 0
+    assert store.connection().execute("SELECT COUNT(*) FROM history_items WHERE profile_id = ?", [profile]).fetchone()[0] == 0
     # the other participant is untouched, the record of the withdrawal says only that someone left
     assert len(_rows(store, "study_votes", other)) == 2
-    assert list(store._db().query("SELECT participant, mode FROM study_withdrawals")) == [
+    assert list(store.connection().query("SELECT participant, mode FROM study_withdrawals")) == [
         {"participant": me, "mode": "delete"}]
     with pytest.raises(StudyError, match="no consent on record"):
         service.status(*args)
@@ -430,7 +430,7 @@ def test_withdrawal_with_kept_votes_anonymizes_them_in_place(store):
     assert all(t["request"] == "" and t["output_a"] == t["output_b"] == "" and t["reason"] == "" for t in trials)
     dump = json.dumps([_rows(store, t, me) for t in STUDY_TABLES])
     assert "PROLIFIC-LEAVER" not in dump and "Biscuit" not in dump and "reason of" not in dump
-    assert store._db().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 0
+    assert store.connection().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 0
     results = compute_results(service.db.export_rows("unit"))
     assert results.included == 2  # the votes still count
     with pytest.raises(StudyError, match="no consent on record"):
@@ -441,7 +441,7 @@ def test_only_a_recorded_withdrawal_unlocks_a_participants_rows(store):
     service = make_service(store)
     _, me = _vote_twice(service, "kept")
     _, gone = _vote_twice(service, "gone")
-    with store._write() as db:
+    with store.transaction() as db:
         db.execute("INSERT INTO study_withdrawals (participant, study, mode, withdrawn_at) VALUES (?, 'unit', "
                    "'delete', 'now')", [gone])
         db.execute("DELETE FROM study_votes WHERE participant = ?", [gone])  # allowed: recorded withdrawal
@@ -450,10 +450,10 @@ def test_only_a_recorded_withdrawal_unlocks_a_participants_rows(store):
                ("UPDATE study_trials SET request = '' WHERE participant = ?", gone)]  # withdrawn to delete, not edit
     for sql, who in refused:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            with store._write() as db:
+            with store.transaction() as db:
                 db.execute(sql, [who])
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        with store._write() as db:
+        with store.transaction() as db:
             db.execute("DELETE FROM study_withdrawals")
 
 

@@ -2,7 +2,6 @@
 own handlers. Generations are kept to a few tokens."""
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import httpx
@@ -10,6 +9,7 @@ import pytest
 from gradio_client import Client
 
 from demo.app.ui import build_demo
+from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
@@ -27,12 +27,6 @@ FLOW = {
     "reveal_conditions": True,
     "completion": {"code": "FLOW-OK", "redirect_url": "https://example.org/done?cc=FLOW-OK"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

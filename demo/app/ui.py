@@ -18,13 +18,12 @@ import spaces
 
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
-from ..core.settings import REPO_ROOT
+from ..core.settings import PERSONAS_DIR, REPO_ROOT
 from ..core.studio import Comparison, ServiceError, Studio
 from .api import PROFILE_QUEUE, add_api, generate_queue
 from .identity import browser_secret, signed_in_owner
 from .study_pages import add_study
 
-PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
 
 INTRO = """# PPlug Studio

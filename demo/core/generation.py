@@ -73,6 +73,7 @@ def apply_policy(logits: torch.Tensor, tokens: list[list[int]], params: Generati
 class PromptIds:
     prefix: list[int]  # chat template up to and including the user role header
     suffix: list[int]  # the request, end of turn, assistant header
+    cut_to: int | None = None  # request tokens kept when the request was cut to fit (else None)
 
     @property
     def plain(self) -> list[int]:
@@ -82,7 +83,8 @@ class PromptIds:
 class Generator:
     """Frozen LLM + tokenizer, with the one decode loop the app uses for every row."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_context: int | None = None):
+        """``max_context``: the prompt + answer tokens allowed (default: the model's positions)."""
         self.model = model
         self.tokenizer = tokenizer
         self.embedding = model.get_input_embeddings()
@@ -99,14 +101,11 @@ class Generator:
         head, tail = text.split(_MARKER)
         self._head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         self._tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
 
     @property
     def device(self) -> torch.device:
         return self.embedding.weight.device
-
-    @property
-    def max_context(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     # --- prompts ---------------------------------------------------------------------------
 
@@ -115,6 +114,15 @@ class Generator:
         # The request is the visitor's text: "<|im_end|>" typed into it stays text, never a real marker.
         request_ids = self.tokenizer(request, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return PromptIds(prefix=list(self._head_ids), suffix=request_ids + self._tail_ids)
+
+    def fit_prompt(self, request: str, max_tokens: int) -> PromptIds:
+        """:meth:`prompt_ids` with the request cut (its end) so that prefix + suffix fit ``max_tokens``;
+        the chat template around it stays whole. ``cut_to`` says how many request tokens were kept."""
+        ids = self.prompt_ids(request)
+        if len(ids.plain) <= max_tokens:
+            return ids
+        keep = max(max_tokens - len(ids.prefix) - len(self._tail_ids), 1)
+        return PromptIds(ids.prefix, ids.suffix[:keep] + self._tail_ids, cut_to=keep)
 
     def embed(self, prompts: list[PromptIds], soft: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input embeddings for a batch of rows.

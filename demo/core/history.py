@@ -31,21 +31,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Defaults; the app passes the values from ``demo.core.settings.Limits``.
-MAX_ITEMS = 10_000
-MAX_ITEM_CHARS = 20_000
-MAX_BYTES = 20 * 2**20
+from .settings import Limits
+from .text import clean_text
+
+# The defaults of the limits below are the app's (Limits); the app passes its configured ones.
+MAX_BYTES = int(Limits.max_upload_mb * 2**20)
 
 TEXT_SUFFIXES = (".txt", ".md")
 ACCEPTED_SUFFIXES = (".txt", ".md", ".json", ".jsonl", ".csv", ".tsv")
 
 # A NUL byte near the start is the cheapest reliable sign of a binary file.
 _SNIFF_BYTES = 8192
-
-# Control characters except \t and \n (\r is turned into \n before this runs).
-# Lone surrogates (only reachable through JSON "\ud800" escapes) are removed too:
-# they cannot be encoded as UTF-8, so they would break storage and tokenizers later.
-_UNWANTED_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # A paragraph break: a newline, any whitespace-only lines, another newline.
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -75,7 +71,7 @@ class ParsedHistory:
 
 
 def parse_text(
-    text: str, *, max_items: int = MAX_ITEMS, max_item_chars: int = MAX_ITEM_CHARS
+    text: str, *, max_items: int = Limits.max_items, max_item_chars: int = Limits.max_item_chars
 ) -> ParsedHistory:
     """Parse pasted text: one item per paragraph (or per line if there are no blank lines)."""
     try:
@@ -99,8 +95,8 @@ def parse_file(
     *,
     text_column: str = "text",
     user: str | None = None,
-    max_items: int = MAX_ITEMS,
-    max_item_chars: int = MAX_ITEM_CHARS,
+    max_items: int = Limits.max_items,
+    max_item_chars: int = Limits.max_item_chars,
     max_bytes: int = MAX_BYTES,
 ) -> ParsedHistory:
     """Parse one uploaded file; the format is chosen by its extension."""
@@ -129,8 +125,8 @@ def parse_files(
     *,
     text_column: str = "text",
     user: str | None = None,
-    max_items: int = MAX_ITEMS,
-    max_item_chars: int = MAX_ITEM_CHARS,
+    max_items: int = Limits.max_items,
+    max_item_chars: int = Limits.max_item_chars,
     max_bytes: int = MAX_BYTES,
 ) -> ParsedHistory:
     """Parse several uploads and merge them into one history (duplicates across files dropped).
@@ -451,16 +447,10 @@ def _csv_items(text: str, name: str, text_column: str, delimiter: str) -> list[s
 
 def _split_paragraphs(text: str) -> list[str]:
     """Paragraphs if there is any blank line, else lines."""
-    text = _clean(text).strip()
+    text = clean_text(text).strip()
     if _PARAGRAPH_BREAK.search(text):
         return _PARAGRAPH_BREAK.split(text)
     return text.split("\n")
-
-
-def _clean(text: str) -> str:
-    """Normalise newlines and remove control characters (tabs and newlines stay)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _UNWANTED_CHARS.sub("", text)
 
 
 def _finish(
@@ -478,7 +468,7 @@ def _finish(
     duplicates = 0
     cut = 0
     for raw in raw_items:
-        item = _clean(raw).strip()
+        item = clean_text(raw).strip()
         if not item:
             continue
         too_long = len(item) > max_item_chars

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
 from torch import nn
 
 CONFIG_NAME = "config.json"
@@ -208,8 +209,6 @@ class PPlug(nn.Module):
         plug = cls(config)
         plug.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
         if config.input_encoder:
-            from sentence_transformers import SentenceTransformer
-
             plug.attach_input_encoder(SentenceTransformer(str(folder / INPUT_ENCODER_DIR), device="cpu").eval())
         return plug
 
@@ -221,6 +220,12 @@ class PPlug(nn.Module):
         config = PlugConfig(encoder_id=encoder_id, llm_id=llm_id, d_enc=d_enc, d_llm=token_embeddings.shape[1],
                             tau=tau, token_norm=norm, seed=seed, standardize=standardize)
         return cls(config)
+
+
+def weight_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of aggregator weights [B, n] -> [B]; 0 = one item takes all, log n = flat."""
+    w = weights.clamp_min(1e-12)
+    return -(w * w.log()).sum(-1)
 
 
 def cosine_spread(vectors: torch.Tensor) -> float:

@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ENCODER = "embedded:all-MiniLM-L6-v2"
 DEFAULT_LLM = "embedded:SmolLM2-135M-Instruct"
 DEFAULT_PLUG = str(REPO_ROOT / "assets" / "plug")
+STUDIES_DIR = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up (PPLUG_STUDIES_DIR)
+PERSONAS_DIR = REPO_ROOT / "assets" / "personas"  # example histories: the main page's buttons, persona studies
 
 
 def _default_db_path() -> Path:
@@ -105,7 +107,7 @@ class Settings:
     # call: each request then decodes its own rows there instead of joining the shared loop.
     zero_gpu: bool = False
     admin_token: str = ""  # user-study admin functions are off while this is empty
-    studies_dir: Path = REPO_ROOT / "assets" / "studies"  # study files loaded at start-up
+    studies_dir: Path = STUDIES_DIR
     # "Sign in with Hugging Face": on when the app runs in a Space with `hf_oauth: true` (the Space
     # sets OAUTH_CLIENT_ID and SPACE_ID); elsewhere Gradio's login would need a local HF login.
     hf_login: bool = False

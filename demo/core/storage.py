@@ -1,6 +1,8 @@
-"""SQLite storage for PPlug Studio: every SQL statement of the app lives in this module.
+"""SQLite storage for PPlug Studio: every SQL statement of the core lives in this module.
 
-The UI never touches SQL; the service layer calls :class:`Store`. Tables (created by
+The UI never touches SQL; the service layer calls :class:`Store`. Other tables (the user
+studies, ``demo.study.store``) go through the same file with the public connection API:
+:meth:`Store.connection`, :meth:`Store.rows` and :meth:`Store.transaction`. Tables (created by
 the migrations in the "Schema" section below; all timestamps are ISO-8601 UTC):
 
 ``profiles``
@@ -31,17 +33,17 @@ Vectors and matrices are stored as little-endian float32 blobs (see
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from sqlite_utils import Database, Migrations
+
+from .text import sha256_text, utc_now
 
 # SQLite allows at most 999 bound variables per statement in older builds; stay well under.
 _MAX_VARIABLES = 500
@@ -87,15 +89,6 @@ def blob_to_vector(blob: bytes, dim: int, n_rows: int | None = None) -> np.ndarr
     if n_rows is None and flat.size == dim:
         return flat
     return flat.reshape(-1, dim)
-
-
-def sha256_text(text: str) -> str:
-    """The cache key of an item: hex sha256 of its UTF-8 text."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _chunks(values: list[str], size: int = _MAX_VARIABLES) -> Iterator[list[str]]:
@@ -259,8 +252,9 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         return Database(conn, execute_plugins=False)
 
-    def _db(self) -> Database:
-        """This thread's connection, opened on first use."""
+    def connection(self) -> Database:
+        """This thread's connection, opened on first use. Reads use it as is; writes go through
+        :meth:`transaction`."""
         if self._closed:
             raise RuntimeError("Store is closed")
         db = getattr(self._local, "db", None)
@@ -272,9 +266,10 @@ class Store:
         return db
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Database]:
-        """One write transaction on this thread's connection."""
-        db = self._db()
+    def transaction(self) -> Iterator[Database]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error) on this
+        thread's connection; yields the connection."""
+        db = self.connection()
         db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -285,10 +280,14 @@ class Store:
                 db.conn.execute("ROLLBACK")
             raise
 
+    def rows(self, sql: str, args: list | dict = ()) -> list[dict]:
+        """Every row of a read, as dicts; the statement is finished at once (no cursor left open)."""
+        return list(self.connection().query(sql, args))
+
     def _migrate(self) -> None:
         # Holding the write lock for the whole run means two processes starting at once
         # cannot both see a migration as pending; each migration nests as a savepoint.
-        with self._write() as db:
+        with self.transaction() as db:
             MIGRATIONS.apply(db)
 
     def close(self) -> None:
@@ -313,11 +312,11 @@ class Store:
         if any(not isinstance(text, str) for text in items):
             raise TypeError("items must be strings")
         profile_id = secrets.token_urlsafe(16)
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO profiles (id, owner, name, source, n_items, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [profile_id, owner, name, source, len(items), _now()],
+                [profile_id, owner, name, source, len(items), utc_now()],
             )
             db.conn.executemany(
                 "INSERT INTO history_items (profile_id, position, text, sha256) VALUES (?, ?, ?, ?)",
@@ -329,30 +328,21 @@ class Store:
 
     def get_profile(self, profile_id: str, owner: str) -> dict | None:
         """The profile, or None unless it exists and belongs to ``owner``."""
-        rows = list(
-            self._db().query(
-                f"SELECT {self._PROFILE_COLUMNS} FROM profiles WHERE id = ? AND owner = ?",
-                [profile_id, owner],
-            )
-        )
+        rows = self.rows(f"SELECT {self._PROFILE_COLUMNS} FROM profiles WHERE id = ? AND owner = ?",
+                         [profile_id, owner])
         return rows[0] if rows else None
 
     def list_profiles(self, owner: str) -> list[dict]:
         """The owner's profiles, newest first."""
-        return list(
-            self._db().query(
-                f"SELECT {self._PROFILE_COLUMNS} FROM profiles WHERE owner = ?"
-                " ORDER BY created_at DESC, rowid DESC",
-                [owner],
-            )
-        )
+        return self.rows(f"SELECT {self._PROFILE_COLUMNS} FROM profiles WHERE owner = ?"
+                         " ORDER BY created_at DESC, rowid DESC", [owner])
 
     def owners_of(self, profile_ids: list[str]) -> list[str]:
         """The distinct owners of the given profiles (ids that do not exist are skipped)."""
         if not profile_ids:
             return []
         marks = ", ".join("?" * len(profile_ids))
-        return [r[0] for r in self._db().execute(
+        return [r[0] for r in self.connection().execute(
             f"SELECT DISTINCT owner FROM profiles WHERE id IN ({marks})", list(profile_ids)).fetchall()]
 
     def profile_items(self, profile_id: str) -> list[dict]:
@@ -360,36 +350,8 @@ class Store:
 
         No owner check here: call :meth:`get_profile` first.
         """
-        return list(
-            self._db().query(
-                "SELECT position, text, sha256 FROM history_items"
-                " WHERE profile_id = ? ORDER BY position",
-                [profile_id],
-            )
-        )
-
-    def delete_profile(self, profile_id: str, owner: str) -> bool:
-        """Delete the owner's profile with everything derived from it.
-
-        Items, the profile matrices and personal embeddings go by cascade; cached item
-        embeddings go too unless another profile holds the same text. Generations stay
-        (their ``profile_id`` becomes NULL). Returns False if ``owner`` has no such profile.
-        """
-        with self._write() as db:
-            if not db.execute(
-                "SELECT 1 FROM profiles WHERE id = ? AND owner = ?", [profile_id, owner]
-            ).fetchone():
-                return False
-            db.execute(
-                """DELETE FROM item_embeddings
-                WHERE sha256 IN (SELECT sha256 FROM history_items WHERE profile_id = :p)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM history_items other
-                      WHERE other.sha256 = item_embeddings.sha256 AND other.profile_id != :p)""",
-                {"p": profile_id},
-            )
-            db.execute("DELETE FROM profiles WHERE id = ?", [profile_id])
-        return True
+        return self.rows("SELECT position, text, sha256 FROM history_items WHERE profile_id = ? ORDER BY position",
+                         [profile_id])
 
     def delete_owner_data(self, owner: str) -> dict[str, int]:
         """Delete everything stored for ``owner``; returns the number of rows per table.
@@ -399,7 +361,7 @@ class Store:
         """
         owned = "SELECT id FROM profiles WHERE owner = :owner"
         counts: dict[str, int] = {}
-        with self._write() as db:
+        with self.transaction() as db:
 
             def count(sql: str) -> int:
                 return db.execute(sql, {"owner": owner}).fetchone()[0]
@@ -426,7 +388,7 @@ class Store:
     def cached_embeddings(self, encoder_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """``{sha256: vector [d]}`` for the hashes already encoded by ``encoder_id`` (hits only)."""
         found: dict[str, np.ndarray] = {}
-        db = self._db()
+        db = self.connection()
         for chunk in _chunks(list(dict.fromkeys(hashes))):
             marks = ", ".join("?" * len(chunk))
             for row in db.query(
@@ -443,7 +405,7 @@ class Store:
         for sha, vector in vectors.items():
             vector = _as_vector(vector, f"embedding {sha}")
             rows.append((encoder_id, sha, vector.shape[0], vector_to_blob(vector)))
-        with self._write() as db:
+        with self.transaction() as db:
             db.conn.executemany(
                 "INSERT OR IGNORE INTO item_embeddings (encoder_id, sha256, dim, vector)"
                 " VALUES (?, ?, ?, ?)",
@@ -455,7 +417,7 @@ class Store:
     def put_profile_matrix(self, profile_id: str, encoder_id: str, matrix: np.ndarray) -> None:
         """Store (replacing) the ``[n, d]`` item-embedding matrix of a profile."""
         matrix = _as_matrix(matrix, "profile matrix")
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO profile_matrices (profile_id, encoder_id, n_rows, dim, matrix)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -464,7 +426,7 @@ class Store:
 
     def profile_matrix(self, profile_id: str, encoder_id: str) -> np.ndarray | None:
         """The ``[n, d]`` float32 matrix, or None if none is stored."""
-        row = self._db().execute(
+        row = self.connection().execute(
             "SELECT n_rows, dim, matrix FROM profile_matrices WHERE profile_id = ? AND encoder_id = ?",
             [profile_id, encoder_id],
         ).fetchone()
@@ -488,7 +450,7 @@ class Store:
             raise ValueError(
                 f"summary has dim {summary.shape[0]}, projected has dim {projected.shape[1]}"
             )
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO personal_embeddings"
                 " (profile_id, plug_id, n_rows, dim, projected, summary, created_at)"
@@ -500,13 +462,13 @@ class Store:
                     projected.shape[1],
                     vector_to_blob(projected),
                     vector_to_blob(summary),
-                    _now(),
+                    utc_now(),
                 ],
             )
 
     def personal_embedding(self, profile_id: str, plug_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(projected [n, d_llm], summary [d_llm])``, or None if none is stored."""
-        row = self._db().execute(
+        row = self.connection().execute(
             "SELECT n_rows, dim, projected, summary FROM personal_embeddings"
             " WHERE profile_id = ? AND plug_id = ?",
             [profile_id, plug_id],
@@ -556,7 +518,7 @@ class Store:
         timings: dict,
     ) -> int:
         """Append a generation to the log; returns its id."""
-        with self._write() as db:
+        with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO generations (owner, profile_id, plug_id, prompt, params,"
                 " personalized, generic, timings, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -569,21 +531,7 @@ class Store:
                     personalized,
                     generic,
                     json.dumps(timings, sort_keys=True),
-                    _now(),
+                    utc_now(),
                 ],
             )
             return cursor.lastrowid
-
-    def generations(self, owner: str, limit: int = 50) -> list[dict]:
-        """The owner's latest generations, newest first, with params and timings as dicts."""
-        rows = list(
-            self._db().query(
-                "SELECT id, owner, profile_id, plug_id, prompt, params, personalized, generic,"
-                " timings, created_at FROM generations WHERE owner = ? ORDER BY id DESC LIMIT ?",
-                [owner, int(limit)],
-            )
-        )
-        for row in rows:
-            row["params"] = json.loads(row["params"])
-            row["timings"] = json.loads(row["timings"])
-        return rows

@@ -11,10 +11,8 @@ A request's path:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
 
 from .generation import GenerationParams, Generator, PromptIds
 from .models import canonical_id, load_encoder, load_llm
@@ -32,19 +31,10 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
 from .storage import Store
+from .text import CONDITIONS, UNWANTED_CHARS, clean_text, sha256_text
 from .tuning import FitSettings, add_shift, fit_shift
 
 log = logging.getLogger(__name__)
-
-CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")
-# Control characters except tab and newline, and lone surrogates (they cannot be stored as UTF-8).
-_UNWANTED_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def clean_text(text: str) -> str:
-    """Text typed by a visitor, with newlines normalised and control characters removed."""
-    return _UNWANTED_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-
 
 Progress = Callable[[int, int], None]  # (items encoded so far, total)
 
@@ -60,10 +50,6 @@ class ProfileResult:
     n_items: int
     n_encoded: int  # items encoded now (the rest came from the cache)
     seconds: float
-
-    @property
-    def items_per_second(self) -> float:
-        return self.n_encoded / self.seconds if self.seconds > 0 and self.n_encoded else float("nan")
 
 
 @dataclass
@@ -119,16 +105,20 @@ class _LoadedProfile:
 class Studio:
     """Models loaded once; every user action is a method."""
 
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, *, encoder: SentenceTransformer | None = None,
+                 generator: Generator | None = None, store: Store | None = None, plug: PPlug | None = None):
+        """What is not given is built from ``settings``: the encoder and the LLM loaded, the store
+        opened at ``settings.db_path``, the plug loaded from ``settings.plug`` (untrained if empty).
+        Given ones are shared, e.g. the loaded models between two studios with other limits."""
         self.settings = settings
         self.store = store if store is not None else Store(settings.db_path, journal_mode=settings.db_journal_mode)
-        self.encoder = load_encoder(settings)
-        self.model, self.tokenizer = load_llm(settings)
-        self.generator = Generator(self.model, self.tokenizer)
+        self.encoder = encoder if encoder is not None else load_encoder(settings)
+        self.generator = generator if generator is not None else Generator(*load_llm(settings))
+        self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
         self.scheduler = Scheduler(self.generator, settings.batch_rows)  # one decode loop for every request
         self.encoder_id = canonical_id(settings.encoder)
         self.llm_id = canonical_id(settings.llm)
-        self.plug = self._load_plug().to(settings.device).eval()
+        self.plug = (plug if plug is not None else self._load_plug()).to(settings.device).eval()
         self.plug.requires_grad_(False)
         self.plug_id = self.plug.plug_id
         log.info("Plug %s (%s) for %s and %s", self.plug_id, self.plug.config.origin, self.encoder_id, self.llm_id)
@@ -180,7 +170,7 @@ class Studio:
 
     def _item_matrix(self, texts: list[str], progress: Progress | None) -> tuple[np.ndarray, int]:
         """[n, d_enc] for the texts, encoding only what the cache lacks. -> (matrix, number encoded)."""
-        hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        hashes = [sha256_text(t) for t in texts]
         cached = self.store.cached_embeddings(self.encoder_id, list(dict.fromkeys(hashes)))
         missing = list(dict.fromkeys(h for h in hashes if h not in cached))
         if progress:
@@ -202,7 +192,7 @@ class Studio:
         # Owner tokens are the only key to a person's data: refuse short, guessable ones.
         if not isinstance(owner, str) or len(owner) < 16:
             raise ServiceError("Missing or too short owner token (at least 16 characters): reload the page.")
-        if len(owner) > 256 or not owner.isprintable() or _UNWANTED_CHARS.search(owner):
+        if len(owner) > 256 or not owner.isprintable() or UNWANTED_CHARS.search(owner):
             raise ServiceError("Invalid owner token: use at most 256 printable characters.")
 
     def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
@@ -324,14 +314,10 @@ class Studio:
     # --- generation ----------------------------------------------------------------------
 
     def _fit_request(self, request: str, params: GenerationParams, notes: list[str]) -> PromptIds:
-        """Prompt ids for the request, cut to fit the model's context if needed."""
-        ids = self.generator.prompt_ids(request)
-        room = self.generator.max_context - params.max_new_tokens - 2  # 2 soft tokens
-        if len(ids.plain) > room:
-            keep = max(room - len(ids.prefix) - 8, 1)
-            tail = self.generator.prompt_ids("").suffix  # end of turn + assistant header
-            ids = PromptIds(ids.prefix, ids.suffix[:keep] + tail)
-            notes.append(f"The request was cut to {keep:,} tokens to fit the model's context.")
+        """Prompt ids for the request, cut to fit the model's context (with a note) if needed."""
+        ids = self.generator.fit_prompt(request, self.generator.max_context - params.max_new_tokens - 2)  # 2 soft
+        if ids.cut_to is not None:
+            notes.append(f"The request was cut to {ids.cut_to:,} tokens to fit the model's context.")
         return ids
 
     def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from ..core.history import lamp_item_text
 from ..core.scoring import fit_prompt, target_ids
 from ..core.settings import REPO_ROOT, Settings
 from ..core.studio import Studio
+from ..core.text import free_port
 from .lamp import read_task
 from .runtime import Example, SoftTokenModule, ce_and_kl
 
@@ -196,15 +196,9 @@ def fig_aggregator(studio: Studio, items: list[str], repeats: int) -> dict:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
     """Start ``python app.py`` and time it until the page answers; peak RSS of the process tree."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db), "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False"}
     t0 = time.perf_counter()

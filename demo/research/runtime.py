@@ -19,7 +19,8 @@ from ..core.models import canonical_id, load_encoder, load_llm
 from ..core.plug import PPlug
 from ..core.scoring import nll_per_row, teacher_forced_logits
 from ..core.settings import Settings
-from ..core.storage import Store, sha256_text
+from ..core.storage import Store
+from ..core.text import sha256_text
 from .lamp import LampSplit, Query, TaskSpec
 
 log = logging.getLogger(__name__)

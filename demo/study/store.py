@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlite_utils import Database, Migrations
 
 from ..core.storage import Store
-from .definition import StudyDefinition, StudyError, _now, _sha, parse_definition
+from ..core.text import sha256_text, utc_now
+from .definition import StudyDefinition, StudyError, parse_definition
 
 
 STUDY_MIGRATIONS = Migrations("pplug_studio_study")
@@ -155,11 +156,12 @@ EXPORT_COLUMNS = {  # column -> type, in export order
 
 
 class StudyStore:
-    """The study tables in the app's database, through :class:`demo.core.storage.Store`'s connections."""
+    """The study tables in the app's database, through :class:`demo.core.storage.Store`'s public
+    connection API (``rows`` and ``connection`` to read, ``transaction`` to write)."""
 
     def __init__(self, store: Store):
         self.store = store
-        with store._write() as db:
+        with store.transaction() as db:  # the write lock: two processes starting at once migrate once
             STUDY_MIGRATIONS.apply(db)
 
     # -- definitions -------------------------------------------------------------------
@@ -170,15 +172,15 @@ class StudyStore:
         Returns (version, whether it is new).
         """
         body = json.dumps(definition.to_dict(), sort_keys=True, ensure_ascii=False)
-        digest = _sha(body)
-        with self.store._write() as db:
+        digest = sha256_text(body)
+        with self.store.transaction() as db:
             row = db.execute("SELECT version, sha256 FROM study_versions WHERE study = ?"
                              " ORDER BY version DESC LIMIT 1", [definition.name]).fetchone()
             if row and row[1] == digest:
                 return row[0], False
             version = (row[0] if row else 0) + 1
             db.execute("INSERT INTO study_versions (study, version, definition, sha256, source, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?)", [definition.name, version, body, digest, source, _now()])
+                       " VALUES (?, ?, ?, ?, ?, ?)", [definition.name, version, body, digest, source, utc_now()])
         return version, True
 
     def definition(self, study: str, version: int | None = None) -> tuple[int, StudyDefinition] | None:
@@ -187,12 +189,12 @@ class StudyStore:
         if version is not None:
             sql += " AND version = ?"
             args.append(version)
-        row = self.store._db().execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
-        return (row[0], parse_definition(json.loads(row[1]))) if row else None
+        row = self._one(sql + " ORDER BY version DESC LIMIT 1", args)
+        return (row["version"], parse_definition(json.loads(row["definition"]))) if row else None
 
     def studies(self) -> list[dict]:
         """Every study (newest version) with its counts."""
-        return list(self.store._db().query(
+        return self.store.rows(
             """SELECT v.study, v.version, v.source, v.created_at,
                 (SELECT COUNT(*) FROM study_participants p WHERE p.study = v.study) AS participants,
                 (SELECT COUNT(*) FROM study_completions c JOIN study_participants p ON p.id = c.participant
@@ -203,7 +205,7 @@ class StudyStore:
                 (SELECT COUNT(*) FROM study_withdrawals w WHERE w.study = v.study) AS withdrawn
             FROM study_versions v
             WHERE v.version = (SELECT MAX(version) FROM study_versions w WHERE w.study = v.study)
-            ORDER BY v.study"""))
+            ORDER BY v.study""")
 
     # -- participants ------------------------------------------------------------------
 
@@ -211,13 +213,13 @@ class StudyStore:
                         prolific_study_id: str, prolific_session_id: str, token: str, consent_version: str,
                         assignment_seed: int) -> int:
         try:
-            with self.store._write() as db:
+            with self.store.transaction() as db:
                 return db.execute(
                     "INSERT INTO study_participants (study, study_version, participant_id, id_source,"
                     " prolific_study_id, prolific_session_id, token_sha256, consent_version, consented_at,"
                     " assignment_seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [study, version, participant_id, id_source, prolific_study_id, prolific_session_id,
-                     _sha(token), consent_version, _now(), assignment_seed]).lastrowid
+                     sha256_text(token), consent_version, utc_now(), assignment_seed]).lastrowid
         except sqlite3.IntegrityError:
             raise StudyError(f"Participant {participant_id} has already started this study. Open the study "
                              "in the browser where you gave consent to continue, or contact the researcher.") from None
@@ -230,16 +232,16 @@ class StudyStore:
     def participant(self, study: str, participant_id: str, token: str) -> dict:
         """The participant's row, only with the right token (else StudyError)."""
         row = self.find_participant(study, participant_id)
-        if row is None or not hmac.compare_digest(row.pop("token_sha256"), _sha(token or "")):
+        if row is None or not hmac.compare_digest(row.pop("token_sha256"), sha256_text(token or "")):
             raise StudyError("This browser has no consent on record for this participant in this study: "
                              "reload the study link to start.")
         return row
 
     def add_history(self, participant: int, profile_id: str, kind: str, persona: str, n_items: int) -> int:
-        with self.store._write() as db:
+        with self.store.transaction() as db:
             return db.execute("INSERT INTO study_histories (participant, profile_id, kind, persona, n_items,"
                               " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                              [participant, profile_id, kind, persona, n_items, _now()]).lastrowid
+                              [participant, profile_id, kind, persona, n_items, utc_now()]).lastrowid
 
     def history(self, participant: int) -> dict | None:
         """The participant's latest history choice."""
@@ -247,12 +249,12 @@ class StudyStore:
 
     def profile_ids(self, participant: int) -> list[str]:
         """Every profile the participant's histories were computed into."""
-        return [r["profile_id"] for r in self.store._db().query(
+        return [r["profile_id"] for r in self.store.rows(
             "SELECT profile_id FROM study_histories WHERE participant = ?", [participant])]
 
     def _one(self, sql: str, args: list) -> dict | None:
-        """The first row as a dict; the statement is finished at once (no cursor left open)."""
-        rows = list(self.store._db().query(sql, args))
+        """The first row as a dict, or None."""
+        rows = self.store.rows(sql, args)
         return rows[0] if rows else None
 
     def withdraw(self, participant: int, study: str, mode: str) -> dict[str, int]:
@@ -264,9 +266,9 @@ class StudyStore:
         One transaction. Returns the rows touched per table.
         """
         counts: dict[str, int] = {}
-        with self.store._write() as db:
+        with self.store.transaction() as db:
             db.execute("INSERT INTO study_withdrawals (participant, study, mode, withdrawn_at) VALUES (?, ?, ?, ?)",
-                       [participant, study, mode, _now()])
+                       [participant, study, mode, utc_now()])
             if mode == "delete":
                 for table, where in (
                     ("study_votes", "participant = :p"),
@@ -297,26 +299,26 @@ class StudyStore:
 
     def trials(self, participant: int) -> list[dict]:
         """The participant's trials in order, each with its vote (``choice`` None when not voted)."""
-        return list(self.store._db().query(
+        return self.store.rows(
             """SELECT t.*, v.choice, v.preferred, v.reason, v.voted_at FROM study_trials t
             LEFT JOIN study_votes v ON v.trial = t.id WHERE t.participant = ? ORDER BY t.trial_index""",
-            [participant]))
+            [participant])
 
     def add_trial(self, **row) -> dict:
         """Insert a trial; if the participant already has one at this index (a concurrent request),
         keep that one. Returns the stored trial."""
-        row = {**row, "params": json.dumps(row["params"], sort_keys=True), "shown_at": _now()}
+        row = {**row, "params": json.dumps(row["params"], sort_keys=True), "shown_at": utc_now()}
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))
-        with self.store._write() as db:
+        with self.store.transaction() as db:
             db.execute(f"INSERT OR IGNORE INTO study_trials ({columns}) VALUES ({marks})", list(row.values()))
         return next(t for t in self.trials(row["participant"]) if t["trial_index"] == row["trial_index"])
 
     def interact(self, participant: int, trial_id: int, kind: str = "first_interaction") -> None:
-        with self.store._write() as db:
+        with self.store.transaction() as db:
             db.execute("INSERT OR IGNORE INTO study_interactions (trial, kind, at)"
                        " SELECT id, ?, ? FROM study_trials WHERE id = ? AND participant = ?",
-                       [kind, _now(), trial_id, participant])
+                       [kind, utc_now(), trial_id, participant])
 
     def vote(self, participant: int, trial_id: int, choice: str, reason: str, total: int,
              completion_code: str) -> dict:
@@ -324,7 +326,7 @@ class StudyStore:
 
         Refuses a trial of another participant and a second vote on a trial.
         """
-        with self.store._write() as db:
+        with self.store.transaction() as db:
             trial = db.execute("SELECT participant, condition_a, condition_b FROM study_trials WHERE id = ?",
                                [trial_id]).fetchone()
             if trial is None or trial[0] != participant:
@@ -332,7 +334,7 @@ class StudyStore:
             if db.execute("SELECT 1 FROM study_votes WHERE trial = ?", [trial_id]).fetchone():
                 raise StudyError("Your vote on this trial is already recorded; it counts once.")
             preferred = {"A": trial[1], "B": trial[2]}.get(choice, "")
-            now = _now()
+            now = utc_now()
             db.execute("INSERT INTO study_votes (trial, participant, choice, preferred, reason, voted_at)"
                        " VALUES (?, ?, ?, ?, ?, ?)", [trial_id, participant, choice, preferred, reason, now])
             db.execute("INSERT OR IGNORE INTO study_interactions (trial, kind, at) VALUES (?, ?, ?)",
@@ -349,7 +351,7 @@ class StudyStore:
 
     def export_rows(self, study: str) -> list[dict]:
         """One row per trial of the study (voted or not), with the columns of :data:`EXPORT_COLUMNS`."""
-        rows = list(self.store._db().query(
+        rows = self.store.rows(
             """SELECT t.study, t.study_version, t.id AS trial_id, p.participant_id,
                 p.id_source AS participant_id_source, p.prolific_study_id, p.prolific_session_id,
                 p.consent_version, p.consented_at, t.trial_index,
@@ -368,7 +370,7 @@ class StudyStore:
             LEFT JOIN study_votes x ON x.trial = t.id
             LEFT JOIN study_interactions i ON i.trial = t.id AND i.kind = 'first_interaction'
             LEFT JOIN study_completions c ON c.participant = t.participant
-            WHERE t.study = ? ORDER BY t.id""", [study]))
+            WHERE t.study = ? ORDER BY t.id""", [study])
         out = []
         for row in rows:
             params = json.loads(row.pop("params"))
