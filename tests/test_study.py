@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections import Counter
 from types import SimpleNamespace
@@ -14,14 +15,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from demo.core.settings import Limits
+from demo.core.settings import STUDIES_DIR, Limits
 from demo.core.studio import Comparison, ProfileResult
 from demo.study import stats as study_stats
 from demo.study.__main__ import main
 from demo.study.assign import schedule, side_order
-from demo.study.definition import STUDIES_DIR, StudyDefinition, StudyError, parse_definition
+from demo.study.definition import Consent, StudyDefinition, StudyError, parse_definition
 from demo.study.flow import StudyService
-from demo.study.results import compute_results, read_export, to_csv, to_jsonl
+from demo.study.results import compute_results, to_csv, to_jsonl
+
+from apphelp import as_cells, csv_cells
 
 BASE = {
     "name": "unit",
@@ -231,13 +234,13 @@ def test_export_round_trips_and_the_command_writes_it(store, tmp_path, capsys):
     assert len(rows) == 3 and [r["voted"] for r in rows] == [True, True, False]
     assert rows[0]["first_interaction_at"] <= rows[0]["voted_at"]
     assert rows[0]["preferred_condition"] == rows[0]["condition_a"] and rows[1]["preferred_condition"] == ""
-    assert read_export(to_csv(rows), "csv") == rows
-    assert read_export(to_jsonl(rows), "jsonl") == rows
+    assert csv_cells(to_csv(rows)) == as_cells(rows)  # commas, quotes and newlines survive
+    assert [json.loads(line) for line in to_jsonl(rows).splitlines()] == rows
     out = tmp_path / "export"
     assert main(["export", "unit", "--db", str(store.path), "--out", str(out)]) == 0
     written = sorted(out.iterdir())
     assert [p.suffix for p in written] == [".csv", ".jsonl"]
-    assert read_export(written[0].read_text(), "csv") == rows
+    assert csv_cells(written[0].read_text()) == as_cells(rows)
     assert main(["results", "unit", "--db", str(store.path)]) == 0
     assert "pplug (X) vs generic (Y)" in capsys.readouterr().out
 
@@ -297,14 +300,15 @@ def test_results_from_rows_count_exclusions_and_participants():
     assert results.pairs[0]["win_rate"] == pytest.approx(0.7)
     assert {p["participant_id"]: p["voted"] for p in results.participants} == {"p0": 5, "p1": 5}
     only = compute_results(rows, ["pplug", "generic"], completed_only=True, n_boot=200)
-    assert only.included == 5 and "| pplug (X) vs generic (Y) | 5 |" in only.markdown()
+    assert only.included == 5 and re.search(r"\| pplug \(X\) vs generic \(Y\) +\| 5 +\|", only.markdown())
     svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0, 1, "t")
     assert svg.startswith("<svg") and "pplug vs generic" in svg
 
 
-def test_definition_dataclass_defaults_are_consistent():
-    d = StudyDefinition(name="x", title="x", consent_text="c", consent_version="1", instructions="",
-                        conditions=("pplug", "generic"), prompts=("a",), trials_per_participant=1)
+def test_definition_model_defaults_are_consistent():
+    d = StudyDefinition(name="x", consent=Consent(version="1", text="c"), conditions=("pplug", "generic"),
+                        prompts=("a",), trials_per_participant=1)
+    assert d.title == "x" and d.plug == "loaded" and d.generation.max_new_tokens == 64
     assert parse_definition(d.to_dict()) == d
 
 
@@ -349,20 +353,6 @@ def test_participant_requests_are_asked_for_and_recorded(store):
     assert row["persona"] == "fdr"
 
 
-@pytest.mark.parametrize("text", [
-    "1: a\nfoo: b\nname: x\n",  # keys of mixed types
-    "[" * 50_000,  # nested too deeply for the parser
-    "name: ok\ntrials_per_participant: .inf\n",
-    "name: ok\ntrials_per_participant: .nan\n",
-    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\nconditions: [*d, *d]\n",
-])
-def test_odd_study_files_get_short_clear_errors(text):
-    with pytest.raises(StudyError) as err:
-        parse_definition(text)
-    assert 20 <= len(str(err.value)) <= 2000
-
-
 def test_a_study_file_that_is_not_utf8_is_reported_not_fatal(store, tmp_path):
     (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
     (tmp_path / "ok.json").write_text(json.dumps({**BASE, "name": "ok"}))
@@ -389,7 +379,7 @@ def _vote_twice(service, pid: str, **request):
     for _ in range(2):
         trial = service.next_trial(*args, **request)["trial"]
         service.vote(*args, trial["trial_id"], "A", f"reason of {pid}")
-    return args, service.db._one("SELECT id FROM study_participants WHERE participant_id = ?", [pid])["id"]
+    return args, service.studio.store.rows("SELECT id FROM study_participants WHERE participant_id = ?", [pid])[0]["id"]
 
 
 def test_withdrawal_deletes_every_study_row_and_the_writing(store):

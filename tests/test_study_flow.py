@@ -2,6 +2,7 @@
 own handlers. Generations are kept to a few tokens."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import httpx
@@ -12,6 +13,8 @@ from demo.app.ui import build_demo
 from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
+
+from apphelp import as_cells, csv_cells
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
@@ -140,7 +143,6 @@ def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, t
     with pytest.raises(Exception, match="PPLUG_ADMIN_TOKEN"):
         _handler(app, "on_results")("", "flow-test", False)
     from demo.study.flow import StudyService
-    from demo.study.results import read_export
 
     admin = StudyService(studio, admin_token="a-long-admin-token", studies_dir=None)
     with pytest.raises(Exception, match="Wrong admin token"):
@@ -149,7 +151,8 @@ def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, t
     rows = StudyStore(studio.store).export_rows("flow-test")
     assert results.trials == len(rows) and results.included == sum(r["voted"] for r in rows)
     csv_path, jsonl_path = admin.admin_export("a-long-admin-token", "flow-test", tmp_path)
-    assert read_export(csv_path.read_text(), "csv") == read_export(jsonl_path.read_text(), "jsonl")
+    jsonl = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
+    assert jsonl == rows and csv_cells(csv_path.read_text()) == as_cells(rows)
 
 
 def test_page_events_through_gradio_processing(app, studio):
@@ -236,7 +239,7 @@ def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app
     client.predict(**ids, history=HISTORY, api_name="/study_history")
     trial = client.predict(**ids, api_name="/study_next")["trial"]
     client.predict(**ids, trial_id=trial["trial_id"], choice="B", api_name="/study_vote")
-    db = studio.store._db()
+    db = studio.store.connection()
     profile = db.execute("SELECT h.profile_id FROM study_histories h JOIN study_participants p ON p.id = "
                          "h.participant WHERE p.participant_id = 'LEAVER1'").fetchone()[0]
     out = client.predict(**ids, api_name="/study_withdraw")

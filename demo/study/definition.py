@@ -1,22 +1,25 @@
-"""The study vocabulary (conditions, choices, modes) and the study file: :class:`StudyDefinition` and
-:func:`parse_definition`, validated with clear errors."""
+"""The study vocabulary (conditions, choices, modes) and the study file: :class:`StudyDefinition`, a
+pydantic model of the file format, and :func:`parse_definition`, which reads JSON or YAML and reports
+every problem of a file in one message."""
 from __future__ import annotations
 
-import hashlib
 import math
-import reprlib
 import re
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import reprlib
+from collections import defaultdict
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer, model_validator
+from pydantic_core import PydanticUseDefault
 
-from ..core.settings import REPO_ROOT
+from ..core.history import parse_text
+from ..core.settings import PERSONAS_DIR
+from ..core.text import CONDITIONS
 
-
-CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")  # those of demo.core.studio (not imported: no torch here)
 CONDITION_LABELS = {
     "pplug": "Personalized (PPlug)",
     "generic": "Generic (no personalization)",
@@ -24,8 +27,6 @@ CONDITION_LABELS = {
     "pplug+rag": "PPlug + retrieval",
 }
 CHOICES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-PERSONAS_DIR = REPO_ROOT / "assets" / "personas"
-STUDIES_DIR = REPO_ROOT / "assets" / "studies"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 HISTORY_MODES = ("participant", "persona", "either")
@@ -36,66 +37,18 @@ class StudyError(ValueError):
     """A study action that cannot be done; the message is shown to the person as is."""
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def personas_available() -> list[str]:
+    return sorted(p.stem for p in PERSONAS_DIR.glob("*.txt"))
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def persona_items(name: str) -> list[str]:
+    """The history items of a persona in ``assets/personas``."""
+    if name not in personas_available():
+        raise StudyError(f"Unknown persona {name!r}.")
+    return parse_text((PERSONAS_DIR / f"{name}.txt").read_text(encoding="utf-8")).items
 
 
-@dataclass(frozen=True)
-class StudyDefinition:
-    name: str
-    title: str
-    consent_text: str
-    consent_version: str
-    instructions: str
-    conditions: tuple[str, ...]
-    prompts: tuple[str, ...]  # empty: the participant writes a request for every trial
-    trials_per_participant: int
-    history_mode: str = "participant"  # participant | persona | either
-    personas: tuple[str, ...] = ()
-    min_items: int = 3
-    plug: str = "loaded"  # "loaded", a plug id, or a plug checkpoint folder
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    rag_k: int = 4
-    reveal_conditions: bool = False
-    completion_code: str = ""
-    redirect_url: str = ""
-    on_withdraw: str = "delete"  # what withdrawal does to votes: delete | keep_anonymized
-
-    @property
-    def participant_prompts(self) -> bool:
-        return not self.prompts
-
-    @property
-    def pairs(self) -> list[tuple[str, str]]:
-        return list(combinations(self.conditions, 2))
-
-    def to_dict(self) -> dict:
-        """The file format (what :func:`parse_definition` reads back to an equal definition)."""
-        return {
-            "name": self.name, "title": self.title,
-            "consent": {"version": self.consent_version, "text": self.consent_text,
-                        "on_withdraw": self.on_withdraw},
-            "instructions": self.instructions, "conditions": list(self.conditions),
-            "prompts": list(self.prompts) if self.prompts else "participant",
-            "trials_per_participant": self.trials_per_participant,
-            "history": {"mode": self.history_mode, "personas": list(self.personas), "min_items": self.min_items},
-            "plug": self.plug,
-            "generation": {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                           "top_p": self.top_p, "rag_k": self.rag_k},
-            "reveal_conditions": self.reveal_conditions,
-            "completion": {"code": self.completion_code, "redirect_url": self.redirect_url},
-        }
-
-
-_TOP_KEYS = {"name", "title", "consent", "instructions", "conditions", "prompts", "trials_per_participant",
-             "history", "plug", "generation", "reveal_conditions", "completion"}
-
+# --- messages ------------------------------------------------------------------------------------
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -111,24 +64,213 @@ def _cut(value, limit: int = 60) -> str:
 
 def _names(values, sort: bool = True, at_most: int = 5) -> str:
     """Some offending keys or values, quoted and cut, for a message."""
-    shown = [_cut(v) for v in values]
+    values = list(values)
+    shown = [_cut(v) for v in (values if sort else values[:at_most])]
     if sort:
         shown.sort()
-    more = f" and {len(shown) - at_most} more" if len(shown) > at_most else ""
+    more = f" and {len(values) - at_most} more" if len(values) > at_most else ""
     return ", ".join(shown[:at_most]) + more
 
 
-def personas_available() -> list[str]:
-    return sorted(p.stem for p in PERSONAS_DIR.glob("*.txt"))
+# --- field checks: each raises a whole sentence that names the setting ----------------------------
 
 
-def persona_items(name: str) -> list[str]:
-    """The history items of a persona in ``assets/personas``."""
-    from ..core.history import parse_text
+def _text(what: str, required: bool = False) -> BeforeValidator:
+    def check(value) -> str:
+        if value is None or value == "":
+            if required:
+                raise ValueError(f"`{what}` is missing.")
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"`{what}` must be text.")
+        return str(value).strip()
+    return BeforeValidator(check)
 
-    if name not in personas_available():
-        raise StudyError(f"Unknown persona {name!r}.")
-    return parse_text((PERSONAS_DIR / f"{name}.txt").read_text(encoding="utf-8")).items
+
+def _number(what: str, cast: type, low: float, high: float) -> BeforeValidator:
+    def check(value):
+        if value is None:
+            raise PydanticUseDefault()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`{what}` must be a finite number.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
+            raise ValueError(f"`{what}` must be {'a whole number' if cast is int else 'a number'}.")
+        if not low <= value <= high:
+            raise ValueError(f"`{what}` must be between {low} and {high}, got {_cut(value)}.")
+        return cast(value)
+    return BeforeValidator(check)
+
+
+def _one_of(what: str, choices: tuple[str, ...]) -> BeforeValidator:
+    def check(value) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"`{what}` must be one of {', '.join(choices)}, got {_cut(value)}.")
+        return value
+    return BeforeValidator(check)
+
+
+def _check(test: Callable[[Any], Any], message: str, after: bool = False) -> BeforeValidator | AfterValidator:
+    """``test(value)`` gives the value to keep, or None for ``message``. Run on the value as found, or
+    (``after``) on the value once converted (several checks in one ``Annotated`` run in order)."""
+    def check(value):
+        kept = test(value)
+        if kept is None:
+            raise ValueError(message)
+        return kept
+    return AfterValidator(check) if after else BeforeValidator(check)
+
+
+def _conditions(value) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise ValueError(f"`conditions` must list at least two of: {', '.join(CONDITIONS)}.")
+    bad = [c for c in value if not isinstance(c, str) or c not in CONDITIONS]
+    problems = [f"Unknown condition(s) {_names(bad, sort=False)}; choose from {', '.join(CONDITIONS)}."] if bad else []
+    if len({c for c in value if isinstance(c, str)}) != len(value) - sum(not isinstance(c, str) for c in value):
+        problems.append("`conditions` lists a condition twice.")
+    if problems:
+        raise ValueError(" ".join(problems))
+    return tuple(value)
+
+
+def _prompts(value) -> tuple[str, ...] | None:
+    if value == "participant":
+        return ()
+    if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) and p.strip() for p in value):
+        return tuple(p.strip() for p in value)
+    return None
+
+
+def _personas(value) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("`history.personas` must be a list of persona names.")
+    known = personas_available()
+    missing = [p for p in value if not isinstance(p, str) or p not in known]
+    if missing:
+        raise ValueError(f"Unknown persona(s) {_names(missing, sort=False)}; available: {', '.join(known)}.")
+    return tuple(value)
+
+
+# --- the file format ---------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Consent(_Section):
+    version: Annotated[str, _text("consent.version", required=True)]
+    text: Annotated[str, _text("consent.text", required=True)]
+    on_withdraw: Annotated[str, _one_of("consent.on_withdraw", WITHDRAW_MODES)] = "delete"  # what withdrawal does to votes
+
+
+class History(_Section):
+    mode: Annotated[str, _one_of("history.mode", HISTORY_MODES)] = "participant"
+    personas: Annotated[tuple[str, ...], BeforeValidator(lambda v: _personas(v or []))] = ()
+    min_items: Annotated[int, _number("history.min_items", int, 1, 10_000)] = 3
+
+    @model_validator(mode="after")
+    def _personas_for_persona_modes(self) -> "History":
+        if self.mode in ("persona", "either") and not self.personas:
+            raise ValueError(f"`history.mode` {self.mode!r} needs `history.personas` "
+                             f"(available: {', '.join(personas_available())}).")
+        return self
+
+
+class Generation(_Section):
+    max_new_tokens: Annotated[int, _number("generation.max_new_tokens", int, 1, 4096)] = 64
+    temperature: Annotated[float, _number("generation.temperature", float, 0.0, 5.0)] = 0.0
+    top_p: Annotated[float, _number("generation.top_p", float, 0.01, 1.0)] = 1.0
+    rag_k: Annotated[int, _number("generation.rag_k", int, 1, 64)] = 4
+
+
+class Completion(_Section):
+    code: Annotated[str, _text("completion.code")] = ""
+    redirect_url: Annotated[str, _text("completion.redirect_url"),
+                            _check(lambda v: v if not v or re.match(r"^https?://\S+$", v) else None,
+                                   "`completion.redirect_url` must be an http(s) URL.", after=True)] = ""
+
+
+_SECTIONS = ("consent", "history", "generation", "completion")
+
+
+class StudyDefinition(_Section):
+    """A study as its file states it (JSON or YAML, see ``assets/studies/``)."""
+
+    name: Annotated[str, _text("name", required=True),
+                    _check(lambda v: v if NAME_RE.match(v) else None,
+                           "`name` must be 1-64 lowercase letters, digits, '-' or '_' (it goes into the URL).", after=True)]
+    title: Annotated[str, _text("title")] = ""  # the name when not given
+    consent: Consent
+    instructions: Annotated[str, _text("instructions")] = ""
+    conditions: Annotated[tuple[str, ...], BeforeValidator(_conditions)] = Field(default=None, validate_default=True)
+    # empty: the participant writes a request for every trial ("participant" in the file)
+    prompts: Annotated[tuple[str, ...], _check(_prompts, '`prompts` must be a list of non-empty requests, or '
+                                                        '"participant" (each participant writes their own).')] = ()
+    trials_per_participant: Annotated[int, _number("trials_per_participant", int, 1, 200)]
+    history: History = History()
+    # "loaded", a plug id, or a plug checkpoint folder
+    plug: Annotated[str, _text("plug"), AfterValidator(lambda v: v or "loaded")] = "loaded"
+    generation: Generation = Generation()
+    reveal_conditions: Annotated[bool, _check(lambda v: v if isinstance(v, bool) else None,
+                                              "`reveal_conditions` must be true or false.")] = False
+    completion: Completion = Completion()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data):
+        """An absent or empty section is its defaults; the title defaults to the name."""
+        if not isinstance(data, dict):
+            return data
+        data = {**data, **{key: {} for key in _SECTIONS if not data.get(key)}}
+        data.setdefault("prompts", "participant")
+        if data.get("trials_per_participant") is None:
+            data.pop("trials_per_participant", None)  # reported as missing
+        title, name = data.get("title"), data.get("name")
+        if title is None or (isinstance(title, str) and not title.strip()):
+            data["title"] = name if isinstance(name, str) else ""
+        return data
+
+    @field_serializer("prompts")
+    def _prompts_in_file(self, prompts: tuple[str, ...]):
+        return list(prompts) if prompts else "participant"
+
+    @property
+    def participant_prompts(self) -> bool:
+        return not self.prompts
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(combinations(self.conditions, 2))
+
+    def to_dict(self) -> dict:
+        """The file format (what :func:`parse_definition` reads back to an equal definition)."""
+        return self.model_dump(mode="json")
+
+
+# --- reading a file ------------------------------------------------------------------------------
+
+_SECTION_LABEL = {(): "setting(s)", **{(key,): f"{key} setting(s)" for key in _SECTIONS}}
+
+
+def _problems(err: ValidationError) -> list[str]:
+    """One sentence per problem, unknown keys gathered per section."""
+    problems, unknown = [], defaultdict(list)
+    for e in err.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in e["loc"])
+        if e["type"] in ("extra_forbidden", "invalid_key"):
+            unknown[tuple(e["loc"][:-1])].append(e["loc"][-1])
+        elif e["type"] == "value_error":
+            problems.append(str(e["ctx"]["error"]))
+        elif e["type"] == "missing":
+            problems.append(f"`{where}` is missing.")
+        elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            problems.append(f"`{where}` must be a mapping.")
+        else:  # a check of pydantic's own; its message is clear enough
+            problems.append(f"`{where}`: {e['msg']}.")
+    for section, keys in unknown.items():
+        known = f"; known: {', '.join(sorted(StudyDefinition.model_fields))}" if not section else ""
+        problems.insert(0, f"Unknown {_SECTION_LABEL.get(section, 'setting(s)')} {_names(keys)}{known}.")
+    return problems
 
 
 def parse_definition(source: str | dict, where: str = "the study file") -> StudyDefinition:
@@ -144,129 +286,12 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
             raise StudyError(f"Could not read {where}: it is nested too deeply or too large to be a study file.") from None
     if not isinstance(data, dict):
         raise StudyError(f"{where} must be a mapping of settings (name, consent, conditions, ...).")
-    problems: list[str] = []
-
-    def section(key: str) -> dict:
-        value = data.get(key) or {}
-        if not isinstance(value, dict):
-            problems.append(f"`{key}` must be a mapping.")
-            return {}
-        return value
-
-    def text(value, what: str, required: bool = True) -> str:
-        if value is None or value == "":
-            if required:
-                problems.append(f"`{what}` is missing.")
-            return ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            problems.append(f"`{what}` must be text.")
-            return ""
-        return str(value).strip()
-
-    def number(value, what: str, default, cast, low, high):
-        if value is None:
-            return default
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"`{what}` must be a finite number.")
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
-            problems.append(f"`{what}` must be {'a whole number' if cast is int else 'a number'}.")
-            return default
-        if not low <= value <= high:
-            problems.append(f"`{what}` must be between {low} and {high}, got {_cut(value)}.")
-            return default
-        return cast(value)
-
-    unknown = _names(set(data) - _TOP_KEYS)
-    if unknown:
-        problems.append(f"Unknown setting(s) {unknown}; known: {', '.join(sorted(_TOP_KEYS))}.")
-    name = text(data.get("name"), "name")
-    if name and not NAME_RE.match(name):
-        problems.append("`name` must be 1-64 lowercase letters, digits, '-' or '_' (it goes into the URL).")
-    consent = section("consent")
-    consent_text = text(consent.get("text"), "consent.text")
-    consent_version = text(consent.get("version"), "consent.version")
-    unknown = _names(set(consent) - {"version", "text", "on_withdraw"})
-    if unknown:
-        problems.append(f"Unknown consent setting(s) {unknown}.")
-    on_withdraw = consent.get("on_withdraw", "delete")
-    if on_withdraw not in WITHDRAW_MODES:
-        problems.append(f"`consent.on_withdraw` must be one of {', '.join(WITHDRAW_MODES)}, got {_cut(on_withdraw)}.")
-        on_withdraw = "delete"
-    conditions = data.get("conditions")
-    if not isinstance(conditions, list) or len(conditions) < 2:
-        problems.append(f"`conditions` must list at least two of: {', '.join(CONDITIONS)}.")
-        conditions = []
-    else:
-        bad = [c for c in conditions if not isinstance(c, str) or c not in CONDITIONS]
-        if bad:
-            problems.append(f"Unknown condition(s) {_names(bad, sort=False)}; choose from {', '.join(CONDITIONS)}.")
-            conditions = [c for c in conditions if c not in bad]
-        if len(set(conditions)) != len(conditions):
-            problems.append("`conditions` lists a condition twice.")
-    prompts = data.get("prompts", "participant")
-    if prompts == "participant":
-        prompts = []
-    elif isinstance(prompts, list) and prompts and all(isinstance(p, str) and p.strip() for p in prompts):
-        prompts = [p.strip() for p in prompts]
-    else:
-        problems.append('`prompts` must be a list of non-empty requests, or "participant" '
-                        "(each participant writes their own).")
-        prompts = []
-    trials = number(data.get("trials_per_participant"), "trials_per_participant", 0, int, 1, 200)
-    if data.get("trials_per_participant") is None:
-        problems.append("`trials_per_participant` is missing.")
-    history = section("history")
-    unknown = _names(set(history) - {"mode", "personas", "min_items"})
-    if unknown:
-        problems.append(f"Unknown history setting(s) {unknown}.")
-    mode = history.get("mode", "participant")
-    if not isinstance(mode, str) or mode not in HISTORY_MODES:
-        problems.append(f"`history.mode` must be one of {', '.join(HISTORY_MODES)}, got {_cut(mode)}.")
-        mode = "participant"
-    personas = history.get("personas") or []
-    if not isinstance(personas, list):
-        problems.append("`history.personas` must be a list of persona names.")
-        personas = []
-    known_personas = personas_available()
-    missing = [p for p in personas if not isinstance(p, str) or p not in known_personas]
-    if missing:
-        problems.append(f"Unknown persona(s) {_names(missing, sort=False)}; available: {', '.join(known_personas)}.")
-        personas = [p for p in personas if p not in missing]
-    if mode in ("persona", "either") and not personas:
-        problems.append(f"`history.mode` {mode!r} needs `history.personas` (available: {', '.join(known_personas)}).")
-    generation = section("generation")
-    unknown = _names(set(generation) - {"max_new_tokens", "temperature", "top_p", "rag_k"})
-    if unknown:
-        problems.append(f"Unknown generation setting(s) {unknown}.")
-    completion = section("completion")
-    redirect = text(completion.get("redirect_url"), "completion.redirect_url", required=False)
-    if redirect and not re.match(r"^https?://\S+$", redirect):
-        problems.append("`completion.redirect_url` must be an http(s) URL.")
-    reveal = data.get("reveal_conditions", False)
-    if not isinstance(reveal, bool):
-        problems.append("`reveal_conditions` must be true or false.")
-    plug = text(data.get("plug", "loaded"), "plug", required=False) or "loaded"
-    definition = StudyDefinition(
-        name=name, title=text(data.get("title"), "title", required=False) or name,
-        consent_text=consent_text, consent_version=consent_version,
-        instructions=text(data.get("instructions"), "instructions", required=False),
-        conditions=tuple(conditions), prompts=tuple(prompts), trials_per_participant=trials,
-        history_mode=mode if mode in HISTORY_MODES else "participant", personas=tuple(personas),
-        min_items=number(history.get("min_items"), "history.min_items", 3, int, 1, 10_000),
-        plug=plug,
-        max_new_tokens=number(generation.get("max_new_tokens"), "generation.max_new_tokens", 64, int, 1, 4096),
-        temperature=number(generation.get("temperature"), "generation.temperature", 0.0, float, 0.0, 5.0),
-        top_p=number(generation.get("top_p"), "generation.top_p", 1.0, float, 0.01, 1.0),
-        rag_k=number(generation.get("rag_k"), "generation.rag_k", 4, int, 1, 64),
-        reveal_conditions=bool(reveal) if isinstance(reveal, bool) else False,
-        completion_code=text(completion.get("code"), "completion.code", required=False),
-        redirect_url=redirect, on_withdraw=on_withdraw,
-    )
-    if problems:
-        label = f" {name!r}" if NAME_RE.match(name or "") else ""
-        raise StudyError(f"Study{label} in {where} is not valid:\n- " + "\n- ".join(problems))
-    return definition
+    try:
+        return StudyDefinition.model_validate(data)
+    except ValidationError as err:
+        name = data.get("name")
+        label = f" {name!r}" if isinstance(name, str) and NAME_RE.match(name) else ""
+        raise StudyError(f"Study{label} in {where} is not valid:\n- " + "\n- ".join(_problems(err))) from None
 
 
 def load_definition_file(path: str | Path) -> StudyDefinition:

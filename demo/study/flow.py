@@ -10,10 +10,14 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.settings import REPO_ROOT
+from ..core.generation import GenerationParams
+from ..core.plug import PPlug
+from ..core.settings import REPO_ROOT, STUDIES_DIR
+from ..core.studio import ServiceError, Studio
+from ..core.text import sha256_text
 from .assign import new_seed, schedule, side_order
-from .definition import (CHOICES, PARTICIPANT_RE, STUDIES_DIR, StudyDefinition, StudyError, _sha, load_definition_file,
-                         parse_definition, persona_items)
+from .definition import (CHOICES, PARTICIPANT_RE, StudyDefinition, StudyError, load_definition_file, parse_definition,
+                         persona_items)
 from .results import Results, compute_results, write_export
 from .store import StudyStore
 
@@ -22,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _owner_for(token: str) -> str:
     """The owner of a participant's profiles: derived from the token, not the token itself."""
-    return "study:" + _sha("owner:" + token)[:40]
+    return "study:" + sha256_text("owner:" + token)[:40]
 
 
 @dataclass
@@ -58,7 +62,7 @@ class StudyService:
     the next step and it is forgotten.
     """
 
-    def __init__(self, studio, admin_token: str = "", studies_dir: str | Path | None = STUDIES_DIR,
+    def __init__(self, studio: Studio, admin_token: str = "", studies_dir: str | Path | None = STUDIES_DIR,
                  prefetch: bool | None = None):
         self.studio = studio
         self.admin_token = admin_token
@@ -81,7 +85,7 @@ class StudyService:
     def check_admin(self, token: str) -> None:
         if not self.admin_token:
             raise StudyError("Admin functions are off: set PPLUG_ADMIN_TOKEN in the app's environment.")
-        if not hmac.compare_digest(_sha(token or ""), _sha(self.admin_token)):
+        if not hmac.compare_digest(sha256_text(token or ""), sha256_text(self.admin_token)):
             raise StudyError("Wrong admin token.")
 
     def plug_problem(self, definition: StudyDefinition) -> str:
@@ -92,8 +96,6 @@ class StudyService:
             return ""
         folder = Path(wanted) if Path(wanted).is_absolute() else REPO_ROOT / wanted
         if (folder / "config.json").is_file():
-            from ..core.plug import PPlug  # torch: only when a study names a checkpoint folder
-
             try:
                 wanted_id = PPlug.load(folder).plug_id
             except Exception as err:  # noqa: BLE001 - any failure is reported as is
@@ -108,9 +110,10 @@ class StudyService:
 
     def _validate_for_app(self, definition: StudyDefinition) -> None:
         limit = self.studio.settings.limits.max_new_tokens
-        if definition.max_new_tokens > limit:
-            raise StudyError(f"Study `{definition.name}`: generation.max_new_tokens is {definition.max_new_tokens}, "
-                             f"above the app's limit of {limit} (PPLUG_MAX_NEW_TOKENS).")
+        if definition.generation.max_new_tokens > limit:
+            raise StudyError(f"Study `{definition.name}`: generation.max_new_tokens is "
+                             f"{definition.generation.max_new_tokens}, above the app's limit of {limit} "
+                             "(PPLUG_MAX_NEW_TOKENS).")
 
     def register(self, definition: StudyDefinition, source: str) -> tuple[int, bool]:
         self._validate_for_app(definition)
@@ -127,11 +130,11 @@ class StudyService:
     def info(self, name: str) -> dict:
         """What a participant sees before consent; stores nothing."""
         version, d = self._study(name)
-        return {"study": d.name, "version": version, "title": d.title, "consent_text": d.consent_text,
-                "consent_version": d.consent_version, "instructions": d.instructions,
-                "trials": d.trials_per_participant, "history_mode": d.history_mode,
-                "personas": list(d.personas), "participant_prompts": d.participant_prompts,
-                "on_withdraw": d.on_withdraw, "problem": self.plug_problem(d)}
+        return {"study": d.name, "version": version, "title": d.title, "consent_text": d.consent.text,
+                "consent_version": d.consent.version, "instructions": d.instructions,
+                "trials": d.trials_per_participant, "history_mode": d.history.mode,
+                "personas": list(d.history.personas), "participant_prompts": d.participant_prompts,
+                "on_withdraw": d.consent.on_withdraw, "problem": self.plug_problem(d)}
 
     def consent(self, name: str, agree: bool, participant_id: str = "", prolific_study_id: str = "",
                 session_id: str = "") -> dict:
@@ -151,7 +154,7 @@ class StudyService:
         self.db.add_participant(study=d.name, version=version, participant_id=participant_id, id_source=id_source,
                                 prolific_study_id=(prolific_study_id or "")[:128],
                                 prolific_session_id=(session_id or "")[:128], token=token,
-                                consent_version=d.consent_version, assignment_seed=new_seed())
+                                consent_version=d.consent.version, assignment_seed=new_seed())
         status = self.status(name, participant_id, token)
         return {"participant_id": participant_id, "participant_token": token, **status}
 
@@ -168,11 +171,12 @@ class StudyService:
         trials = self.db.trials(participant["id"])
         voted = sum(1 for t in trials if t["choice"] is not None)
         out = {"study": d.name, "participant_id": participant["participant_id"], "total": d.trials_per_participant,
-               "voted": voted, "history_mode": d.history_mode, "personas": list(d.personas)}
+               "voted": voted, "history_mode": d.history.mode, "personas": list(d.history.personas)}
         history = self.db.history(participant["id"])
         out["persona"] = history["persona"] if history else ""
         if voted >= d.trials_per_participant:
-            return {**out, "stage": "done", "completion_code": d.completion_code, "redirect_url": d.redirect_url}
+            return {**out, "stage": "done", "completion_code": d.completion.code,
+                    "redirect_url": d.completion.redirect_url}
         open_trial = next((t for t in trials if t["choice"] is None), None)
         if open_trial:
             return {**out, "stage": "trial", "trial": self._public_trial(open_trial, d)}
@@ -196,21 +200,20 @@ class StudyService:
         if any(t for t in self.db.trials(participant["id"])):
             raise StudyError("Your history is already set for this study.")
         if items is None:
-            if d.history_mode == "participant":
+            if d.history.mode == "participant":
                 raise StudyError("This study uses your own writing: paste or upload some of it.")
-            if persona and persona not in d.personas:
+            if persona and persona not in d.history.personas:
                 raise StudyError(f"Unknown persona {persona!r} for this study.")
-            persona = persona or random.Random(participant["assignment_seed"]).choice(sorted(d.personas))
+            persona = persona or random.Random(participant["assignment_seed"]).choice(sorted(d.history.personas))
             items = persona_items(persona)
             kind, source = "persona", f"persona {persona}"
         else:
-            if d.history_mode == "persona":
+            if d.history.mode == "persona":
                 raise StudyError("This study assigns a persona; you do not need to give a history.")
             kind, persona = "own", ""
-            if len(items) < d.min_items:
-                raise StudyError(f"This study needs at least {d.min_items} items of your writing; you gave "
+            if len(items) < d.history.min_items:
+                raise StudyError(f"This study needs at least {d.history.min_items} items of your writing; you gave "
                                  f"{len(items)}. Separate items with a blank line.")
-        from ..core.studio import ServiceError
 
         try:
             result = self.studio.compute_profile(_owner_for(token), f"study {d.name}", items, source=source)
@@ -271,18 +274,16 @@ class StudyService:
                      history["id"])
 
     @staticmethod
-    def _params(d: StudyDefinition, plan: _Plan):
-        from ..core.generation import GenerationParams
-
-        return GenerationParams(d.max_new_tokens, d.temperature, d.top_p, seed=plan.order_seed)
+    def _params(d: StudyDefinition, plan: _Plan) -> GenerationParams:
+        g = d.generation
+        return GenerationParams(g.max_new_tokens, g.temperature, g.top_p, seed=plan.order_seed)
 
     def _generate(self, plan: _Plan, d: StudyDefinition, token: str, stop: threading.Event | None = None):
         """The trial's two answers (a Comparison); None if ``stop`` was set first. Stores nothing:
         the trial row, written when the participant reaches it, is the record."""
-        from ..core.studio import ServiceError
-
         steps = self.studio.generate(_owner_for(token), plan.profile_id, plan.prompt, self._params(d, plan),
-                                     conditions=(plan.condition_a, plan.condition_b), rag_k=d.rag_k, log=False)
+                                     conditions=(plan.condition_a, plan.condition_b), rag_k=d.generation.rag_k,
+                                     log=False)
         try:
             result = None
             for result in steps:
@@ -342,7 +343,7 @@ class StudyService:
             raise StudyError(f"Unknown choice {choice!r}; one of {', '.join(CHOICES)}.")
         participant, d = self._participant(name, participant_id, token)
         recorded = self.db.vote(participant["id"], int(trial_id), choice, (reason or "").strip()[:2000],
-                                d.trials_per_participant, d.completion_code)
+                                d.trials_per_participant, d.completion.code)
         out = self.status(name, participant_id, token)
         if d.reveal_conditions:
             out["revealed"] = {"A": recorded["condition_a"], "B": recorded["condition_b"]}
@@ -361,13 +362,13 @@ class StudyService:
         for owner in self.studio.store.owners_of(self.db.profile_ids(participant["id"])):
             for table, n in self.studio.delete_my_data(owner).items():
                 deleted[table] = deleted.get(table, 0) + n
-        study_rows = self.db.withdraw(participant["id"], d.name, d.on_withdraw)
-        kept = d.on_withdraw == "keep_anonymized"
+        study_rows = self.db.withdraw(participant["id"], d.name, d.consent.on_withdraw)
+        kept = d.consent.on_withdraw == "keep_anonymized"
         message = ("You have left the study. Your writing and everything made from it are deleted; "
                    + ("as the consent said, your votes are kept without your participant id, requests, "
                       "comments or texts made from your writing." if kept else
                       "your votes and every other study record of you are deleted."))
-        return {"study": d.name, "withdrawn": True, "mode": d.on_withdraw, "message": message,
+        return {"study": d.name, "withdrawn": True, "mode": d.consent.on_withdraw, "message": message,
                 "deleted": deleted, "study_rows": study_rows}
 
     # -- admin -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.text import markdown_table
 from . import stats as study_stats
 from .store import EXPORT_COLUMNS
 
@@ -24,27 +25,6 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def read_export(text: str, fmt: str) -> list[dict]:
-    """Read an export back into typed rows (what :meth:`StudyStore.export_rows` returned)."""
-    if fmt == "jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row = {}
-        for key, kind in EXPORT_COLUMNS.items():
-            value = raw[key]
-            if kind is str:
-                row[key] = value
-            elif value == "":
-                row[key] = None
-            elif kind is bool:
-                row[key] = value == "true"
-            else:
-                row[key] = kind(value)
-        rows.append(row)
-    return rows
 
 
 def write_export(rows: list[dict], folder: str | Path, study: str, formats=("csv", "jsonl")) -> list[Path]:
@@ -70,19 +50,17 @@ class Results:
     excluded: dict[str, int] = field(default_factory=dict)
 
     def markdown(self) -> str:
+        pairs = [[f"{r['x']} (X) vs {r['y']} (Y)", r["votes"], r["x_wins"], r["y_wins"], r["ties"], r["both_bad"],
+                  f"{r['win_rate']:.3f}", f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", r["bootstrap_unit"]]
+                 for r in self.pairs]
         lines = [f"### Study `{self.study}`: {self.included} votes analysed of {self.trials} trials",
                  "Excluded: " + (", ".join(f"{n} {why}" for why, n in self.excluded.items() if n) or "none") + ".",
-                 "", "| pair | votes | X wins | Y wins | ties | both bad | win rate of X | 95% CI | unit |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in self.pairs:
-            lines.append(f"| {r['x']} (X) vs {r['y']} (Y) | {r['votes']} | {r['x_wins']} | {r['y_wins']} | "
-                         f"{r['ties']} | {r['both_bad']} | {r['win_rate']:.3f} | "
-                         f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['bootstrap_unit']} |")
+                 "", markdown_table(pairs, ["pair", "votes", "X wins", "Y wins", "ties", "both bad", "win rate of X",
+                                            "95% CI", "unit"])]
         if self.bradley_terry:
-            lines += ["", "| rank | condition | Bradley–Terry score | 95% CI | votes |", "|---|---|---|---|---|"]
-            for r in self.bradley_terry:
-                lines.append(f"| {r['rank']} | {r['condition']} | {r['score']:+.3f} | "
-                             f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['votes']} |")
+            scores = [[r["rank"], r["condition"], f"{r['score']:+.3f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                       r["votes"]] for r in self.bradley_terry]
+            lines += ["", markdown_table(scores, ["rank", "condition", "Bradley–Terry score", "95% CI", "votes"])]
         return "\n".join(lines)
 
 

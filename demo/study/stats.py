@@ -7,12 +7,14 @@ Conventions (stated in the results tab and the README):
 
 * **Win rate** of condition X against Y = (wins of X + ½ · (ties + both bad)) / votes on the pair.
   "Both are bad" expresses no preference, so it counts as a tie here; its count is reported apart.
-* **95% intervals** are percentile bootstrap intervals. Votes of one participant are not independent,
-  so the bootstrap resamples *participants* (with all their votes); with fewer than two participants
-  it falls back to resampling single votes, and the table says which unit was used.
-* **Bradley–Terry**: P(X beats Y) = p_X / (p_X + p_Y), fitted by Hunter's MM algorithm with ties as
-  half a win each way and 0.5 pseudo-wins each way per compared pair (keeps the fit finite when one
-  condition always wins). Scores are log-strengths centred at mean 0 (difference of 1 = odds e:1).
+* **95% intervals** are percentile bootstrap intervals (``scipy.stats.bootstrap``). Votes of one
+  participant are not independent, so the bootstrap resamples *participants* (with all their votes);
+  with fewer than two participants it falls back to resampling single votes, and the table says which
+  unit was used.
+* **Bradley–Terry**: P(X beats Y) = p_X / (p_X + p_Y), the maximum-likelihood fit (``scipy.optimize``)
+  with ties as half a win each way and 0.5 pseudo-wins each way per compared pair (keeps the fit
+  finite when one condition always wins). Scores are log-strengths centred at mean 0 (difference of
+  1 = odds e:1).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from html import escape
 from itertools import combinations
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from scipy.stats import bootstrap
 
 CHOICES = ("A", "B", "tie", "both_bad")
 LEVEL = 0.95
@@ -36,13 +41,16 @@ def _score_for(vote: dict, condition: str) -> float:
     return 1.0 if winner == condition else 0.0
 
 
-def _percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return float(low), float(high)
+def _interval(data: tuple[np.ndarray, ...], statistic, n_boot: int, rng: np.random.Generator,
+              level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of ``statistic(*data, axis=-1)``, the arrays of ``data`` resampled
+    together along their last axis (one entry per unit). One unit can only resample to itself."""
+    if data[0].shape[-1] < 2:
+        value = statistic(*data, axis=-1)
+        return value, value
+    result = bootstrap(data, statistic, n_resamples=n_boot, paired=len(data) > 1, vectorized=True,
+                       confidence_level=level, method="percentile", rng=rng)
+    return result.confidence_interval.low, result.confidence_interval.high
 
 
 def _ordered_pairs(votes: list[dict], conditions: list[str] | None) -> list[tuple[str, str]]:
@@ -54,6 +62,11 @@ def _ordered_pairs(votes: list[dict], conditions: list[str] | None) -> list[tupl
     rank = {c: i for i, c in enumerate(seen)}
     present = {tuple(sorted((v["a"], v["b"]), key=rank.get)) for v in votes}
     return [p for p in combinations(seen, 2) if p in present]
+
+
+def _win_rate(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Win rate over the votes of the chosen units: their summed scores over their summed votes."""
+    return sums.sum(axis) / counts.sum(axis)
 
 
 def pairwise(votes: list[dict], conditions: list[str] | None = None, n_boot: int = N_BOOT,
@@ -78,39 +91,38 @@ def pairwise(votes: list[dict], conditions: list[str] | None = None, n_boot: int
         else:
             unit = "vote"
             sums, counts = scores, np.ones_like(scores)
-        idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-        boot = sums[idx].sum(1) / counts[idx].sum(1)
-        low, high = _percentile_interval(boot, level)
+        low, high = _interval((sums, counts), _win_rate, n_boot, rng, level)
         rows.append({
             "pair": f"{x} vs {y}", "x": x, "y": y, "votes": len(pv),
             "x_wins": int(sum(1 for v in pv if v["choice"] in ("A", "B") and _score_for(v, x) == 1.0)),
             "y_wins": int(sum(1 for v in pv if v["choice"] in ("A", "B") and _score_for(v, x) == 0.0)),
             "ties": int(sum(1 for v in pv if v["choice"] == "tie")),
             "both_bad": int(sum(1 for v in pv if v["choice"] == "both_bad")),
-            "win_rate": float(scores.mean()), "ci_low": low, "ci_high": high,
+            "win_rate": float(scores.mean()), "ci_low": float(low), "ci_high": float(high),
             "participants": len(by_participant), "bootstrap_unit": unit,
         })
     return rows
 
 
-def _bt_fit(wins: np.ndarray, prior: float = 0.5, iters: int = 500, tol: float = 1e-9) -> np.ndarray:
-    """Log-strengths (mean 0) from ``wins[i, j]`` = (possibly fractional) wins of i over j."""
-    k = wins.shape[0]
-    compared = (wins + wins.T) > 0
+def _bt_fit(wins: np.ndarray, prior: float = 0.5) -> np.ndarray:
+    """Log-strengths (mean 0) from ``wins[..., i, j]`` = (possibly fractional) wins of i over j.
+
+    ``wins`` [k, k] -> [k]; or a stack [B, k, k] -> [B, k], fitted at once (the fits are independent).
+    """
+    compared = (wins + np.swapaxes(wins, -1, -2)) > 0
     w = wins + prior * compared
-    n = w + w.T
-    total_wins = w.sum(1)
-    p = np.ones(k)
-    for _ in range(iters):
-        denom = (n / (p[:, None] + p[None, :])).sum(1)
-        new = np.where(denom > 0, total_wins / np.where(denom > 0, denom, 1), p)
-        new = new / np.exp(np.log(new).mean())
-        if np.max(np.abs(new - p)) < tol:
-            p = new
-            break
-        p = new
-    log_p = np.log(p)
-    return log_p - log_p.mean()
+    shape = w.shape[:-1]  # [..., k]
+
+    def nll(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        s = flat.reshape(shape)
+        d = s[..., :, None] - s[..., None, :]  # [..., k, k]: s_i - s_j
+        lost = w * expit(-d)  # the gradient's weight of each (i beat j)
+        return -(w * log_expit(d)).sum(), (lost.sum(-2) - lost.sum(-1)).ravel()
+
+    fit = minimize(nll, np.zeros(int(np.prod(shape))), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10_000, "maxcor": 30})
+    s = fit.x.reshape(shape)
+    return s - s.mean(-1, keepdims=True)
 
 
 def _win_matrix(votes: list[dict], index: dict[str, int]) -> np.ndarray:
@@ -142,17 +154,16 @@ def bradley_terry(votes: list[dict], conditions: list[str] | None = None, n_boot
     for v in votes:
         groups[v["participant"]].append(v)
     units = list(groups.values()) if len(groups) >= 2 else [[v] for v in votes]
-    rng = np.random.default_rng(seed)
-    unit_mats = [_win_matrix(u, index) for u in units]
-    stacked = np.stack(unit_mats)
-    boot = np.empty((n_boot, len(names)))
-    for b in range(n_boot):
-        pick = rng.integers(0, len(units), size=len(units))
-        boot[b] = _bt_fit(stacked[pick].sum(0), iters=200, tol=1e-6)
+    unit_wins = np.stack([_win_matrix(u, index) for u in units])  # [units, k, k]
+
+    def scores_of(chosen: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Scores [k, B] of B resamples of units, ``chosen`` [B, units] (or [units]) their indices."""
+        return _bt_fit(unit_wins[chosen.astype(int)].sum(axis - 2)).T
+
+    low, high = _interval((np.arange(len(units), dtype=float),), scores_of, n_boot, np.random.default_rng(seed), level)
     rows = []
     for c, i in index.items():
-        low, high = _percentile_interval(boot[:, i], level)
-        rows.append({"condition": c, "score": float(scores[i]), "ci_low": low, "ci_high": high,
+        rows.append({"condition": c, "score": float(scores[i]), "ci_low": float(low[i]), "ci_high": float(high[i]),
                      "votes": sum(1 for v in votes if c in (v["a"], v["b"]))})
     rows.sort(key=lambda r: -r["score"])
     for rank, row in enumerate(rows, 1):
