@@ -10,14 +10,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from demo.core.generation import Generator
 from demo.core.models import llm_folder
 from demo.core.plug import PPlug
-from demo.core.scoring import end_of_turn_ids, fit_prompt, target_ids
-from demo.research.lamp import Query, task_spec
+from demo.core.scoring import end_of_turn_ids, target_ids
 from demo.core.selfsup import examples_from_history
 from demo.core.tuning import FitSettings, add_shift, fit_shift
-from demo.research.lamp import LampSplit
+from demo.research.lamp import LampSplit, Query, task_spec
 from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
                                    stack_histories)
-from demo.research.train import distinct_users, self_supervised_split, set_linear_map, thin_history
+from demo.research.train import distinct_users, self_supervised_split, thin_history
+from demo.research.training_free import set_linear_map
 
 
 def tiny_llm(tokenizer, seed: int = 0) -> LlamaForCausalLM:
@@ -52,7 +52,7 @@ def make_examples(n: int, d_enc: int, seed: int = 0) -> list[Example]:
 
 def train_steps(tiny, module, examples, optimizer, steps: int, **loss_args) -> list[dict]:
     """``steps`` optimizer steps of ``ce_and_kl`` on one fixed batch; the stats of each step."""
-    prompts = [fit_prompt(tiny, e.query.input, 64) for e in examples]
+    prompts = [tiny.fit_prompt(e.query.input, 64) for e in examples]
     targets = [target_ids(tiny, e.query.output, 16) for e in examples]
     out = []
     for _ in range(steps):
@@ -89,10 +89,12 @@ def test_targets_end_with_the_end_of_turn_unless_cut(tiny):
 
 def test_fit_prompt_cuts_the_request_but_keeps_the_template(tiny):
     full = tiny.prompt_ids("word " * 300)
-    fitted = fit_prompt(tiny, "word " * 300, 64)
+    fitted = tiny.fit_prompt("word " * 300, 64)
     assert len(fitted.plain) <= 64
     assert fitted.prefix == full.prefix
     assert fitted.suffix[-3:] == full.suffix[-3:]  # end of turn + assistant header kept
+    assert fitted.cut_to == len(fitted.plain) - len(tiny.prompt_ids("").plain)  # request tokens kept
+    assert tiny.fit_prompt("word", 64).cut_to is None
 
 
 def test_stack_histories_pads_and_masks():

@@ -12,16 +12,6 @@ import torch
 from .generation import Generator, PromptIds
 
 
-def fit_prompt(generator: Generator, request: str, max_prompt_tokens: int) -> PromptIds:
-    """Prompt ids with the request cut so that prefix + suffix fit ``max_prompt_tokens``."""
-    ids = generator.prompt_ids(request)
-    if len(ids.plain) <= max_prompt_tokens:
-        return ids
-    tail = generator.prompt_ids("").suffix  # end of turn + assistant header
-    keep = max(max_prompt_tokens - len(ids.prefix) - len(tail), 8)
-    return PromptIds(ids.prefix, ids.suffix[:keep] + tail)
-
-
 def end_of_turn_ids(generator: Generator) -> list[int]:
     """The token(s) that end an assistant answer (what the decoder stops at)."""
     tok = generator.tokenizer

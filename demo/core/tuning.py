@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Generator
-from .scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
+from .scoring import nll_per_row, target_ids, teacher_forced_logits
 from .selfsup import SelfExample
 
 # soft(requests, left_out) -> [B, 2, d_llm]: the plug's soft tokens for each request, computed with
@@ -74,7 +74,7 @@ def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample]
                          f"this history has {len(examples)}.")
     examples = examples[:need]
     held, fit = examples[:settings.held_back], examples[settings.held_back:]
-    prompts = [fit_prompt(generator, e.request, settings.max_prompt_tokens) for e in examples]
+    prompts = [generator.fit_prompt(e.request, settings.max_prompt_tokens) for e in examples]
     targets = [target_ids(generator, e.target, settings.max_target_tokens) for e in examples]
     with torch.no_grad():
         soft = soft_fn([e.request for e in examples], [e.index for e in examples]).float()  # [B, 2, d_llm]

@@ -41,11 +41,11 @@ import torch
 
 from ..core.generation import GenerationParams, Generator
 from ..core.history import lamp_item_text
-from ..core.scoring import fit_prompt, target_ids
+from ..core.scoring import target_ids
 from ..core.settings import REPO_ROOT, Settings
 from ..core.studio import Studio
-from ..core.text import free_port
-from .lamp import read_task
+from ..core.text import free_port, markdown_table
+from .lamp import DEFAULT_DATA, read_task
 from .runtime import Example, SoftTokenModule, ce_and_kl
 
 
@@ -269,7 +269,7 @@ def fig_training(studio: Studio, data: Path, repeats: int) -> dict:
 
     def step(generator, **loss_args):
         for batch in batches:
-            prompts = [fit_prompt(generator, e.query.input, 128) for e in batch]
+            prompts = [generator.fit_prompt(e.query.input, 128) for e in batch]
             targets = [target_ids(generator, e.query.output, 32) for e in batch]
             loss, _ = ce_and_kl(generator, module, batch, prompts, targets, **loss_args)
             optimizer.zero_grad()
@@ -301,17 +301,18 @@ def fig_tune(studio: Studio, data: Path, repeats: int) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| figure | ratio | goal | met |", "| --- | --- | --- | --- |"]
+    figures = []
     for label, (section, key), goal, check in GOALS:
         if section in results:
             value = results[section][key]
             met = "" if check is None else ("yes" if check(value) else "**no**")
-            lines.append(f"| {label} | {value:.2f} | {goal} | {met} |")
+            figures.append([label, f"{value:.2f}", goal, met])
+    lines = [markdown_table(figures, ["figure", "ratio", "goal", "met"])]
     if "aggregator" in results:
-        lines += ["", "| history items | aggregator + projector, cached (ms) | projecting now (ms) |",
-                  "| --- | --- | --- |"]
-        for n, row in ((n, row) for n, row in results["aggregator"].items() if n.isdigit()):
-            lines.append(f"| {int(n):,} | {row['cached_ms']:.3f} | {row['projecting_now_ms']:.2f} |")
+        sizes = [[f"{int(n):,}", f"{row['cached_ms']:.3f}", f"{row['projecting_now_ms']:.2f}"]
+                 for n, row in results["aggregator"].items() if n.isdigit()]
+        lines += ["", markdown_table(sizes, ["history items", "aggregator + projector, cached (ms)",
+                                             "projecting now (ms)"])]
     absolute = []
     if "pair" in results:
         p = results["pair"]
@@ -352,7 +353,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "results" / "benchmark")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)

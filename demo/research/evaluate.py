@@ -13,7 +13,7 @@ greedy decoding; they differ only in what goes into the prompt:
 * ``pplug+rag``: both;
 * ``pplug-untrained``: the app's untrained plug (control);
 * ``pplug-other-user``: the trained plug fed another user's history (control: is the gain personal?);
-* ``training-free``: the ridge-regression plug (see ``demo.research.train.training_free_plug``);
+* ``training-free``: the ridge-regression plug (see ``demo.research.training_free``);
 * ``pplug-tuned``: the trained plug with a "tune to me" shift of P fitted per user on
   self-supervised examples from their own history (``demo.core.tuning``; per-user optimisation, a
   reference for what one personal token can carry, not the amortized plug).
@@ -33,21 +33,22 @@ import numpy as np
 import torch
 
 from ..core.history import lamp_item_text
-from ..core.plug import PPlug, cosine_spread
+from ..core.plug import PPlug, cosine_spread, weight_entropy
+from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
+from ..core.selfsup import examples_from_history
 from ..core.settings import REPO_ROOT, Settings
-from .lamp import SELFSUP_RULE, SHARED_TASKS, LampSplit, postprocess, read_task
+from ..core.text import markdown_table
+from ..core.tuning import FitSettings, TunedToken, add_shift, fit_shift
+from .lamp import DEFAULT_DATA, SELFSUP_RULE, SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .retrieval import lamp_rag_request
-from ..core.selfsup import examples_from_history
-from ..core.tuning import FitSettings, TunedToken, add_shift, fit_shift
-from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
-from .runtime import (FrozenModels, SoftTokenModule, build_examples, generate, soft_tokens)
+from .runtime import FrozenModels, SoftTokenModule, build_examples, generate, soft_tokens
+from .training_free import training_free_plug
 
 log = logging.getLogger("demo.research.evaluate")
 
 METHODS = ("generic", "rag", "pplug", "pplug+rag", "pplug-untrained", "pplug-other-user", "training-free",
            "pplug-tuned")
-DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,8 +144,6 @@ class Evaluation(FrozenModels):
             if self.args.training_free_plug and Path(self.args.training_free_plug, "config.json").is_file():
                 plug = PPlug.load(self.args.training_free_plug, encoder_id=self.encoder_id, llm_id=self.llm_id)
             else:
-                from .train import training_free_plug
-
                 plug = training_free_plug(self.cache, self.model, self.tokenizer, self.encoder_id, self.llm_id,
                                           tau=self.settings.tau, vocab_limit=self.args.vocab_limit)
         else:
@@ -170,7 +169,7 @@ class Evaluation(FrozenModels):
                     "methods": {}, "comparisons": {}, "diagnostics": self.diagnostics(split, examples, others, methods)}
         refs = [q.output for q in queries]
         n_new = args.max_new_tokens or task.max_new_tokens
-        plain = [fit_prompt(self.generator, q.input, args.max_prompt_tokens) for q in queries]
+        plain = [self.generator.fit_prompt(q.input, args.max_prompt_tokens) for q in queries]
         rag_prompts, rag_items = [], []
         for q, e in zip(queries, examples):
             dense = {}
@@ -178,7 +177,7 @@ class Evaluation(FrozenModels):
                 dense = {"x": e.x.numpy(), "item_matrix": self.cache.matrix([lamp_item_text(it) for it in q.items()])}
             text, chosen = lamp_rag_request(task, q, args.k, args.item_chars, **dense)
             rag_items.append([c.get("id") for c in chosen])
-            rag_prompts.append(fit_prompt(self.generator, text, args.max_prompt_tokens))
+            rag_prompts.append(self.generator.fit_prompt(text, args.max_prompt_tokens))
         results: dict[str, dict] = {}
         per_query: dict[str, dict] = {}
         outputs: dict[str, list[str]] = {}
@@ -294,7 +293,7 @@ class Evaluation(FrozenModels):
         """Spread of P across users and the paired teacher-forced NLL own vs other user's history."""
         out = {}
         queries = split.queries
-        prompts = [fit_prompt(self.generator, q.input, self.args.max_prompt_tokens) for q in queries]
+        prompts = [self.generator.fit_prompt(q.input, self.args.max_prompt_tokens) for q in queries]
         targets = [target_ids(self.generator, q.output, 48) for q in queries]
         firsts = list({q.user_id: i for i, q in enumerate(queries)}.values())
         generic_nll = []
@@ -322,7 +321,7 @@ class Evaluation(FrozenModels):
                     logits, tgt, tmask = teacher_forced_logits(self.generator, prompts[sl], list(soft[sl]),
                                                                targets[sl])
                     acc.extend(nll_per_row(logits, tgt, tmask).tolist())
-            entropy = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1)
+            entropy = weight_entropy(weights)
             n_items = torch.tensor([max(e.items.shape[0], 1) for e in examples], dtype=torch.float)
             out[method] = {
                 "p_mean_pairwise_cosine": cosine_spread(own_soft[firsts, 1]),
@@ -347,13 +346,10 @@ def markdown(results: dict) -> str:
             ["accuracy", "F1"] if t["kind"] == "classification" else ["MAE", "RMSE"])
         keys = ["rouge1", "rougeL", "fit_top1", "fit_mrr", "mean_words"] if gen else (
             ["accuracy", "f1"] if t["kind"] == "classification" else ["mae", "rmse"])
+        rows = [[method] + [f"{m[k]:.3f}" if k in m and k != "mean_words" else (f"{m[k]:.1f}" if k in m else "")
+                            for k in keys] for method, m in t["methods"].items()]
         lines += [f"## {t['task']} ({t['n_queries']} queries, {t['n_users']} users)", "",
-                  "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for method, m in t["methods"].items():
-            cells = [f"{m[k]:.3f}" if k in m and k != "mean_words" else (f"{m[k]:.1f}" if k in m else "")
-                     for k in keys]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  markdown_table(rows, ["method", *cols]), ""]
         for name, comp in t["comparisons"].items():
             parts = [f"{k} {v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" for k, v in comp.items()]
             lines.append(f"- {name}: " + "; ".join(parts))

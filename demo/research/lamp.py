@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.history import lamp_item_text
+from ..core.settings import REPO_ROOT
 
 SHARED_TASKS = ("tweets", "scholar_titles", "blog_posts")
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"  # where the shared LaMP-format tasks are kept
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,10 @@ import torch
 
 from ..core.plug import PPlug
 from ..core.settings import REPO_ROOT, Settings
-from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
-from .lamp import SHARED_TASKS, read_task
+from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
+from .lamp import DEFAULT_DATA, SHARED_TASKS, read_task
 from .metrics import paired_bootstrap
 from .runtime import (FrozenModels, SoftTokenModule, build_examples, soft_tokens)
-from .train import DEFAULT_DATA
 
 FIT, HELD_OUT = 2, 1  # queries per user: fitted on, held out
 ONLY_P = torch.tensor([[0.0], [1.0]])  # [2, 1]: the shift moves P (soft token 1), not the instruction
@@ -70,7 +69,7 @@ class Oracle(FrozenModels):
     def fit_user(self, examples) -> tuple[torch.Tensor, tuple]:
         """delta_u [d_llm] fitted on the first FIT examples, and the held-out row (prompt, soft, target)."""
         g, a = self.generator, self.args
-        prompts = [fit_prompt(g, e.query.input, a.max_prompt_tokens) for e in examples]
+        prompts = [g.fit_prompt(e.query.input, a.max_prompt_tokens) for e in examples]
         targets = [target_ids(g, e.query.output, a.max_target_tokens) for e in examples]
         with torch.no_grad():
             soft, _ = soft_tokens(self.plug, examples, g.device)  # [FIT + HELD_OUT, 2, d_llm]

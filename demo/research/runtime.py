@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..core.generation import GenerationParams, Generator, PromptIds
 from ..core.models import canonical_id, load_encoder, load_llm
-from ..core.plug import PPlug
+from ..core.plug import PPlug, weight_entropy
 from ..core.scoring import nll_per_row, teacher_forced_logits
 from ..core.settings import Settings
 from ..core.storage import Store
@@ -55,8 +56,6 @@ class EmbeddingCache:
         todo.sort(key=lambda s: len(shas[s]))
         iterator = range(0, len(todo), chunk)
         if progress:
-            from tqdm import tqdm
-
             iterator = tqdm(iterator, desc=f"encoding {len(todo)} texts", unit="chunk")
         with torch.inference_mode():
             for start in iterator:
@@ -238,7 +237,6 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
         loss = loss + contrast_weight * nce
         stats["nce"] = float(nce.detach())
         stats["own_minus_other"] = float((own - others[0] / n_tokens).mean().detach())
-    ent = -(weights.clamp_min(1e-12) * weights.clamp_min(1e-12).log()).sum(-1).mean()
-    stats["w_entropy"] = float(ent.detach())
+    stats["w_entropy"] = float(weight_entropy(weights).mean().detach())
     stats["loss"] = float(loss.detach())
     return loss, stats

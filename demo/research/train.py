@@ -30,24 +30,27 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from tqdm import tqdm
 
 from ..core.plug import PPlug
+from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
 from ..core.selfsup import example_for
 from ..core.settings import REPO_ROOT, Settings
-from ..core.scoring import fit_prompt, nll_per_row, target_ids, teacher_forced_logits
-from .lamp import SELFSUP_RULE, SHARED_TASKS, LampSplit, Query, read_task
+from .lamp import DEFAULT_DATA, SELFSUP_RULE, SHARED_TASKS, LampSplit, Query, read_task
+from .metrics import rouge
 from .retrieval import lamp_rag_request
-from .runtime import (EmbeddingCache, FrozenModels, Example, SoftTokenModule, ce_and_kl, generate, other_histories,
+from .runtime import (Example, FrozenModels, SoftTokenModule, build_examples, ce_and_kl, generate, other_histories,
                       soft_tokens)
+from .training_free import training_free_plug
 
 log = logging.getLogger("demo.research.train")
 
-DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data")
-INSTRUCTION_TEXT = "Write the answer the way this particular person writes."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,70 +116,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# --- the training-free plug ----------------------------------------------------------------------
-
-
-_BIAS_SHIFT = 8.0  # GELU(z + 8) - 8 == z to float precision for the |z| < 1 of token embeddings
-
-
-@torch.no_grad()
-def set_linear_map(mlp: torch.nn.Sequential, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """Make Linear-GELU-Linear compute ``z = weight @ h + bias`` (GELU kept in its linear range)."""
-    first, last = mlp[0], mlp[2]
-    first.weight.copy_(weight)
-    first.bias.copy_(bias + _BIAS_SHIFT)
-    last.weight.copy_(torch.eye(last.weight.shape[0]))
-    last.bias.fill_(-_BIAS_SHIFT)
-
-
-@torch.no_grad()
-def training_free_plug(cache: EmbeddingCache, model, tokenizer, encoder_id: str, llm_id: str,
-                       tau: float = 0.05, alpha: float = 1.0, seed: int = 0, vocab_limit: int | None = 16_000) -> PPlug:
-    """Projectors fitted by ridge regression from encoder space onto the LLM's token embeddings.
-
-    Each vocabulary entry's text is encoded by the encoder (X) and regressed onto its embedding
-    row (Y); the fitted linear map becomes both projectors, and the instruction vector is the
-    encoding of a fixed instruction sentence. R^2 on a held-out tenth of the tokens is recorded.
-    ``vocab_limit`` keeps the first ids only (the most frequent merges of a BPE vocabulary), to
-    bound the encoding time on CPU.
-    """
-    table = model.get_input_embeddings().weight.detach().float().cpu()
-    special = set(tokenizer.all_special_ids)
-    ids, texts = [], []
-    for i in range(min(table.shape[0], vocab_limit or table.shape[0])):
-        text = tokenizer.decode([i]).strip()
-        if text and i not in special:
-            ids.append(i)
-            texts.append(text)
-    X = torch.from_numpy(cache.matrix(texts)).double()
-    Y = table[ids].double()
-    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
-    held = perm[: len(ids) // 10]
-    fit = perm[len(ids) // 10:]
-
-    def ridge(rows):
-        mx, my = X[rows].mean(0), Y[rows].mean(0)
-        xc, yc = X[rows] - mx, Y[rows] - my
-        W = torch.linalg.solve(xc.T @ xc + alpha * torch.eye(X.shape[1], dtype=X.dtype), xc.T @ yc)
-        return W, my - mx @ W
-
-    W, b = ridge(fit)
-    pred = X[held] @ W + b
-    r2 = 1 - ((pred - Y[held]) ** 2).sum() / ((Y[held] - Y[fit].mean(0)) ** 2).sum()
-    W, b = ridge(torch.arange(len(ids)))  # final map on all tokens
-    plug = PPlug.untrained(encoder_id, llm_id, X.shape[1], table, tau=tau, seed=seed)
-    for mlp in (plug.projector, plug.instruction_projector):
-        set_linear_map(mlp, W.T.float(), b.float())
-    plug.instruction.copy_(torch.from_numpy(cache.matrix([INSTRUCTION_TEXT])[0]))
-    plug.config.origin = "training-free"
-    plug.config.made = {"method": "ridge regression, encoder(token text) -> token embedding row",
-                        "alpha": alpha, "n_tokens": len(ids), "heldout_r2": round(float(r2), 4),
-                        "instruction_text": INSTRUCTION_TEXT,
-                        "summary": f"training-free (ridge map over {len(ids):,} vocabulary strings, "
-                                   f"held-out R^2 {float(r2):.2f}); not trained on any task"}
-    return plug
-
-
 # --- training ---------------------------------------------------------------------------------------
 
 
@@ -234,10 +173,11 @@ def dev_subset(args, splits_dev) -> list:
 
 
 class Trainer(FrozenModels):
-    def __init__(self, args, settings: Settings, accelerator):
+    def __init__(self, args, settings: Settings, accelerator: Accelerator):
         super().__init__(settings, args.cache, args.encoder_max_tokens)
         self.args = args
         self.acc = accelerator
+        self.examples_by_id: dict[str, dict[str, Example]] = {}  # the dev subset's, per task
 
     def new_plug(self, train_examples: list[Example]) -> PPlug:
         """A plug to start from; the examples' items give the standardization statistics."""
@@ -263,35 +203,35 @@ class Trainer(FrozenModels):
         return plug
 
     def examples(self, splits) -> list[Example]:
-        from .runtime import build_examples
-
         return build_examples(splits, self.cache, self.args.history_cap, progress=self.acc.is_main_process)
 
     def rows(self, examples: list[Example]):
         k = self.args.rag_k
         requests = [lamp_rag_request(e.task, e.query, k)[0] if k else e.query.input for e in examples]
-        prompts = [fit_prompt(self.generator, r, self.args.max_prompt_tokens) for r in requests]
+        prompts = [self.generator.fit_prompt(r, self.args.max_prompt_tokens) for r in requests]
         targets = [target_ids(self.generator, e.query.output, self.args.max_target_tokens) for e in examples]
         return prompts, targets
 
+    def _answers(self, task, queries, plug_module=None):
+        """Greedy answers to the dev queries of a task, with the plug or (None) without.
+        -> (examples, prompts, targets, soft [B, 2, d_llm] or None, texts)"""
+        exs = [self.examples_by_id[task.name][q.id] for q in queries]
+        prompts, targets = self.rows(exs)
+        soft = soft_tokens(plug_module, exs, self.generator.device)[0] if plug_module is not None else None
+        n_new = min(task.max_new_tokens, self.args.eval_max_new_tokens)
+        texts = generate(self.generator, prompts, list(soft) if soft is not None else [None] * len(exs), n_new)
+        return exs, prompts, targets, soft, texts
+
     @torch.no_grad()
     def evaluate(self, plug_module, subset) -> dict:
-        """Greedy ROUGE-L (and teacher-forced NLL) of the plug and of the generic model on ``subset``."""
-        from .metrics import rouge
-
+        """Greedy ROUGE-L (and teacher-forced NLL, own and another user's history) of the plug on ``subset``."""
         out = {}
         for task, queries in subset:
-            ex = self.examples_by_id[task.name]
-            exs = [ex[q.id] for q in queries]
-            prompts, targets = self.rows(exs)
-            soft, _ = soft_tokens(plug_module, exs, self.generator.device)
-            n_new = min(task.max_new_tokens, self.args.eval_max_new_tokens)
-            texts = generate(self.generator, prompts, list(soft), n_new)
+            exs, prompts, targets, soft, texts = self._answers(task, queries, plug_module)
             nll = nll_per_row(*teacher_forced_logits(self.generator, prompts, list(soft), targets))
             soft_o, _ = soft_tokens(plug_module, exs, self.generator.device, other_histories(exs))
             nll_o = nll_per_row(*teacher_forced_logits(self.generator, prompts, list(soft_o), targets))
-            refs = [q.output for q in queries]
-            r = rouge(texts, refs)
+            r = rouge(texts, [q.output for q in queries])
             out[task.name] = {"rougeL": r["rougeL"], "rouge1": r["rouge1"], "nll": float(nll.mean()),
                               "own_minus_other": float((nll - nll_o).mean()),
                               "mean_words": float(np.mean([len(t.split()) for t in texts])),
@@ -301,15 +241,9 @@ class Trainer(FrozenModels):
 
     @torch.no_grad()
     def evaluate_generic(self, subset) -> dict:
-        from .metrics import rouge
-
-        out = {}
-        for task, queries in subset:
-            exs = [self.examples_by_id[task.name][q.id] for q in queries]
-            prompts, _ = self.rows(exs)
-            n_new = min(task.max_new_tokens, self.args.eval_max_new_tokens)
-            texts = generate(self.generator, prompts, [None] * len(prompts), n_new)
-            out[task.name] = rouge(texts, [q.output for q in queries])["rougeL"]
+        """Greedy ROUGE-L of the model without a plug on ``subset``: {task: rougeL, "mean_rougeL"}."""
+        out = {task.name: rouge(self._answers(task, queries)[-1], [q.output for q in queries])["rougeL"]
+               for task, queries in subset}
         out["mean_rougeL"] = float(np.mean(list(out.values())))
         return out
 
@@ -339,10 +273,157 @@ def thin_history(items: torch.Tensor, drop: float, rng: random.Random) -> torch.
     return items[keep]
 
 
-def train(args) -> Path:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm import tqdm
+@dataclass
+class TrainData:
+    examples: dict[str, list[Example]]  # task -> its train examples
+    subset: list  # (task, dev queries) for checkpoint selection
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.examples.items()}
+
+    @classmethod
+    def read(cls, args, t: Trainer) -> "TrainData":
+        """The train splits' examples and the dev subset's (the latter kept in ``t.examples_by_id``)."""
+        tasks = [s for s in args.tasks.split(",") if s]
+        train_splits = [read_task(args.data, name, "train", limit=args.limit) for name in tasks]
+        dev_splits = [read_task(args.data, name, "dev") for name in tasks]
+        subset = dev_subset(args, dev_splits)
+        with t.acc.main_process_first():  # the main process encodes, the others then read its cache
+            examples = {s.task.name: t.examples([s]) for s in train_splits}
+            if args.selfsup:
+                for s in train_splits:
+                    made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
+                    examples[s.task.name] = examples[s.task.name] + made
+            for split, (task, queries) in zip(dev_splits, subset):
+                t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
+        return cls(examples, subset)
+
+    def batch(self, sampler: random.Random, size: int) -> tuple[str, list[Example]]:
+        """One task, drawn with probability proportional to the square root of its size, and a batch of
+        its examples from distinct users."""
+        names = list(self.examples)
+        weights = np.sqrt(np.array([len(self.examples[n]) for n in names], dtype=float))
+        name = sampler.choices(names, (weights / weights.sum()).tolist())[0]
+        return name, distinct_users(self.examples[name], size, sampler)
+
+
+class Run:
+    """One training run: the wrapped plug, optimizer and schedule, the step state, checkpoints in
+    ``--run-dir`` (resumed from ``last.pt``) and the dev evaluations that pick the best step."""
+
+    def __init__(self, args, t: Trainer, plug: PPlug):
+        self.args, self.t, self.acc = args, t, t.acc
+        self.run_dir = Path(args.run_dir)
+        self.last = self.run_dir / "last.pt"
+        module = SoftTokenModule(plug)
+        encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
+        groups = [{"params": [p for p in plug.parameters() if p is not plug.log_gate]},
+                  {"params": [plug.log_gate], "lr": args.lr * args.gate_lr_scale, "weight_decay": 0.0}]
+        if encoder:
+            groups.append({"params": encoder, "lr": args.input_encoder_lr})
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_at)
+        self.state = {"step": 0, "best": None, "evals": [], "seconds": 0.0, "generic": None}
+        if self.last.is_file():
+            ckpt = torch.load(self.last, weights_only=False, map_location="cpu")
+            module.load_state_dict(ckpt["module"])  # the plug, and the input encoder if it trains
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            self.state = ckpt["state"]
+            _set_rng_state(ckpt["rng"])
+            print(f"resumed from {self.last} at step {self.state['step']}", flush=True)
+        self.module, self.optimizer, self.scheduler = self.acc.prepare(module, optimizer, scheduler)
+        self.main = self.acc.is_main_process
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 10% of the learning rate."""
+        a = self.args
+        if step < a.warmup:
+            return (step + 1) / a.warmup
+        progress = (step - a.warmup) / max(a.steps - a.warmup, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def unwrapped(self) -> SoftTokenModule:
+        return self.acc.unwrap_model(self.module)
+
+    def save_last(self) -> None:
+        if self.main:
+            _atomic_save({"module": self.unwrapped().state_dict(), "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(), "state": self.state, "rng": _rng_state(),
+                          "args": vars(self.args)}, self.last)
+
+    def evaluate(self, step: int, subset) -> None:
+        """Dev metrics of this step (main process); the best step's plug is kept in ``<run-dir>/best``.
+        Every process calls it: it ends in a barrier."""
+        if self.main:
+            self.module.eval()
+            metrics = self.t.evaluate(self.unwrapped(), subset)
+            self.module.train()
+            metrics["step"] = step
+            self.state["evals"].append(metrics)
+            print("dev " + json.dumps(metrics), flush=True)
+            if step > 0:
+                self.unwrapped().plug.save(self.run_dir / f"step-{step}")  # every evaluated plug, to compare later
+            best = self.state["best"]
+            if step > 0 and (best is None or metrics["mean_rougeL"] > best["mean_rougeL"]):
+                self.state["best"] = metrics
+                self.unwrapped().plug.save(self.run_dir / "best")
+        self.acc.wait_for_everyone()
+
+    def step(self, batch: list[Example], sampler: random.Random) -> dict:
+        """One optimizer step on a batch. -> the loss's parts (floats)."""
+        a = self.args
+        hist = None
+        if a.augment > 0:
+            hist = [thin_history(e.items, a.augment_drop, sampler) if sampler.random() < a.augment else e.items
+                    for e in batch]
+        prompts, targets = self.t.rows(batch)
+        loss, stats = ce_and_kl(self.t.generator, self.module, batch, prompts, targets, a.kl_weight, hist,
+                                other_weight=a.other_weight, other_margin=a.other_margin,
+                                contrast_weight=a.contrast_weight, contrast_k=a.contrast_k)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return stats
+
+    def loop(self, data: TrainData) -> None:
+        """Steps until ``--steps``, with dev evaluations and checkpoints on the way."""
+        a, state = self.args, self.state
+        if state["step"] == 0:
+            if self.main:
+                state["generic"] = self.t.evaluate_generic(data.subset)
+                print("dev generic " + json.dumps(state["generic"]), flush=True)
+            self.evaluate(0, data.subset)
+        sampler = random.Random(f"{a.seed}:{self.acc.process_index}:{state['step']}")
+        self.module.train()
+        bar = tqdm(total=a.steps, initial=state["step"], disable=not self.main, mininterval=5, dynamic_ncols=True)
+        running = None
+        while state["step"] < a.steps:
+            t0 = time.perf_counter()
+            name, batch = data.batch(sampler, a.batch_size)
+            stats = self.step(batch, sampler)
+            state["step"] += 1
+            state["seconds"] += time.perf_counter() - t0
+            running = stats["loss"] if running is None else 0.95 * running + 0.05 * stats["loss"]
+            bar.set_postfix(task=name[:7], loss=f"{running:.3f}", nll=f"{stats['nll']:.3f}",
+                            kl=f"{stats.get('kl', 0):.3f}", gate=f"{float(self.unwrapped().plug.log_gate.detach()):.2f}")
+            bar.update(1)
+            step = state["step"]
+            if self.main and step % 10 == 0:
+                print(f"step {step} task {name} " + json.dumps({k: round(v, 4) for k, v in stats.items()})
+                      + f" lr {self.scheduler.get_last_lr()[0]:.2e} s/step {state['seconds'] / step:.2f}", flush=True)
+            if step % a.eval_every == 0 or step == a.steps:
+                self.evaluate(step, data.subset)
+            if step % a.save_every == 0 or step == a.steps:
+                self.save_last()
+        bar.close()
+
+
+def _start(args) -> Trainer:
+    """Threads, seeds, accelerate (one process or several under ``accelerate launch``) and the models."""
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = Settings.from_env()
@@ -352,133 +433,27 @@ def train(args) -> Path:
     # a transformer encoder has weights its sentence embedding never uses (BERT's pooler): let DDP skip them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=args.train_input_encoder)
     accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
-    settings = settings.with_(device=str(accelerator.device))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    t = Trainer(args, settings, accelerator)
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(args, settings.with_(device=str(accelerator.device)), accelerator)
 
+
+def train(args) -> Path:
+    t = _start(args)
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     if args.training_free:
         plug = training_free_plug(t.cache, t.model, t.tokenizer, t.encoder_id, t.llm_id, tau=args.tau, seed=args.seed,
                                   vocab_limit=args.vocab_limit)
         plug.save(args.out)
         print(json.dumps(plug.config.made))
         return Path(args.out)
-
-    tasks = [s for s in args.tasks.split(",") if s]
-    train_splits = [read_task(args.data, name, "train", limit=args.limit) for name in tasks]
-    dev_splits = [read_task(args.data, name, "dev") for name in tasks]
-    subset = dev_subset(args, dev_splits)
-    with accelerator.main_process_first():  # the main process encodes, the others then read its cache
-        train_ex = {s.task.name: t.examples([s]) for s in train_splits}
-        if args.selfsup:
-            for s in train_splits:
-                made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
-                train_ex[s.task.name] = train_ex[s.task.name] + made
-        t.examples_by_id = {}
-        for split, (task, queries) in zip(dev_splits, subset):
-            t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
-    sizes = {k: len(v) for k, v in train_ex.items()}
-    names = list(train_ex)
-    probs = np.sqrt(np.array([sizes[n] for n in names], dtype=float))
-    probs = (probs / probs.sum()).tolist()
-
-    plug = t.new_plug([e for ex in train_ex.values() for e in ex]).to(accelerator.device)
-    module = SoftTokenModule(plug)
-    encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
-    groups = [{"params": [p for p in plug.parameters() if p is not plug.log_gate]},
-              {"params": [plug.log_gate], "lr": args.lr * args.gate_lr_scale, "weight_decay": 0.0}]
-    if encoder:
-        groups.append({"params": encoder, "lr": args.input_encoder_lr})
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(args.steps - args.warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    state = {"step": 0, "best": None, "evals": [], "seconds": 0.0, "generic": None}
-    last = run_dir / "last.pt"
-    if last.is_file():
-        ckpt = torch.load(last, weights_only=False, map_location="cpu")
-        module.load_state_dict(ckpt["module"])  # the plug, and the input encoder if it trains
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        _set_rng_state(ckpt["rng"])
-        print(f"resumed from {last} at step {state['step']}", flush=True)
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    sampler = random.Random(f"{args.seed}:{accelerator.process_index}:{state['step']}")
-    unwrapped = lambda: accelerator.unwrap_model(module)  # noqa: E731
-    main = accelerator.is_main_process
-
-    def save_last():
-        if main:
-            _atomic_save({"module": unwrapped().state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
-                          "args": vars(args)}, last)
-
-    def run_eval(step: int):
-        if main:
-            module.eval()
-            metrics = t.evaluate(unwrapped(), subset)
-            module.train()
-            metrics["step"] = step
-            state["evals"].append(metrics)
-            print("dev " + json.dumps(metrics), flush=True)
-            if step > 0:
-                unwrapped().plug.save(run_dir / f"step-{step}")  # every evaluated plug, to compare later
-            if step > 0 and (state["best"] is None or metrics["mean_rougeL"] > state["best"]["mean_rougeL"]):
-                state["best"] = metrics
-                unwrapped().plug.save(run_dir / "best")
-        accelerator.wait_for_everyone()
-
-    if state["step"] == 0:
-        if main:
-            state["generic"] = t.evaluate_generic(subset)
-            print("dev generic " + json.dumps(state["generic"]), flush=True)
-        run_eval(0)  # every process: it ends in a barrier
-    module.train()
-    bar = tqdm(total=args.steps, initial=state["step"], disable=not main, mininterval=5, dynamic_ncols=True)
-    running = None
-    while state["step"] < args.steps:
-        t0 = time.perf_counter()
-        name = sampler.choices(names, probs)[0]
-        batch = distinct_users(train_ex[name], args.batch_size, sampler)
-        hist = None
-        if args.augment > 0:
-            hist = [thin_history(e.items, args.augment_drop, sampler) if sampler.random() < args.augment else e.items
-                    for e in batch]
-        prompts, targets = t.rows(batch)
-        loss, stats = ce_and_kl(t.generator, module, batch, prompts, targets, args.kl_weight, hist,
-                                other_weight=args.other_weight, other_margin=args.other_margin,
-                                contrast_weight=args.contrast_weight, contrast_k=args.contrast_k)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        state["step"] += 1
-        state["seconds"] += time.perf_counter() - t0
-        running = stats["loss"] if running is None else 0.95 * running + 0.05 * stats["loss"]
-        bar.set_postfix(task=name[:7], loss=f"{running:.3f}", nll=f"{stats['nll']:.3f}",
-                        kl=f"{stats.get('kl', 0):.3f}", gate=f"{float(unwrapped().plug.log_gate.detach()):.2f}")
-        bar.update(1)
-        step = state["step"]
-        if main and step % 10 == 0:
-            print(f"step {step} task {name} " + json.dumps({k: round(v, 4) for k, v in stats.items()})
-                  + f" lr {scheduler.get_last_lr()[0]:.2e} s/step {state['seconds'] / step:.2f}", flush=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            run_eval(step)
-        if step % args.save_every == 0 or step == args.steps:
-            save_last()
-    bar.close()
-    if main:
-        finish(args, t, state, sizes, run_dir)
+    data = TrainData.read(args, t)
+    plug = t.new_plug([e for ex in data.examples.values() for e in ex]).to(t.acc.device)
+    run = Run(args, t, plug)
+    run.loop(data)
+    if run.main:
+        finish(args, t, run.state, data.sizes, run.run_dir)
     return Path(args.out)
 
 
