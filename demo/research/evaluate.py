@@ -118,6 +118,21 @@ def main_metric(task) -> str:
     return {"generation": "rougeL", "classification": "correct", "regression": "abs_error"}[task.kind]
 
 
+COMPARED = [("pplug", "generic"), ("pplug", "rag"), ("pplug", "pplug-other-user"), ("pplug+rag", "pplug"),
+            ("pplug+rag", "rag"), ("training-free", "generic"), ("rag", "generic")]
+
+
+def paired_comparisons(per_query: dict[str, dict], key: str, n_resamples: int, seed: int) -> dict:
+    """Paired bootstrap of the per-query differences of the compared methods: the task's main
+    metric ``key`` and, where measured, the personal fit's reciprocal rank."""
+    comparisons = {}
+    for a, b in COMPARED:
+        if a in per_query and b in per_query:
+            comparisons[f"{a} - {b}"] = {m: paired_bootstrap(per_query[a][m], per_query[b][m], n_resamples, seed)
+                                         for m in (key, "fit_rr") if m in per_query[a]}
+    return comparisons
+
+
 class Evaluation(FrozenModels):
     def __init__(self, args, settings: Settings):
         super().__init__(settings, args.cache, args.encoder_max_tokens)
@@ -208,23 +223,8 @@ class Evaluation(FrozenModels):
             per_query[method] = per
             outputs[method] = preds
             log.info("%s %s %s", task.name, method, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
-        # personal fit: the true author among candidate users, by char n-gram TF-IDF similarity
-        fit = None
         if task.kind == "generation" and len(split.users) > 2:
-            histories: dict[str, list[str]] = {}
-            for q in queries:
-                histories.setdefault(q.user_id, [])
-                histories[q.user_id].extend(t for t in q.item_texts() if t not in histories[q.user_id])
-            fit = PersonalFit(histories, n_candidates=args.candidates, seed=args.seed)
-            keys = [q.id for q in queries]
-            authors = [q.user_id for q in queries]
-            gold = fit.score(refs, authors, keys)
-            results["gold"] = {"fit_top1": gold["fit_top1"], "fit_mrr": gold["fit_mrr"]}
-            per_query["gold"] = {"fit_rr": [1 / r for r in gold["ranks"]]}
-            for method in methods:
-                s = fit.score(outputs[method], authors, keys)
-                results[method].update(fit_top1=s["fit_top1"], fit_mrr=s["fit_mrr"])
-                per_query[method]["fit_rr"] = [1 / r for r in s["ranks"]]
+            self.personal_fit(split, methods, outputs, results, per_query)
         for i, q in enumerate(queries):
             rec = {"task": task.name, "id": q.id, "user_id": q.user_id, "gold": q.output,
                    "rag_items": rag_items[i], "other_user": queries[others[i]].user_id}
@@ -232,21 +232,31 @@ class Evaluation(FrozenModels):
                 rec[method] = outputs[method][i]
                 rec[f"{method}:score"] = {k: round(v[i], 4) for k, v in per_query[method].items()}
             records.append(rec)
-        key = main_metric(task)
-        comparisons = {}
-        pairs = [("pplug", "generic"), ("pplug", "rag"), ("pplug", "pplug-other-user"), ("pplug+rag", "pplug"),
-                 ("pplug+rag", "rag"), ("training-free", "generic"), ("rag", "generic")]
-        for a, b in pairs:
-            if a in per_query and b in per_query:
-                comparisons[f"{a} - {b}"] = {key: paired_bootstrap(per_query[a][key], per_query[b][key],
-                                                                    args.bootstrap, args.seed)}
-                if "fit_rr" in per_query[a]:
-                    comparisons[f"{a} - {b}"]["fit_rr"] = paired_bootstrap(
-                        per_query[a]["fit_rr"], per_query[b]["fit_rr"], args.bootstrap, args.seed)
+        comparisons = paired_comparisons(per_query, main_metric(task), args.bootstrap, args.seed)
         diagnostics = self.diagnostics(split, examples, others, methods)
         return {"task": task.name, "kind": task.kind, "n_queries": len(queries), "n_users": len(split.users),
                 "max_new_tokens": n_new, "methods": results, "comparisons": comparisons,
                 "diagnostics": diagnostics}
+
+    def personal_fit(self, split: LampSplit, methods: list[str], outputs: dict[str, list[str]], results: dict,
+                     per_query: dict) -> None:
+        """Personal fit of each method's outputs and of the gold outputs (added to ``results`` and
+        ``per_query``): the true author's rank among candidate users, by char n-gram TF-IDF similarity."""
+        queries = split.queries
+        histories: dict[str, list[str]] = {}
+        for q in queries:
+            histories.setdefault(q.user_id, [])
+            histories[q.user_id].extend(t for t in q.item_texts() if t not in histories[q.user_id])
+        fit = PersonalFit(histories, n_candidates=self.args.candidates, seed=self.args.seed)
+        keys = [q.id for q in queries]
+        authors = [q.user_id for q in queries]
+        gold = fit.score([q.output for q in queries], authors, keys)
+        results["gold"] = {"fit_top1": gold["fit_top1"], "fit_mrr": gold["fit_mrr"]}
+        per_query["gold"] = {"fit_rr": [1 / r for r in gold["ranks"]]}
+        for method in methods:
+            s = fit.score(outputs[method], authors, keys)
+            results[method].update(fit_top1=s["fit_top1"], fit_mrr=s["fit_mrr"])
+            per_query[method]["fit_rr"] = [1 / r for r in s["ranks"]]
 
     def tuned(self, split, examples, plug) -> dict:
         """user id -> TunedToken fitted on self-supervised examples from the user's history (cached per task)."""

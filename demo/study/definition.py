@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer,
+                      model_validator)
 from pydantic_core import PydanticUseDefault
 
 from ..core.history import parse_text
@@ -160,7 +161,8 @@ class _Section(BaseModel):
 class Consent(_Section):
     version: Annotated[str, _text("consent.version", required=True)]
     text: Annotated[str, _text("consent.text", required=True)]
-    on_withdraw: Annotated[str, _one_of("consent.on_withdraw", WITHDRAW_MODES)] = "delete"  # what withdrawal does to votes
+    # what withdrawal does to the participant's votes
+    on_withdraw: Annotated[str, _one_of("consent.on_withdraw", WITHDRAW_MODES)] = "delete"
 
 
 class History(_Section):
@@ -198,7 +200,8 @@ class StudyDefinition(_Section):
 
     name: Annotated[str, _text("name", required=True),
                     _check(lambda v: v if NAME_RE.match(v) else None,
-                           "`name` must be 1-64 lowercase letters, digits, '-' or '_' (it goes into the URL).", after=True)]
+                           "`name` must be 1-64 lowercase letters, digits, '-' or '_' (it goes into the URL).",
+                           after=True)]
     title: Annotated[str, _text("title")] = ""  # the name when not given
     consent: Consent
     instructions: Annotated[str, _text("instructions")] = ""
@@ -283,7 +286,8 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         except yaml.YAMLError as err:
             raise StudyError(f"Could not read {where}: it is neither valid JSON nor YAML ({_cut(err, 300)}).") from None
         except (RecursionError, MemoryError, ValueError):
-            raise StudyError(f"Could not read {where}: it is nested too deeply or too large to be a study file.") from None
+            raise StudyError(f"Could not read {where}: it is nested too deeply or too large to be a study file."
+                             ) from None
     if not isinstance(data, dict):
         raise StudyError(f"{where} must be a mapping of settings (name, consent, conditions, ...).")
     try:
