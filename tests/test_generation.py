@@ -29,17 +29,17 @@ def test_inputs_embeds_without_soft_tokens_equals_generate_from_input_ids(gen):
     ids = gen.prompt_ids(REQUEST)
     input_ids = torch.tensor([ids.plain])
     with torch.inference_mode():
-        ref = gen.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=24,
+        ref = gen.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=12,
                                  do_sample=False)
     expected = gen.tokenizer.decode(ref[0, input_ids.shape[1]:], skip_special_tokens=True)
     embeds, mask = gen.embed([ids], [None])
-    assert gen.generate(embeds, mask, GenerationParams(max_new_tokens=24, **NO_POLICY)) == [expected]
+    assert gen.generate(embeds, mask, GenerationParams(max_new_tokens=12, **NO_POLICY)) == [expected]
 
 
 def test_a_row_in_a_left_padded_batch_generates_what_it_generates_alone(gen):
     ids = gen.prompt_ids(REQUEST)
-    soft = torch.randn(2, gen.embedding.weight.shape[1]) * 3.0
-    params = GenerationParams(max_new_tokens=24)
+    soft = torch.randn(2, gen.embedding.weight.shape[1], generator=torch.Generator().manual_seed(0)) * 3.0
+    params = GenerationParams(max_new_tokens=12)
     alone = gen.generate(*gen.embed([ids], [None]), params)[0]
     embeds, mask = gen.embed([ids, ids], [soft, None])
     assert mask[1, :2].sum() == 0 and mask[0].sum() == mask.shape[1]  # generic row is left-padded by 2
@@ -52,19 +52,19 @@ def test_each_row_stops_at_its_own_end_token(gen):
     short = gen.prompt_ids("Answer with one word: what colour is the sky?")
     long = gen.prompt_ids("Write a long story about a dragon.")
     embeds, mask = gen.embed([short, long], [None, None])
-    steps = list(gen.stream(embeds, mask, GenerationParams(max_new_tokens=40)))
+    steps = list(gen.stream(embeds, mask, GenerationParams(max_new_tokens=24)))
     short_len = len(gen.tokenizer(steps[-1][0])["input_ids"])
     assert short_len < 15
     # the short answer stops growing while the long one goes on to the token limit
     assert steps[-1][0] == steps[short_len + 2][0]
-    assert len(steps) == 40
+    assert len(steps) == 24
 
 
 def test_sampling_is_reproducible_with_a_seed(gen):
     embeds, mask = gen.embed([gen.prompt_ids(REQUEST)], [None])
-    a = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16, temperature=1.0, seed=5))
-    b = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16, temperature=1.0, seed=5))
-    c = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16, temperature=1.0, seed=6))
+    a = gen.generate(embeds, mask, GenerationParams(max_new_tokens=8, temperature=1.0, seed=5))
+    b = gen.generate(embeds, mask, GenerationParams(max_new_tokens=8, temperature=1.0, seed=5))
+    c = gen.generate(embeds, mask, GenerationParams(max_new_tokens=8, temperature=1.0, seed=6))
     assert a == b and a != c
 
 
@@ -78,9 +78,10 @@ def repeats(text: str) -> bool:
 def test_the_default_policy_keeps_a_row_from_repeating(gen):
     requests = ["Write a tweet about coffee.", "Write a short blog post about my weekend.", REQUEST]
     embeds, mask = gen.embed([gen.prompt_ids(r) for r in requests], [None] * len(requests))
-    plain = gen.generate(embeds, mask, GenerationParams(max_new_tokens=64, **NO_POLICY))
+    # 24 tokens: without the policy both rows start looping after 9
+    plain = gen.generate(embeds, mask, GenerationParams(max_new_tokens=24, **NO_POLICY))
     assert repeats(plain[0]) and repeats(plain[2])  # without the policy the generic model loops on emoji
-    with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=64))
+    with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=24))
     assert not any(repeats(text) for text in with_policy), with_policy
     assert all(len(text.split()) >= 3 for text in with_policy)
 
@@ -102,7 +103,7 @@ def test_the_policy_is_the_same_for_personalized_generic_and_rag_rows(gen):
     plain = gen.prompt_ids("Write a tweet about coffee.")
     rag = gen.prompt_ids("Here are some texts I wrote before:\n- Espresso at dawn, again.\n\nWrite a tweet about coffee.")
     soft = torch.randn(2, gen.embedding.weight.shape[1]) * 3.0
-    params = GenerationParams(max_new_tokens=32)
+    params = GenerationParams(max_new_tokens=12)
     rows = [(plain, soft), (plain, None), (rag, None), (rag, soft)]  # pplug, generic, rag, pplug+rag
     together = gen.generate(*gen.embed([p for p, _ in rows], [s for _, s in rows]), params)
     alone = [gen.generate(*gen.embed([p], [s]), params)[0] for p, s in rows]
@@ -112,6 +113,6 @@ def test_the_policy_is_the_same_for_personalized_generic_and_rag_rows(gen):
 
 def test_the_research_runtime_decodes_with_the_same_policy(gen):
     ids = gen.prompt_ids("Write a tweet about coffee.")
-    ours = research_generate(gen, [ids], [None], 40)
-    assert ours == [gen.generate(*gen.embed([ids], [None]), GenerationParams(max_new_tokens=40))[0].strip()]
+    ours = research_generate(gen, [ids], [None], 12)
+    assert ours == [gen.generate(*gen.embed([ids], [None]), GenerationParams(max_new_tokens=12))[0].strip()]
     assert not repeats(ours[0])

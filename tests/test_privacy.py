@@ -48,10 +48,13 @@ def _rows(db_path) -> dict[str, list[tuple]]:
 
 def _mentions(rows: dict[str, list[tuple]], needles: list[str | bytes]) -> list[tuple[str, tuple]]:
     found = []
+    texts, blobs = [n for n in needles if isinstance(n, str)], [n for n in needles if isinstance(n, bytes)]
     for table, table_rows in rows.items():
         for row in table_rows:
-            cells = [c for c in row if isinstance(c, (str, bytes))]
-            if any(n in c for c in cells for n in needles if type(n) is type(c)):
+            # All text cells of the row at once (needles hold no NUL, so none spans two cells).
+            text = "\0".join(c for c in row if isinstance(c, str))
+            blob = b"\0".join(c for c in row if isinstance(c, bytes))
+            if any(n in text for n in texts) or any(n in blob for n in blobs):
                 found.append((table, row))
     return found
 

@@ -8,7 +8,7 @@ from demo.core.generation import GenerationParams
 from demo.core.settings import Settings
 from demo.core.studio import ServiceError, Studio
 
-from apphelp import logged_generations
+from apphelp import logged_generations, studio_with
 
 HISTORY = [
     "Rode my bike to the farmers market again, bought way too many peaches.",
@@ -27,7 +27,7 @@ def test_compute_then_generate_both_sides(studio, owner):
     assert studio.store.get_profile(result.profile_id, owner)["n_items"] == 5
 
     steps = list(studio.generate(owner, result.profile_id, "Write a tweet about bread.",
-                                 GenerationParams(max_new_tokens=16)))
+                                 GenerationParams(max_new_tokens=8)))
     final = steps[-1]
     assert final.done and final.generation_id is not None
     assert final.personalized and final.generic
@@ -51,7 +51,7 @@ def test_items_are_never_encoded_twice(studio, owner):
 def test_generic_side_does_not_depend_on_the_history(studio, owner):
     a = studio.compute_profile(owner, "a", HISTORY[:2]).profile_id
     b = studio.compute_profile(owner, "b", ["Quarterly earnings beat expectations.", "The merger closed."]).profile_id
-    params = GenerationParams(max_new_tokens=12)
+    params = GenerationParams(max_new_tokens=6)
     out_a = list(studio.generate(owner, a, "Write a tweet about my day.", params))[-1]
     out_b = list(studio.generate(owner, b, "Write a tweet about my day.", params))[-1]
     assert out_a.generic == out_b.generic
@@ -75,9 +75,11 @@ def test_bad_requests_get_clear_errors(studio, owner):
 
 
 def test_overlong_request_is_cut_with_a_notice(studio, owner):
-    profile = studio.compute_profile(owner, "mine", HISTORY[:2]).profile_id
-    final = list(studio.generate(owner, profile, "word " * 5000, GenerationParams(max_new_tokens=4)))[-1]
-    assert any("cut" in n for n in final.notes)
+    short = studio_with(studio, max_context=256, max_prompt_chars=1_500)  # a short context: a cheap prompt
+    profile = short.compute_profile(owner, "mine", HISTORY[:2]).profile_id
+    final = list(short.generate(owner, profile, "word " * 500, GenerationParams(max_new_tokens=4)))[-1]
+    assert "The request was cut to 1,500 characters." in final.notes
+    assert any("tokens to fit the model's context" in n for n in final.notes)
     assert final.done
 
 
