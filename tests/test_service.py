@@ -130,10 +130,8 @@ def test_a_plug_with_an_input_encoder_embeds_the_request_with_it(studio, owner):
 def test_the_console_names_the_plug_at_start_and_stays_quiet_per_request(settings, studio, owner, caplog, capfd):
     import logging
 
-    from demo.core.studio import Studio
-
     with caplog.at_level(logging.INFO):  # the level app.py logs at
-        again = Studio(settings, store=studio.store)
+        again = Studio(settings, encoder=studio.encoder, generator=studio.generator, store=studio.store)
         capfd.readouterr()
         again.compute_profile(owner, "quiet", HISTORY)
         list(again.generate(owner, again.list_profiles(owner)[0]["id"], "Hi", GenerationParams(max_new_tokens=2)))

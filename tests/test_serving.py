@@ -14,8 +14,9 @@ from gradio_client import Client
 
 from demo.app.ui import build_demo
 from demo.core.generation import GenerationParams
+from demo.core.text import free_port
 
-from apphelp import free_port
+from apphelp import logged_generations
 
 HISTORY = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, chocolate.\n\nMy boots gave up at mile 900."
 
@@ -68,7 +69,7 @@ def test_a_cancelled_generation_stops_its_work(app, studio, profile):
                    json={"session_hash": session, "fn_index": fn_index, "event_id": event_id}, timeout=30)
     wait_until(lambda: studio.scheduler.active == 0, timeout=20)
     time.sleep(2)
-    assert studio.store.generations(owner) == []  # no cancelled generation ran to its end
+    assert logged_generations(studio.store, owner) == []  # no cancelled generation ran to its end
     assert studio.scheduler.batch.rows == 0
 
 

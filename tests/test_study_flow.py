@@ -14,7 +14,7 @@ from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
-from apphelp import as_cells, csv_cells
+from apphelp import as_cells, csv_cells, logged_generations, studio_with
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
@@ -195,15 +195,13 @@ def test_page_events_through_gradio_processing(app, studio):
 
 def test_admin_events_through_gradio_processing(app, studio):
     import asyncio
-    import copy
 
     import gradio as gr
     from gradio.state_holder import SessionState
 
     from demo.app.study_pages import add_study
 
-    admin_studio = copy.copy(studio)  # the same models and store, with an admin token set
-    admin_studio.settings = studio.settings.with_(admin_token="admin-token-for-tests")
+    admin_studio = studio_with(studio, admin_token="admin-token-for-tests")  # the same models and store
     with gr.Blocks() as demo:
         gr.Markdown("main")
     add_study(demo, admin_studio)
@@ -282,7 +280,7 @@ def test_the_next_trial_is_prepared_ahead_and_stored_only_when_reached(studio):
     assert job.ready.wait(120) and job.result is not None
     assert service.db.trials(row) == [] and service.status(*ids)["stage"] == "next"  # stored and shown: nothing
     owner = studio.store.owners_of([job.plan.profile_id])
-    assert all(studio.store.generations(o) == [] for o in owner)
+    assert all(logged_generations(studio.store, o) == [] for o in owner)
 
     first = service.next_trial(*ids)["trial"]
     stored = service.db.trials(row)

@@ -486,16 +486,16 @@ class Store:
     def put_personal_token(self, profile_id: str, plug_id: str, shift: np.ndarray, meta: dict) -> None:
         """Store (replacing) a profile's fitted shift of P ``[d_llm]`` for a plug, with how it was fitted."""
         shift = _as_vector(shift, "personal token")
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO personal_tokens (profile_id, plug_id, dim, shift, meta, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [profile_id, plug_id, shift.shape[0], vector_to_blob(shift), json.dumps(meta), _now()],
+                [profile_id, plug_id, shift.shape[0], vector_to_blob(shift), json.dumps(meta), utc_now()],
             )
 
     def personal_token(self, profile_id: str, plug_id: str) -> tuple[np.ndarray, dict] | None:
         """``(shift [d_llm], meta)`` of the profile's token for the plug, or None."""
-        row = self._db().execute(
+        row = self.connection().execute(
             "SELECT dim, shift, meta FROM personal_tokens WHERE profile_id = ? AND plug_id = ?",
             [profile_id, plug_id],
         ).fetchone()
