@@ -33,23 +33,30 @@ def wait_until(condition, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("max_rows", [64, 3])
-def test_answers_are_the_same_alone_and_batched(gen, max_rows):
-    """Rows of different lengths, with and without soft tokens, joining at different steps (and, with
-    3 rows at most, waiting for others to leave): each request gets what it gets alone."""
+@pytest.fixture(scope="module")
+def requests_alone(gen):
+    """Rows of different lengths, with and without soft tokens, sampled or greedy, and what each
+    request generates alone (computed once for both batch sizes)."""
     d = gen.embedding.weight.shape[1]
     torch.manual_seed(0)
     soft = torch.randn(2, d) * 3.0
     long = ("Here are some texts I wrote before:\n- Espresso at dawn, again.\n- The rain never stops here.\n\n"
             "Write a tweet about coffee.")
     requests = [
-        (rows(gen, ["Write a tweet about coffee."] * 2, [soft, None]), GenerationParams(max_new_tokens=24)),
-        (rows(gen, [long, long], [None, soft]), GenerationParams(max_new_tokens=40)),
-        (rows(gen, ["Answer with one word: what colour is the sky?"], [None]), GenerationParams(max_new_tokens=30)),
+        (rows(gen, ["Write a tweet about coffee."] * 2, [soft, None]), GenerationParams(max_new_tokens=16)),
+        (rows(gen, [long, long], [None, soft]), GenerationParams(max_new_tokens=24)),
+        (rows(gen, ["Answer with one word: what colour is the sky?"], [None]), GenerationParams(max_new_tokens=16)),
         (rows(gen, ["Describe your ideal Sunday."] * 2, [soft, None]),
-         GenerationParams(max_new_tokens=20, temperature=0.9, top_p=0.9, seed=7)),  # sampled, seeded
+         GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=7)),  # sampled, seeded
     ]
-    alone = [gen.generate(embeds, mask, params) for (embeds, mask), params in requests]
+    return requests, [gen.generate(embeds, mask, params) for (embeds, mask), params in requests]
+
+
+@pytest.mark.parametrize("max_rows", [64, 3])
+def test_answers_are_the_same_alone_and_batched(gen, requests_alone, max_rows):
+    """Rows of different lengths, with and without soft tokens, joining at different steps (and, with
+    3 rows at most, waiting for others to leave): each request gets what it gets alone."""
+    requests, alone = requests_alone
     scheduler = Scheduler(gen, max_rows=max_rows)
     tickets = [scheduler.submit(*requests[0][0], requests[0][1]), scheduler.submit(*requests[1][0], requests[1][1])]
     wait_until(lambda: scheduler.steps >= 3)  # the others join a loop that is already running
@@ -73,7 +80,7 @@ def test_a_closed_request_leaves_at_the_next_step(gen):
     scheduler = Scheduler(gen, max_rows=8)
     fixed = GenerationParams(max_new_tokens=200, stop_at_eos=False)
     leaving = scheduler.submit(*rows(gen, ["Write a long story."] * 2, [None, None]), fixed)
-    staying = scheduler.submit(*rows(gen, ["Write a tweet about coffee."], [None]), GenerationParams(max_new_tokens=40))
+    staying = scheduler.submit(*rows(gen, ["Write a tweet about coffee."], [None]), GenerationParams(max_new_tokens=12))
     stream = iter(leaving)
     next(stream), next(stream)
     stream.close()  # what Gradio does to a cancelled or disconnected event's generator
