@@ -3,7 +3,7 @@
 Input is one record per voted trial: ``{"participant", "a", "b", "choice"}`` where ``a`` and ``b``
 are the conditions shown as "A" and "B" and ``choice`` is one of ``A``, ``B``, ``tie``, ``both_bad``.
 
-Conventions (stated in the results tab and the README):
+Conventions (stated in the results tab and docs/studies.md):
 
 * **Win rate** of condition X against Y = (wins of X + ½ · (ties + both bad)) / votes on the pair.
   "Both are bad" expresses no preference, so it counts as a tie here; its count is reported apart.
