@@ -36,6 +36,12 @@ _VALID_JSON = [
 ]
 
 
+# Strings that render as nothing at all.
+INVISIBLE = ["\u200b\u200c\u200d", "\u2060\ufeff\u200b", "\u202e\u202d\u202c", "\u2066\u2067\u2068\u2069",
+             "\u200e\u200f\u061c", "\ufe0f\ufe0e\u034f", "\u3164\u115f\u1160", "\u00ad\u180e\u2062",
+             " \u200b \u2063 \u3000 "]
+
+
 def _corpus() -> list[tuple[str, str, bytes | str]]:
     rng = random.Random(6)
     cases: list[tuple[str, str, bytes | str]] = []
@@ -87,6 +93,27 @@ def _corpus() -> list[tuple[str, str, bytes | str]]:
         cases.append((f"paste-blank-{i}", "paste", blank))
         for suffix in (".txt", ".md", ".jsonl"):
             cases.append((f"blank-{i}{suffix}", suffix, blank))
+    # Text that is there but shows nothing: zero-width, bidi-control, variation selectors, fillers.
+    for i, invisible in enumerate(INVISIBLE):
+        cases.append((f"paste-invisible-{i}", "paste", invisible + "\n\n" + invisible[::-1]))
+        for suffix in (".txt", ".md", ".csv", ".jsonl", ".json"):
+            body = {".csv": f"text\n{invisible}\n", ".jsonl": json.dumps(invisible),
+                    ".json": json.dumps([invisible, invisible * 2])}.get(suffix, invisible)
+            cases.append((f"invisible-{i}{suffix}", suffix, body))
+    # Random bytes without a NUL byte (so the cheap sniff cannot see them) under every text name.
+    for suffix in (".txt", ".md", ".csv", ".tsv", ".jsonl", ".json"):
+        for i in range(4):
+            cases.append((f"binary-no-nul-{i}{suffix}", suffix, bytes(rng.randrange(1, 256) for _ in range(300 + 700 * i))))
+    # Tables whose quotes do not close, or stray inside a cell: never rows merged silently.
+    for i, body in enumerate(['text\n"unclosed\nsecond row\nthird row\n', 'text,id\n"a"b,1\n', 'text\n"x""\n',
+                              'id,text\n1,"open\n2,closed\n']):
+        for suffix in (".csv", ".tsv"):
+            cases.append((f"table-quote-{i}{suffix}", suffix, body.replace(",", "\t") if suffix == ".tsv" else body))
+    # Numbers too long for Python's int, nesting too deep: said in words, not in Python's.
+    cases.append(("json-huge-int", ".json", "[" + "7" * 5000 + "]"))
+    cases.append(("jsonl-huge-int", ".jsonl", '{"text": "fine"}\n' + "9" * 5000))
+    cases.append(("jsonl-deep", ".jsonl", '{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000))
+    cases.append(("json-deep-object", ".json", '{"a":' * 50_000 + "1" + "}" * 50_000))
     cases.append(("paste-too-many-items", "paste", "\n\n".join(f"item {i}" for i in range(60))))
     cases.append(("txt-too-many-items", ".txt", "\n".join(f"line {i}" for i in range(60))))
     cases.append(("json-too-many-items", ".json", json.dumps([f"item {i}" for i in range(60)])))
@@ -95,11 +122,15 @@ def _corpus() -> list[tuple[str, str, bytes | str]]:
 
 CORPUS = _corpus()
 # Only HistoryError, raised deliberately: never the parser's fallback for an unforeseen exception.
-_EXPECTED_CAUSES = (type(None), HistoryError, json.JSONDecodeError, csv.Error, RecursionError, UnicodeDecodeError)
+_EXPECTED_CAUSES = (type(None), HistoryError, json.JSONDecodeError, csv.Error, RecursionError, UnicodeDecodeError,
+                    ValueError)
+# Words of Python, not of the person at the keyboard.
+PYTHON_WORDS = ("Traceback", "Errno", "sys.", "recursion depth", "int_max_str_digits", "object has no attribute",
+                "NoneType", "unexpected keyword")
 
 
 def test_corpus_is_large_enough():
-    assert len(CORPUS) >= 200
+    assert len(CORPUS) >= 330
     assert len({case_id for case_id, _, _ in CORPUS}) == len(CORPUS)
 
 
@@ -119,7 +150,7 @@ def test_malformed_input_gets_a_clear_history_error(tmp_path, case_id, suffix, c
     message = str(caught.value)
     assert 20 <= len(message) <= 400, message
     assert message[0].isupper() or message.startswith("upload"), message
-    assert "Traceback" not in message and "Errno" not in message
+    assert not [w for w in PYTHON_WORDS if w in message], message
     assert isinstance(caught.value.__cause__, _EXPECTED_CAUSES), (type(caught.value.__cause__), message)
 
 
@@ -134,6 +165,16 @@ def test_non_utf8_text_is_decoded_with_a_stated_fallback(tmp_path, encoding, tex
     parsed = parse_file(path)
     assert parsed.items[0] == text.replace("\x81", "")  # a C1 control character is removed
     assert parsed.notes[0].startswith("decoded as "), parsed.notes
+
+
+@pytest.mark.parametrize("encoding,name", [("utf-32", "UTF-32"), ("utf-32-be", None), ("utf-16", "UTF-16")])
+def test_utf32_and_utf16_files_are_named_as_what_they_are(tmp_path, encoding, name):
+    path = tmp_path / "wide.txt"
+    data = "caf\u00e9 \u4e2d\u6587\n\nsecond item".encode(encoding)
+    path.write_bytes(data if name else b"\x00\x00\xfe\xff" + data)  # utf-32-be writes no BOM of its own
+    parsed = parse_file(path)
+    assert parsed.items == ["caf\u00e9 \u4e2d\u6587", "second item"]
+    assert parsed.notes == [f"decoded as {name or 'UTF-32'}"]
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".json", ".jsonl", ".csv", ".tsv"])
@@ -284,7 +325,8 @@ def test_api_compute_profile_cuts_a_huge_item_with_a_note(api):
 
 
 @pytest.mark.parametrize("name,shown", [(None, "My history"), (12345, "My history"), ("", "My history"),
-                                        ("  my\x00 blog\n\tposts ", "my blog posts"), ("x" * 500, "x" * 200)])
+                                        ("  my\x00 blog\n\tposts ", "my blog posts"), ("x" * 500, "x" * 200),
+                                        ("\u200b\u202e\u2060", "My history")])
 def test_api_profile_names_of_any_kind_are_cleaned(api, name, shown):
     out = api.predict(history=GOOD, owner_token=TOKEN, name=name, api_name="/compute_profile")
     listed = {p["id"]: p["name"] for p in api.predict(owner_token=TOKEN, api_name="/list_profiles")}
@@ -295,6 +337,8 @@ def test_api_profile_names_of_any_kind_are_cleaned(api, name, shown):
     ("", "too short owner token"), ("short", "too short owner token"),
     ("x" * 300, "Invalid owner token"), ("owner\x00token-with-a-nul", "Invalid owner token"),
     ("owner token with a\nnewline", "Invalid owner token"),
+    (" " * 20, "Invalid owner token"), ("\u200b" * 20, "Invalid owner token"),
+    ("owner token with spaces in it", "Invalid owner token"),
 ])
 def test_api_refuses_bad_owner_tokens(api, token, expected):
     with pytest.raises(Exception, match=expected):
@@ -314,6 +358,7 @@ def test_api_refuses_bad_owner_tokens(api, token, expected):
     (dict(max_new_tokens="lots"), "must be whole numbers"),
     (dict(request="   \n\t "), "Type a request first"),
     (dict(request="\x00\x01\x7f"), "Type a request first"),
+    (dict(request="\u200b\u200d\u2060\u202e \ufeff"), "Type a request first"),
     (dict(profile_id="not-a-profile"), "No such profile"),
     (dict(profile_id=""), "No such profile"),
 ])

@@ -449,7 +449,7 @@ def test_preview():
         notes=["dropped 3 duplicate items"],
     )
     text = preview(parsed, n=3, width=50)
-    assert text.startswith("**7 items** from blog.txt")
+    assert text.startswith("**7 items** from blog\\.txt")  # the file name is escaped like all user text
     assert "1. " + "x" * 49 + "…" in text
     assert "<b>" not in text  # user text is not rendered as HTML
     assert "4 more" in text

@@ -23,16 +23,19 @@ the person at the keyboard and can be shown as is. No other exception escapes
 """
 from __future__ import annotations
 
+import codecs
 import csv
-import html
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .settings import Limits
-from .text import clean_text
+from .text import clean_text, has_visible_text, markdown_text
+
+log = logging.getLogger(__name__)
 
 # The defaults of the limits below are the app's (Limits); the app passes its configured ones.
 MAX_BYTES = int(Limits.max_upload_mb * 2**20)
@@ -87,7 +90,8 @@ def parse_text(
     except HistoryError:
         raise
     except Exception as exc:  # a bug or an input we did not foresee: still a clear message
-        raise HistoryError(f"Could not read the pasted text ({exc}). Check it and try again.") from exc
+        log.warning("Unexpected %s while parsing pasted text", type(exc).__name__)
+        raise HistoryError("Could not read the pasted text. Check it and try again.") from exc
 
 
 def parse_file(
@@ -116,8 +120,9 @@ def parse_file(
         raise HistoryError(f"Could not find {path.name}. Upload the file again.") from exc
     except OSError as exc:
         raise HistoryError(f"Could not read {path.name} ({exc.strerror or exc}). Upload the file again.") from exc
-    except Exception as exc:  # an unexpected shape of data: still a clear message
-        raise HistoryError(f"Could not read {path.name} ({exc}). Check the file's format and try again.") from exc
+    except Exception as exc:  # an unexpected shape of data: still a clear message, without Python's words
+        log.warning("Unexpected %s while parsing an upload", type(exc).__name__)
+        raise HistoryError(f"Could not read {path.name}. Check the file's format and try again.") from exc
 
 
 def parse_files(
@@ -172,18 +177,18 @@ def parse_files(
 def preview(parsed: ParsedHistory, n: int = 5, width: int = 160) -> str:
     """A short markdown summary: item count, source, the first ``n`` items shortened, and the notes."""
     count = len(parsed.items)
-    lines = [f"**{count:,} {'item' if count == 1 else 'items'}** from {_escape(parsed.source)}"]
+    lines = [f"**{count:,} {'item' if count == 1 else 'items'}** from {markdown_text(parsed.source)}"]
     if len(parsed.users) > 1:
         lines.append(f"_{len(parsed.users):,} users in this file; showing one of them._")
     lines.append("")
     for number, item in enumerate(parsed.items[:n], start=1):
-        lines.append(f"{number}. {_escape(_shorten(item, width))}")
+        lines.append(f"{number}. {markdown_text(_shorten(item, width))}")
     if count > n:
         lines.append(f"\n_…and {count - n:,} more._")
     if parsed.notes:
         lines.append("")
         lines.append("Notes:")
-        lines.extend(f"- {_escape(note)}" for note in parsed.notes)
+        lines.extend(f"- {markdown_text(note)}" for note in parsed.notes)
     return "\n".join(lines)
 
 
@@ -280,20 +285,20 @@ def _parse_file(
 
 
 def _decode(data: bytes, name: str, notes: list[str]) -> str:
-    """Bytes to text: UTF-8 (BOM or not), UTF-16 with a BOM, else Windows-1252 / Latin-1 with a note."""
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 ("Unicode" in Windows editors) has NUL bytes
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError:
-            pass
-        else:
-            notes.append("decoded as UTF-16")
+    """Bytes to text: UTF-8 (BOM or not), UTF-32 or UTF-16 with a BOM, else Windows-1252 / Latin-1
+    with a note. Binary data (a NUL byte, or control characters in text that is not UTF-8) is refused."""
+    # UTF-32's little-endian BOM starts with UTF-16's, so it is tried first.
+    for boms, encoding in (((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE), "UTF-32"),
+                           ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16")):
+        if data.startswith(boms):  # these encodings have NUL bytes
+            try:
+                text = data.decode(encoding.lower())
+            except UnicodeDecodeError:
+                break
+            notes.append(f"decoded as {encoding}")
             return text
     if b"\x00" in data[:_SNIFF_BYTES]:
-        raise HistoryError(
-            f"{name} looks like a binary file, not text. "
-            "Upload your writing as a .txt, .md, .json, .jsonl or .csv file saved as UTF-8."
-        )
+        raise _binary(name)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -304,23 +309,40 @@ def _decode(data: bytes, name: str, notes: list[str]) -> str:
         text, encoding = data.decode("cp1252"), "cp1252"
     except UnicodeDecodeError:
         text, encoding = data.decode("latin-1"), "latin-1"
+    # Every byte decodes in Latin-1, so random bytes would pass as text: real text in these
+    # encodings has almost no control characters, while random bytes are about 11% controls.
+    controls = sum(1 for ch in text if ch < " " and ch not in "\t\n\r\f\x1a" or "\x7f" <= ch <= "\x9f")
+    if controls > max(2, len(text) // 100):
+        raise _binary(name)
     notes.append(f"decoded as {encoding} (file was not valid UTF-8)")
     return text
+
+
+def _binary(name: str) -> HistoryError:
+    return HistoryError(
+        f"{name} looks like a binary file, not text. "
+        "Upload your writing as a .txt, .md, .json, .jsonl or .csv file saved as UTF-8."
+    )
+
+
+def _load_json(text: str, where: str, fix: str, one_line: bool = False):
+    """``json.loads`` with every way it can fail said in words (``where`` names the file or its line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
+        raise HistoryError(f"{where} is not valid JSON ({at}: {exc.msg}). {fix}") from exc
+    except RecursionError as exc:
+        raise HistoryError(f"{where} is nested too deeply to be a history file. Check its format.") from exc
+    except ValueError as exc:  # an integer of thousands of digits
+        raise HistoryError(f"{where} holds a number too long to read. {fix}") from exc
 
 
 def _json_items(
     text: str, name: str, text_column: str, user: str | None
 ) -> tuple[list[str], str, list[str]]:
     """Items, source label and user ids of a .json file."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HistoryError(
-            f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
-            "Fix the file or export it again."
-        ) from exc
-    except RecursionError as exc:
-        raise HistoryError(f"{name} is nested too deeply to be a history file. Check its format.") from exc
+    data = _load_json(text, name, "Fix the file or export it again.")
 
     # One user's profile, e.g. {"user_id": "42", "profile": [...]}.
     if isinstance(data, dict):
@@ -403,13 +425,8 @@ def _jsonl_items(text: str, name: str, text_column: str) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HistoryError(
-                f"{name}, line {number} is not valid JSON ({exc.msg}). "
-                "Each line must hold one JSON string or object."
-            ) from exc
+        value = _load_json(line, f"{name}, line {number}", "Each line must hold one JSON string or object.",
+                           one_line=True)
         try:
             items.append(_value_text(value, text_column))
         except HistoryError as exc:
@@ -420,7 +437,8 @@ def _jsonl_items(text: str, name: str, text_column: str) -> list[str]:
 def _csv_items(text: str, name: str, text_column: str, delimiter: str) -> list[str]:
     """The ``text_column`` cell of every row of a CSV/TSV file with a header row."""
     # newline="" lets the csv module handle line breaks inside quoted cells.
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: an unclosed or stray quote is an error, not rows silently merged into one cell.
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         columns = reader.fieldnames or []
         if not columns:
@@ -469,7 +487,7 @@ def _finish(
     cut = 0
     for raw in raw_items:
         item = clean_text(raw).strip()
-        if not item:
+        if not has_visible_text(item):  # blank, or only zero-width/bidi-control characters
             continue
         too_long = len(item) > max_item_chars
         if too_long:
@@ -538,11 +556,3 @@ def _shorten(text: str, width: int) -> str:
     """One line, at most ``width`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= width else text[: max(width - 1, 0)].rstrip() + "…"
-
-
-def _escape(text: str) -> str:
-    """Show user text literally in markdown: no HTML, no accidental emphasis or links."""
-    return re.sub(r"([\\`*_\[\]#|])", r"\\\1", html.escape(text, quote=False))
-
-
-markdown_text = _escape  # public name for the UI: visitor text inside gr.Markdown

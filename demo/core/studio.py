@@ -31,7 +31,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
 from .storage import Store
-from .text import CONDITIONS, UNWANTED_CHARS, clean_text, sha256_text
+from .text import CONDITIONS, clean_text, has_visible_text, only_visible, sha256_text
 from .tuning import FitSettings, add_shift, fit_shift
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,8 @@ class Studio:
         # Owner tokens are the only key to a person's data: refuse short, guessable ones.
         if not isinstance(owner, str) or len(owner) < 16:
             raise ServiceError("Missing or too short owner token (at least 16 characters): reload the page.")
-        if len(owner) > 256 or not owner.isprintable() or UNWANTED_CHARS.search(owner):
-            raise ServiceError("Invalid owner token: use at most 256 printable characters.")
+        if len(owner) > 256 or not owner.isprintable() or not only_visible(owner):
+            raise ServiceError("Invalid owner token: use at most 256 visible characters, without spaces.")
 
     def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
                         progress: Progress | None = None) -> ProfileResult:
@@ -203,7 +203,8 @@ class Studio:
             raise ServiceError("The history is empty: paste some of your writing, one item per paragraph.")
         if len(items) > self.settings.limits.max_items:
             raise ServiceError(f"Too many items ({len(items):,}); the limit is {self.settings.limits.max_items:,}.")
-        name = " ".join(clean_text(name if isinstance(name, str) else "").split())[:200] or "My history"
+        name = " ".join(clean_text(name if isinstance(name, str) else "").split())[:200]
+        name = name if has_visible_text(name) else "My history"
         start = time.perf_counter()
         matrix, n_encoded = self._item_matrix(items, progress)
         profile_id = self.store.create_profile(owner, name, items, source=source)
@@ -375,7 +376,7 @@ class Studio:
         if not 0 <= params.seed < 2**63:
             raise ServiceError("The seed must be a whole number from 0 to 2^63 - 1.")
         request = clean_text(request if isinstance(request, str) else "").strip()
-        if not request:
+        if not has_visible_text(request):
             raise ServiceError("Type a request first.")
         notes: list[str] = []
         if len(request) > limits.max_prompt_chars:

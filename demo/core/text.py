@@ -1,6 +1,7 @@
 """Small truths that several wings share, each kept once: the conditions an answer can be made
-under, what a visitor's text is cleaned of, the content hash, the timestamp format, the
-markdown table writer and a free local port."""
+under, what a visitor's text is cleaned of, whether any of it is visible, how it is shown in
+Markdown as typed, the content hash, the timestamp format, the markdown table writer and a free
+local port."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import pandas as pd
+import regex
 
 # What Studio.generate can make: the plug's soft tokens, the plain model, the history items most
 # similar to the request pasted into the prompt, or both.
@@ -19,10 +21,37 @@ CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")
 # "\ud800" escapes): they cannot be encoded as UTF-8, so they would break storage and tokenizers.
 UNWANTED_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
+# What renders as nothing: whitespace, controls, unassigned code points and Unicode's
+# default-ignorable ones (zero-width spaces and joiners, bidi controls, variation selectors,
+# Hangul fillers, soft hyphen...).
+_INVISIBLE = regex.compile(r"[\p{White_Space}\p{Default_Ignorable_Code_Point}\p{Cc}\p{Cn}\p{Cs}]")
+
+# Every ASCII punctuation character may be backslash-escaped in Markdown (CommonMark): escaped,
+# none of them can open a link, an image, an autolink (":" "@" "."), HTML ("<" "&"), LaTeX ("$"),
+# a heading, a list or emphasis.
+_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
 
 def clean_text(text: str) -> str:
     """Text typed or uploaded by a visitor, with newlines normalised and control characters removed."""
     return UNWANTED_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def has_visible_text(text: str) -> bool:
+    """True when ``text`` holds at least one character that is seen (zero-width, bidi-control and
+    other default-ignorable characters, whitespace and controls are not)."""
+    return bool(_INVISIBLE.sub("", text))
+
+
+def only_visible(text: str) -> bool:
+    """True when every character of ``text`` is seen: no spaces, controls or zero-width characters."""
+    return not _INVISIBLE.search(text)
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (from a person, a file or a link) escaped for ``gr.Markdown``: it renders exactly as
+    written, never as a link, an image, HTML, LaTeX or emphasis."""
+    return _ASCII_PUNCTUATION.sub(r"\\\1", text)
 
 
 def sha256_text(text: str) -> str:
