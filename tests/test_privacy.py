@@ -11,7 +11,7 @@ import gradio.oauth
 import pytest
 from gradio_client import Client
 
-from demo.app.identity import signed_in_owner
+from demo.app.identity import Identity
 from demo.app.ui import build_demo
 from demo.core.settings import Settings
 from demo.core.text import free_port
@@ -158,10 +158,68 @@ def test_a_signed_in_visitor_is_the_same_owner_in_every_browser(app, studio):
     assert identify(browser_a, bob) != identify(browser_a, ada)
     assert identify(browser_a, None) == browser_a  # signed out: this browser's token
     owner = identify(browser_a, ada)
-    assert "ada" not in owner and owner != signed_in_owner("another app's secret", "ada")
+    assert "ada" not in owner and owner.startswith("hf:")
     _, _, profile_id = handler(app, "on_compute")(owner, _history("ada"), None, "text", None, "ada")
     assert [p["id"] for p in studio.list_profiles(identify(browser_b, ada))] == [profile_id]
     assert studio.list_profiles(identify(browser_b, bob)) == []
+
+
+ADA = gr.OAuthProfile({"name": "Ada", "preferred_username": "ada", "profile": "", "picture": ""})
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k) + _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_nothing_sent_to_browsers_derives_a_signed_in_owner(app, studio):
+    import hmac
+
+    import httpx
+
+    owner = handler(app, "identify")(secrets.token_urlsafe(24), ADA)
+    config = httpx.get(app.local_url + "config", timeout=30)
+    assert config.status_code == 200
+    public = set(_strings(config.json()))
+    assert any(len(s) >= 32 for s in public)  # the BrowserState secret is among them: public
+    key = studio.settings.db_path.with_suffix(studio.settings.db_path.suffix + ".identity-key").read_text().strip()
+    assert key not in config.text
+    for candidate in public:  # no value from /config keys the owner, in the old derivation or the new
+        for message in ("ada", "user:ada"):
+            digest = hmac.new(candidate.encode(), message.encode(), hashlib.sha256).hexdigest()[:40]
+            assert digest not in owner
+
+
+def test_signed_in_owners_of_the_public_derivation_are_rotated_on_upgrade(tmp_path):
+    import hmac
+
+    from demo.core.storage import Store
+
+    db = tmp_path / "old.db"
+    store = Store(db)
+    public = (tmp_path / "old.db.secret")
+    public.write_text("the-browser-secret-every-visitor-could-read")
+    old_owner = "hf-" + hmac.new(public.read_text().encode(), b"ada", hashlib.sha256).hexdigest()[:40]
+    profile = store.create_profile(old_owner, "ada's blog", ["an item"])
+    store.log_generation(owner=old_owner, profile_id=profile, plug_id="p", prompt="hi", params={},
+                         personalized="a", generic="b", timings={})
+    anonymous = store.create_profile("hf-looks-like-a-token-but-is-not-hex", "kept", ["x"])
+
+    identity = Identity(store, db)  # the first start after the upgrade
+    assert store.list_profiles(old_owner) == [] and logged_generations(store, old_owner) == []
+    owners = store.owners_with_prefix("hf-")
+    assert old_owner not in owners and len(store.owners_with_prefix("hf-legacy:")) == 1
+    assert store.get_profile(anonymous, "hf-looks-like-a-token-but-is-not-hex")
+    # Ada signs in again: her profile and its log follow her to the new owner.
+    owner = identity.signed_in_owner("ada")
+    assert [p["id"] for p in store.list_profiles(owner)] == [profile] and len(logged_generations(store, owner)) == 1
+    assert store.owners_with_prefix("hf-legacy:") == []
+    assert Identity(store, db).signed_in_owner("ada") == owner  # the key is kept across restarts
+    assert (tmp_path / "old.db.identity-key").stat().st_mode & 0o077 == 0
+    store.close()
 
 
 def test_the_login_button_appears_only_where_the_space_offers_login(studio, monkeypatch):

@@ -9,7 +9,6 @@ Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +20,7 @@ from ..core.history import HistoryError, ParsedHistory, markdown_text, parse_fil
 from ..core.settings import PERSONAS_DIR, REPO_ROOT
 from ..core.studio import Comparison, ServiceError, Studio
 from .api import PROFILE_QUEUE, add_api, generate_queue
-from .identity import browser_secret, signed_in_owner
+from .identity import Identity
 from .study_pages import add_study
 
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
@@ -88,14 +87,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # --- handlers ------------------------------------------------------------------------
 
-    secret = browser_secret(studio.settings.db_path)
+    identity = Identity(studio.store, studio.settings.db_path)
 
     def ensure_owner(owner: str | None) -> str:
-        return owner or secrets.token_urlsafe(24)
+        return identity.browser_token(owner)
 
     def identify(token: str | None, user: gr.OAuthProfile | None) -> str:
         """Who the visitor acts as: their Hugging Face account when signed in, else this browser's token."""
-        return signed_in_owner(secret, user.username) if user is not None else ensure_owner(token)
+        return identity.visitor(token, user.username if user is not None else None)
 
     def show_preview(text, files, column, user):
         try:
@@ -165,7 +164,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     # Uploaded files sit in Gradio's cache: delete them within two hours, whatever "Delete my data" does.
     with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600)) as demo:
-        token = gr.BrowserState(None, storage_key="pplug_owner", secret=secret)  # this browser's owner token
+        # This browser's owner token. The BrowserState secret is public (Gradio sends it in /config).
+        token = gr.BrowserState(None, storage_key="pplug_owner", secret=identity.browser_secret)
         owner = gr.State(None)  # who the visitor acts as (see identify)
         profile_id = gr.State(None)
         if studio.settings.hf_login:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -344,6 +345,24 @@ class Store:
         marks = ", ".join("?" * len(profile_ids))
         return [r[0] for r in self.connection().execute(
             f"SELECT DISTINCT owner FROM profiles WHERE id IN ({marks})", list(profile_ids)).fetchall()]
+
+    def owners_with_prefix(self, prefix: str) -> list[str]:
+        """The distinct owners (of profiles or generations) whose id starts with ``prefix``."""
+        pattern = re.sub(r"([*?\[])", r"[\1]", prefix) + "*"  # GLOB: case-sensitive, uses the owner indexes
+        return [r[0] for r in self.connection().execute(
+            "SELECT owner FROM profiles WHERE owner GLOB ? UNION SELECT owner FROM generations WHERE owner GLOB ?",
+            [pattern, pattern]).fetchall()]
+
+    def rename_owner(self, old: str, new: str) -> int:
+        """Move every profile and generation of ``old`` to ``new`` (one transaction).
+
+        Returns the number of profiles moved."""
+        owned = "SELECT 1 FROM profiles WHERE owner = :o UNION ALL SELECT 1 FROM generations WHERE owner = :o"
+        if not self.connection().execute(owned + " LIMIT 1", {"o": old}).fetchone():
+            return 0  # the usual case: nothing to move, and no write lock taken for it
+        with self.transaction() as db:
+            db.execute("UPDATE generations SET owner = ? WHERE owner = ?", [new, old])
+            return db.execute("UPDATE profiles SET owner = ? WHERE owner = ?", [new, old]).rowcount
 
     def profile_items(self, profile_id: str) -> list[dict]:
         """``[{"position", "text", "sha256"}]`` ordered by position.
