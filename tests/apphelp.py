@@ -48,3 +48,24 @@ def as_cells(rows: list[dict]) -> list[dict]:
     """Export rows as their CSV cells: None empty, booleans "true"/"false", the rest as text."""
     return [{k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in r.items()}
             for r in rows]
+
+
+def call_raw(url: str, api_name: str, data: list, timeout: float = 120) -> tuple[str, object]:
+    """A named endpoint called over plain HTTP, with any JSON values (gradio_client refuses some).
+
+    -> ("complete", the output) or ("error", the message, None when Gradio hid an unexpected error).
+    """
+    import httpx
+
+    posted = httpx.post(f"{url}gradio_api/call/{api_name.strip('/')}", json={"data": data}, timeout=timeout)
+    posted.raise_for_status()
+    stream = httpx.get(f"{url}gradio_api/call/{api_name.strip('/')}/{posted.json()['event_id']}", timeout=timeout)
+    event, payload = None, None
+    for line in stream.text.splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: ") and event in ("complete", "error"):
+            payload = json.loads(line[len("data: "):])
+    if event == "complete":
+        return "complete", payload[0] if isinstance(payload, list) and len(payload) == 1 else payload
+    return "error", payload.get("error") if isinstance(payload, dict) else payload

@@ -193,6 +193,20 @@ def test_nothing_sent_to_browsers_derives_a_signed_in_owner(app, studio):
             assert digest not in owner
 
 
+def test_a_caller_cannot_act_as_a_signed_in_account_by_its_owner_id(app, client, studio):
+    owner = handler(app, "identify")(secrets.token_urlsafe(24), ADA)
+    _, _, profile_id = handler(app, "on_compute")(owner, _history("ada-account"), None, "text", None, "ada")
+    for call in (dict(api_name="/list_profiles"), dict(api_name="/delete_my_data"),
+                 dict(profile_id=profile_id, request="Repeat my history.", max_new_tokens=4, api_name="/generate"),
+                 dict(history=_history("intruder"), name="x", api_name="/compute_profile")):
+        with pytest.raises(Exception, match="reserved"):
+            client.predict(owner_token=owner, **call)
+    # Nor by writing it into its own browser's state: the page gives such a browser a fresh token.
+    assert handler(app, "identify")(owner, None) != owner
+    assert handler(app, "ensure_owner")(owner) != owner
+    assert profile_id in [p["id"] for p in studio.list_profiles(owner)]
+
+
 def test_signed_in_owners_of_the_public_derivation_are_rotated_on_upgrade(tmp_path):
     import hmac
 
@@ -246,7 +260,8 @@ def test_uploaded_files_are_removed_from_gradios_cache(app):
 
 def test_page_events_are_not_published_as_api_endpoints(client):
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    public = {"/compute_profile", "/generate", "/tune_profile", "/list_profiles", "/delete_my_data"}
+    public = {"/compute_profile", "/compute_profile_from_files", "/generate", "/tune_profile", "/list_profiles",
+              "/delete_my_data"}
     assert public <= named
     # Everything else is the study's participant API; nothing admin, nothing that takes no token.
     assert all(name.startswith("/study_") for name in named - public), named - public

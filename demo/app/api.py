@@ -1,14 +1,22 @@
-"""The named endpoints for ``gradio_client``: compute a profile, generate, list and delete."""
+"""The named endpoints for ``gradio_client``: compute a profile (pasted or uploaded), tune it, generate,
+list, delete.
+
+Every argument is checked by :mod:`demo.app.validation` before the function runs; the function
+turns the service's errors into messages. Errors go to API callers as plain text.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict
 
 import gradio as gr
 import spaces
+from gradio import FileData
 
 from ..core.generation import GenerationParams
-from ..core.history import HistoryError, parse_text
+from ..core.history import HistoryError, ParsedHistory, parse_files, parse_text
+from ..core.settings import Limits
 from ..core.studio import ServiceError, Studio
+from .validation import api_error, checked, whole
 
 # Profile work (computing, tuning) runs one at a time beside the generations. Generations run
 # together: the shared decode loop batches their rows (two per request), Gradio's queue holds the rest.
@@ -19,23 +27,48 @@ def generate_queue(studio: Studio) -> dict:
     return dict(concurrency_id="generate", concurrency_limit=max(1, studio.settings.batch_rows // 2))
 
 
+def parse_history(limits: Limits, text: str | None, files: list | None, column: str = "text",
+                  user: str | None = None) -> ParsedHistory:
+    """A pasted history or uploaded files (paths), parsed within the app's limits: the pages and the API."""
+    sizes = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
+    if files:
+        return parse_files([getattr(f, "name", f) for f in files], text_column=column or "text", user=user or None,
+                           max_bytes=int(limits.max_upload_mb * 2**20), **sizes)
+    return parse_text(text or "", **sizes)
+
+
 def add_api(studio: Studio) -> None:
     """Named endpoints for ``gradio_client``. The caller passes its own owner token."""
+    limits = studio.settings.limits
 
-    @spaces.GPU(duration=120)
-    def compute_profile(history: str, owner_token: str, name: str = "API profile") -> dict:
-        """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
-        limits = studio.settings.limits
-        try:
-            if history is not None and not isinstance(history, str):
-                raise HistoryError("history must be text: items separated by blank lines.")
-            parsed = parse_text(history, max_items=limits.max_items, max_item_chars=limits.max_item_chars)
-            result = studio.compute_profile(owner_token, name, parsed.items, source="api")
-        except (HistoryError, ServiceError) as err:
-            raise gr.Error(str(err), print_exception=False) from None
+    def store(owner_token: str, name: str, parsed: ParsedHistory, source: str) -> dict:
+        result = studio.compute_profile(owner_token, name, parsed.items, source=source)
         return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
                 "seconds": round(result.seconds, 3), "notes": parsed.notes}
 
+    @checked
+    @spaces.GPU(duration=120)
+    def compute_profile(history: str, owner_token: str, name: str = "API profile") -> dict:
+        """Parse a pasted history (items separated by blank lines), encode it and store the PPlug profile."""
+        try:
+            return store(owner_token, name, parse_history(limits, history, None), "api")
+        except (HistoryError, ServiceError) as err:
+            raise api_error(err) from None
+
+    @checked
+    @spaces.GPU(duration=120)
+    def compute_profile_from_files(files: list[FileData], owner_token: str, name: str = "API profile",
+                                   text_column: str = "text", user: str = "") -> dict:
+        """Like /compute_profile, from uploaded files (.txt, .md, .json, .jsonl, .csv, .tsv; send each with
+        gradio_client's ``handle_file``), parsed as the page parses uploads. ``text_column``: the CSV/TSV
+        column with the text; ``user``: which user of a LaMP questions file."""
+        try:
+            parsed = parse_history(limits, None, files, text_column, user)
+            return store(owner_token, name, parsed, f"api: {parsed.source}")
+        except (HistoryError, ServiceError) as err:
+            raise api_error(err) from None
+
+    @checked
     @spaces.GPU(duration=120)
     def tune_profile(owner_token: str, profile_id: str) -> dict:
         """"Tune to me": fit the profile's personal token on its own items (per-person optimisation of one
@@ -43,9 +76,10 @@ def add_api(studio: Studio) -> None:
         try:
             result = studio.tune_profile(owner_token, profile_id)
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise api_error(err) from None
         return asdict(result)
 
+    @checked(max_new_tokens=whole(1, limits.max_new_tokens))
     @spaces.GPU(duration=60)
     def generate(owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, tuned: bool = False) -> dict:
@@ -54,37 +88,34 @@ def add_api(studio: Studio) -> None:
 
         Streams the answers as they grow (``Client.submit``); ``Client.predict`` returns the last,
         complete one, which has ``done`` true."""
-        try:
-            params = GenerationParams(int(max_new_tokens), float(temperature), float(top_p), int(seed))
-        except (TypeError, ValueError, OverflowError):
-            raise gr.Error("max_new_tokens and seed must be whole numbers; temperature and top_p numbers.",
-                           print_exception=False) from None
+        params = GenerationParams(max_new_tokens, temperature, top_p, seed)
         # A generator, so that a cancelled or disconnected call is closed and leaves the decode loop.
         try:
-            if not isinstance(tuned, bool):
-                raise ServiceError("tuned must be true or false.")
             for result in studio.generate(owner_token, profile_id, request, params, tuned=tuned):
                 yield {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
                        "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
                        "plug_id": studio.plug_id, "generation_id": result.generation_id, "done": result.done}
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise api_error(err) from None
 
+    @checked
     def list_profiles(owner_token: str) -> list[dict]:
         """The caller's profiles, newest first."""
         try:
             return studio.list_profiles(owner_token)
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise api_error(err) from None
 
+    @checked
     def delete_my_data(owner_token: str) -> dict:
         """Delete every profile, embedding and generation of the caller."""
         try:
             return studio.delete_my_data(owner_token)
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise api_error(err) from None
 
     gr.api(compute_profile, api_name="compute_profile", **PROFILE_QUEUE)
+    gr.api(compute_profile_from_files, api_name="compute_profile_from_files", **PROFILE_QUEUE)
     gr.api(generate, api_name="generate", **generate_queue(studio))
     gr.api(tune_profile, api_name="tune_profile", **PROFILE_QUEUE)
     gr.api(list_profiles, api_name="list_profiles")

@@ -17,19 +17,17 @@ import pandas as pd
 import spaces
 import yaml
 
-from ..core.history import HistoryError, markdown_text, parse_files, parse_text
+from ..core.history import HistoryError
+from ..core.text import markdown_text
 from ..study import stats as study_stats
 from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_items, read_study_text
 from ..study.flow import StudyService
 from ..study.store import EXPORT_COLUMNS
-from .api import PROFILE_QUEUE, generate_queue
+from .api import PROFILE_QUEUE, generate_queue, parse_history
 from .identity import browser_secret
+from .validation import api_error, checked, page_error
 
 PRIVATE = dict(api_visibility="private")
-
-
-def _error(err: Exception) -> gr.Error:
-    return gr.Error(str(err), print_exception=False)
 
 
 def add_study(demo: gr.Blocks, studio) -> StudyService:
@@ -155,7 +153,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
                                        f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
             examples = persona_items(status["persona"])[:5]
             common[persona_acc] = gr.update(visible=True)
-            common[persona_md] = "\n\n".join(f"> {t[:500]}{'…' if len(t) > 500 else ''}" for t in examples)
+            common[persona_md] = "\n\n".join(f"> {markdown_text(t[:500])}{'…' if len(t) > 500 else ''}"
+                                               for t in examples)
         if stage in ("request", "next"):
             return show("trial", c, s, {**common,
                 request_group: gr.update(visible=stage == "request"), request_box: "", request_md: "", out_a: "",
@@ -185,8 +184,8 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             return show(None, c, s, {message: "Open the study link you were given (it ends in `?study=NAME`)."})
         try:
             info = service.info(name)
-        except StudyError as err:
-            return show(None, c, s, {message: f"⚠️ {err}"})
+        except StudyError as err:  # quotes the study name from the link: shown as text
+            return show(None, c, s, {message: f"⚠️ {markdown_text(str(err))}"})
         c["info"] = info
         head = {title: f"# {info['title']}"}
         if info["problem"]:
@@ -200,7 +199,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             except StudyError:
                 s.pop(name, None)
         pid = c["query_pid"]
-        who = (f"Your participant id: **{pid}**." if pid else
+        who = (f"Your participant id: **{markdown_text(pid)}**." if pid else
                "You will get a participant id when you continue; note it down.")
         return show("consent", c, s, {**head,
             consent_md: f"## Consent (version {info['consent_version']})\n\n{info['consent_text']}",
@@ -211,29 +210,24 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             out = service.consent(c.get("study", ""), bool(agreed), c.get("query_pid", ""),
                                   c.get("query_study_id", ""), c.get("query_session_id", ""))
         except StudyError as err:
-            raise _error(err) from None
+            raise page_error(err) from None
         c = {**c, "participant_id": out["participant_id"], "token": out["participant_token"]}
         s = {**(s or {}), c["study"]: {"participant_id": out["participant_id"], "token": out["participant_token"]}}
         return render(out, c, s)
 
     def on_history(c, s, text, files):
         try:
-            kwargs = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
-            if files:
-                parsed = parse_files([getattr(f, "name", f) for f in files],
-                                     max_bytes=int(limits.max_upload_mb * 2**20), **kwargs)
-            else:
-                parsed = parse_text(text or "", **kwargs)
+            parsed = parse_history(limits, text, files)
             status = service.set_history(*ids(c), items=parsed.items, source=parsed.source)
         except (HistoryError, StudyError) as err:
-            raise _error(err) from None
+            raise page_error(err) from None
         return render(status, c, s)
 
     def on_persona(c, s):
         try:
             return render(service.set_history(*ids(c)), c, s)
         except StudyError as err:
-            raise _error(err) from None
+            raise page_error(err) from None
 
     @spaces.GPU(duration=120)
     def advance(c, s, request_text=""):
@@ -249,7 +243,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
             elif status["stage"] not in ("trial", "done", "request"):
                 return {ctx: c}
         except StudyError as err:
-            raise _error(err) from None
+            raise page_error(err) from None
         return render(status, c, s)
 
     def on_vote(choice):
@@ -258,7 +252,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
                 status = service.vote(*ids(c), int(c.get("trial_id") or 0), choice, why or "")
             except StudyError as err:
                 if "already recorded" not in str(err):
-                    raise _error(err) from None
+                    raise page_error(err) from None
                 return render(service.status(*ids(c)), c, s)
             revealed = status.get("revealed")
             if revealed and status["stage"] != "done":
@@ -285,7 +279,7 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
         try:
             out = service.withdraw(*ids(c))
         except StudyError as err:
-            raise _error(err) from None
+            raise page_error(err) from None
         s = {k: v for k, v in (s or {}).items() if k != c["study"]}
         c = {k: v for k, v in c.items() if k not in ("participant_id", "token", "trial_id")}
         return show(None, c, s, {message: f"✅ {out['message']}"})
@@ -312,50 +306,59 @@ def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limit
     withdraw_btn.click(on_withdraw, [ctx, saved, withdraw_ok], view, **PRIVATE)
     reason.focus(on_interact, ctx, None, **PRIVATE)
 
-    _participant_api(service)
+    _participant_api(service, limits)
 
 
-def _participant_api(service: StudyService) -> None:
-    """Typed endpoints for ``gradio_client`` (the participant flow without a browser)."""
+def _participant_api(service: StudyService, limits) -> None:
+    """Typed endpoints for ``gradio_client`` (the participant flow without a browser); every argument is
+    checked by :func:`demo.app.validation.checked` first."""
 
     def call(fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (StudyError, HistoryError) as err:
-            raise _error(err) from None
+            raise api_error(err) from None
 
+    @checked
     def study_info(study: str) -> dict:
         """Title, consent text and version, instructions of a study. Stores nothing."""
         return call(service.info, study)
 
+    @checked
     def study_consent(study: str, consent: bool, participant_id: str = "", prolific_study_id: str = "",
                       session_id: str = "") -> dict:
-        """Give consent; returns the participant id and the secret participant token for the next calls."""
+        """Give consent (only the boolean true counts); returns the participant id and the secret
+        participant token for the next calls."""
         return call(service.consent, study, consent, participant_id, prolific_study_id, session_id)
 
+    @checked
     def study_status(study: str, participant_id: str, participant_token: str) -> dict:
         """Where the participant is (history, request, next, trial, done); the open trial if any."""
         return call(service.status, study, participant_id, participant_token)
 
+    @checked
     @spaces.GPU(duration=120)
     def study_history(study: str, participant_id: str, participant_token: str, history: str = "",
                       persona: str = "") -> dict:
-        """Set the participant's history: pasted text (items separated by blank lines), or a persona."""
+        """Set the participant's history once: pasted text (items separated by blank lines), or a persona."""
         if history.strip():
-            items = call(parse_text, history).items
+            items = call(parse_history, limits, history, None).items
             return call(service.set_history, study, participant_id, participant_token, items=items)
         return call(service.set_history, study, participant_id, participant_token, persona=persona)
 
+    @checked
     @spaces.GPU(duration=120)
     def study_next(study: str, participant_id: str, participant_token: str, request: str = "") -> dict:
         """The open trial (the same one again until it is voted on), or a newly generated one."""
         return call(service.next_trial, study, participant_id, participant_token, request)
 
+    @checked
     def study_vote(study: str, participant_id: str, participant_token: str, trial_id: int, choice: str,
                    reason: str = "") -> dict:
         """Vote on a trial: choice is A, B, tie or both_bad. Each trial counts once."""
         return call(service.vote, study, participant_id, participant_token, trial_id, choice, reason)
 
+    @checked
     def study_withdraw(study: str, participant_id: str, participant_token: str) -> dict:
         """Leave the study: the participant's data is deleted (votes kept anonymized if the consent says so)."""
         return call(service.withdraw, study, participant_id, participant_token)
@@ -397,7 +400,8 @@ def _admin_page(service: StudyService) -> None:
     if not service.admin_token:
         gr.Markdown("⚠️ `PPLUG_ADMIN_TOKEN` is not set: the admin functions are off.")
     if service.load_errors:
-        gr.Markdown("⚠️ Study files that could not be loaded:\n\n" + "\n\n".join(service.load_errors))
+        errors = "\n\n".join(map(markdown_text, service.load_errors))
+        gr.Markdown("⚠️ Study files that could not be loaded:\n\n" + errors)
     token = gr.Textbox(label="Admin token", type="password")
     with gr.Row():
         study = gr.Dropdown(label="Study", choices=[], interactive=True, allow_custom_value=True)
@@ -437,7 +441,7 @@ def _admin_page(service: StudyService) -> None:
             try:
                 return fn(*args)
             except StudyError as err:
-                raise _error(err) from None
+                raise page_error(err) from None
         return inner
 
     @guard
@@ -485,7 +489,7 @@ def _admin_page(service: StudyService) -> None:
     @guard
     def on_admin_withdraw(t, name, pid):
         out = service.admin_withdraw(t, name or "", pid or "")
-        return f"Participant {pid.strip()} withdrawn ({out['mode']}). {out['message']}"
+        return f"Participant {markdown_text(pid.strip())} withdrawn ({out['mode']}). {out['message']}"
 
     refresh_btn.click(on_refresh, [token, study], [study, studies_table], **PRIVATE)
     withdraw_btn.click(on_admin_withdraw, [token, study, withdraw_pid], withdraw_md, **PRIVATE).then(

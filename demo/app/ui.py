@@ -16,12 +16,14 @@ import pandas as pd
 import spaces
 
 from ..core.generation import GenerationParams
-from ..core.history import HistoryError, ParsedHistory, markdown_text, parse_files, parse_text, preview
+from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import PERSONAS_DIR, REPO_ROOT
 from ..core.studio import Comparison, ServiceError, Studio
-from .api import PROFILE_QUEUE, add_api, generate_queue
+from ..core.text import markdown_text
+from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
 from .identity import Identity
 from .study_pages import add_study
+from .validation import guard_inputs, page_error
 
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
 
@@ -47,12 +49,7 @@ def _personas() -> dict[str, Path]:
 
 
 def _parse(studio: Studio, text: str, files: list | None, column: str, user: str | None) -> ParsedHistory:
-    limits = studio.settings.limits
-    kwargs = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
-    if files:
-        return parse_files([getattr(f, "name", f) for f in files], text_column=column or "text",
-                           user=user or None, max_bytes=int(limits.max_upload_mb * 2**20), **kwargs)
-    return parse_text(text or "", **kwargs)
+    return parse_history(studio.settings.limits, text, files, column, user)
 
 
 def _plug_report(studio: Studio) -> str:
@@ -100,7 +97,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         try:
             parsed = _parse(studio, text, files, column, user)
         except HistoryError as err:
-            return f"⚠️ {err}", gr.update(visible=False)
+            return f"⚠️ {markdown_text(str(err))}", gr.update(visible=False)
         users = gr.update(choices=parsed.users, value=user if user in parsed.users else (parsed.users or [None])[0],
                           visible=bool(parsed.users))
         return preview(parsed), users
@@ -124,7 +121,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 progress=lambda done, total: progress((done, total), desc="Encoding history items", unit="items"),
             )
         except (HistoryError, ServiceError) as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise page_error(err) from None
         cached = result.n_items - result.n_encoded
         status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
                   f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
@@ -147,13 +144,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 frame = _weights_frame(result)
                 yield result.personalized, result.generic, frame, frame, notes
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise page_error(err) from None
 
     def on_delete(owner):
         try:
             counts = studio.delete_my_data(owner)
         except ServiceError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise page_error(err) from None
         removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
         return f"Deleted: {removed}.", profile_choices(owner), None
 
@@ -256,5 +253,6 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         add_api(studio)
     add_study(demo, studio)  # the user-study pages: /study?study=NAME and /study-admin
+    guard_inputs(demo)  # raw inputs: argument count and file references, before Gradio reads them
     demo.queue(default_concurrency_limit=1, max_size=limits.max_queue)
     return demo

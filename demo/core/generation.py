@@ -44,7 +44,8 @@ class GenerationParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        # Below 1e-4 sampling picks the top token anyway, and logits / 1e-40 overflow to nan.
+        return self.temperature < 1e-4
 
 
 def apply_policy(logits: torch.Tensor, tokens: list[list[int]], params: GenerationParams) -> torch.Tensor:

@@ -140,7 +140,7 @@ class StudyService:
                 session_id: str = "") -> dict:
         """Record consent (the first row stored for a participant). Returns id and secret token."""
         version, d = self._study(name)
-        if not agree:
+        if agree is not True:  # "false", "no", [False], 1: only an explicit yes is consent
             raise StudyError("Please tick the consent box to take part; nothing has been stored.")
         problem = self.plug_problem(d)
         if problem:
@@ -197,7 +197,7 @@ class StudyService:
         With ``items`` None and no ``persona`` in a persona study, a persona is assigned at random.
         """
         participant, d = self._participant(name, participant_id, token)
-        if any(t for t in self.db.trials(participant["id"])):
+        if self.db.history(participant["id"]) is not None:  # once: a second one would be another profile
             raise StudyError("Your history is already set for this study.")
         if items is None:
             if d.history.mode == "participant":
@@ -342,7 +342,9 @@ class StudyService:
         if choice not in CHOICES:
             raise StudyError(f"Unknown choice {choice!r}; one of {', '.join(CHOICES)}.")
         participant, d = self._participant(name, participant_id, token)
-        recorded = self.db.vote(participant["id"], int(trial_id), choice, (reason or "").strip()[:2000],
+        if type(trial_id) is not int or not 0 < trial_id < 2**63:  # 1.5 or "1" must not become trial 1
+            raise StudyError("This trial id is not valid (a whole number from 1): reload the study page.")
+        recorded = self.db.vote(participant["id"], trial_id, choice, (reason or "").strip()[:2000],
                                 d.trials_per_participant, d.completion.code)
         out = self.status(name, participant_id, token)
         if d.reveal_conditions:

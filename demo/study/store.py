@@ -232,7 +232,9 @@ class StudyStore:
     def participant(self, study: str, participant_id: str, token: str) -> dict:
         """The participant's row, only with the right token (else StudyError)."""
         row = self.find_participant(study, participant_id)
-        if row is None or not hmac.compare_digest(row.pop("token_sha256"), sha256_text(token or "")):
+        # The same work and the same answer for an unknown id as for a known one with a wrong token.
+        stored = row.pop("token_sha256") if row else sha256_text("no such participant")
+        if not hmac.compare_digest(stored, sha256_text(token if isinstance(token, str) else "")) or row is None:
             raise StudyError("This browser has no consent on record for this participant in this study: "
                              "reload the study link to start.")
         return row
