@@ -280,3 +280,62 @@ def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio
     db = studio.store.connection()
     assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM history_items WHERE text = 'I collect maps.'").fetchone()[0] == 0
+
+
+# --- text from a link, a file or a person is shown as text ----------------------------------
+
+LURE = "[Claim your reward](https://evil.example/reward) ![i](http://127.0.0.1:9/pid.png) https://evil.example/x"
+
+
+def _requests_to(page, file_name: str) -> list[str]:
+    """Every request the page makes for a file of that name (filled in as the page runs)."""
+    from urllib.parse import urlparse
+
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if urlparse(r.url).path.endswith(file_name) else None)
+    return seen
+
+
+def _links_to(page, host: str) -> int:
+    return page.evaluate("host => [...document.querySelectorAll('a')].filter(a => a.href.includes(host)).length", host)
+
+
+def test_link_parameters_are_shown_as_text_on_the_study_page(browser, study_app):
+    from urllib.parse import quote
+
+    with _page(browser) as (page, dialogs):
+        fetched = _requests_to(page, "pid.png")
+        page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=" + quote(LURE))
+        page.get_by_text("Consent (version 2)").wait_for()
+        page.get_by_text("[Claim your reward](https://evil.example/reward)", exact=False).first.wait_for()
+        page.wait_for_timeout(500)
+        assert _links_to(page, "evil.example") == 0 and fetched == []
+        _assert_inert(page, dialogs)
+
+    with _page(browser) as (page, dialogs):  # an unknown study named by a link: the message quotes it as text
+        fetched = _requests_to(page, "pid.png")
+        page.goto(study_app + "study?study=" + quote(LURE))
+        page.get_by_text("There is no study called", exact=False).wait_for()
+        page.get_by_text("https://evil.example/x", exact=False).first.wait_for()
+        assert _links_to(page, "evil.example") == 0 and fetched == []
+
+
+def test_a_csv_header_is_shown_as_text_in_the_preview_and_the_error(browser, app, tmp_path):
+    header = '<img src="http://127.0.0.1:9/header.png" onerror="window.__pwned=1"><b>bold</b>'
+    table = tmp_path / "posts.csv"
+    table.write_text('"' + header.replace('"', '""') + '",score\nhello,1\n')  # quotes doubled, as CSV wants
+    with _page(browser) as (page, dialogs):
+        fetched = _requests_to(page, "header.png")
+        page.goto(app)
+        page.get_by_text("Compute my PPlug embedding").wait_for()
+        page.locator("input[type=file]").first.set_input_files(str(table))
+        page.get_by_text('has no "text" column', exact=False).first.wait_for()  # the preview
+        page.get_by_label("Profile name").fill("csv")
+        page.get_by_role("button", name="Compute my PPlug embedding").click()
+        toast = page.locator("[data-testid=toast-text]").first
+        toast.wait_for()
+        assert "<b>bold</b>" in toast.inner_text()
+        assert toast.locator("b, img").count() == 0
+        assert page.locator("b:text('bold'), img[src*='header.png']").count() == 0
+        assert fetched == []
+        _assert_inert(page, dialogs)

@@ -453,7 +453,7 @@ def _csv_items(text: str, name: str, text_column: str, delimiter: str) -> list[s
         return [row[text_column] or "" for row in reader]
     except csv.Error as exc:
         raise HistoryError(
-            f"{name}: could not read the table near line {reader.line_num} ({exc}). "
+            f"{name}: could not read the table near line {max(reader.line_num, 1)} ({exc}). "
             "Check that it is a valid CSV file."
         ) from exc
 
