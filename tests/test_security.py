@@ -110,12 +110,13 @@ def test_a_tiny_temperature_answers_as_greedy(client, profile, capfd):
 
 
 MISTYPED = [  # (endpoint, arguments in order, the index of the odd one, the name the message must give)
-    ("generate", [TOKEN, ["a", "list"], "Write.", 4, 0.0, 1.0, 0], "profile_id"),
-    ("generate", [TOKEN, {"a": "dict"}, "Write.", 4, 0.0, 1.0, 0], "profile_id"),
-    ("generate", [TOKEN, "pid", "Write.", 4, "0.5", 1.0, 0], "temperature"),
-    ("generate", [TOKEN, "pid", "Write.", 4, 0.0, 1.0, 2**70], "seed"),
-    ("generate", [TOKEN, "pid", "Write.", True, 0.0, 1.0, 0], "max_new_tokens"),
-    ("generate", [12345, "pid", "Write.", 4, 0.0, 1.0, 0], "owner_token"),
+    ("generate", [TOKEN, ["a", "list"], "Write.", 4, 0.0, 1.0, 0, False], "profile_id"),
+    ("generate", [TOKEN, {"a": "dict"}, "Write.", 4, 0.0, 1.0, 0, False], "profile_id"),
+    ("generate", [TOKEN, "pid", "Write.", 4, "0.5", 1.0, 0, False], "temperature"),
+    ("generate", [TOKEN, "pid", "Write.", 4, 0.0, 1.0, 2**70, False], "seed"),
+    ("generate", [TOKEN, "pid", "Write.", True, 0.0, 1.0, 0, False], "max_new_tokens"),
+    ("generate", [12345, "pid", "Write.", 4, 0.0, 1.0, 0, False], "owner_token"),
+    ("generate", [TOKEN, "pid", "Write.", 4, 0.0, 1.0, 0, "yes"], "tuned"),
     ("study_info", [12345], "study"),
     ("study_info", [["security-test"]], "study"),
     ("study_info", [None], "study"),
@@ -155,10 +156,13 @@ def test_a_fractional_trial_id_records_no_vote(client, url, studio):
 # --- logs ----------------------------------------------------------------------------------
 
 
-def test_a_call_with_missing_arguments_puts_no_token_in_the_log(url, capfd):
+def test_a_call_with_missing_arguments_puts_no_token_in_the_log(url, profile, capfd):
     for endpoint, data in (("generate", [TOKEN]), ("list_profiles", []), ("study_vote", ["security-test", "P", TOKEN])):
         event, message = call_raw(url, endpoint, data)
         assert event == "error" and "arguments" in message and TOKEN not in message, message
+    # Left-out trailing arguments that have defaults take them.
+    event, out = call_raw(url, "generate", [TOKEN, profile, "Write a tweet.", 4])
+    assert event == "complete" and out["done"] and out["generic"]
     _clean_log(capfd, TOKEN)
 
 

@@ -9,8 +9,10 @@ a parameter that has a default means "use the default"). A bad value gets one se
 argument and what it must be, never the value itself (it may be a token).
 
 :func:`guard_inputs` replaces Gradio's check of the number of arguments, whose error message
-quotes every value received (owner tokens included) into the server log, and refuses file
-references that were not uploaded to this app before Gradio touches them.
+quotes every value received (owner tokens included) into the server log: trailing arguments a
+named endpoint's caller left out take their defaults, and too few otherwise get a message naming
+the parameters only. It also refuses file references that were not uploaded to this app before
+Gradio touches them.
 """
 from __future__ import annotations
 
@@ -162,8 +164,13 @@ def guard_inputs(demo: gr.Blocks) -> None:
 
     def validate_inputs(block_fn, inputs: list) -> None:
         wanted = len(block_fn.inputs)
+        names = list(getattr(block_fn.fn, "checked_arguments", {}))
+        if len(inputs) < wanted and names:  # a named endpoint: trailing arguments left out take their defaults
+            defaults = inspect.signature(block_fn.fn).parameters
+            missing = [defaults[name].default for name in names[len(inputs):]]
+            if inspect.Parameter.empty not in missing:
+                inputs.extend(missing)
         if len(inputs) < wanted:
-            names = list(getattr(block_fn.fn, "checked_arguments", {}))
             listed = f" ({', '.join(names)})" if names else ""
             raise gr.Error(f"This endpoint takes {wanted} arguments{listed}; {len(inputs)} were sent.",
                            print_exception=False)
