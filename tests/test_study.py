@@ -461,3 +461,16 @@ def test_the_researcher_withdraws_a_participant_who_asks(store):
 def test_an_unknown_withdrawal_mode_is_a_clear_definition_error():
     with pytest.raises(StudyError, match="on_withdraw"):
         parse_definition({**BASE, "consent": {"version": "1", "text": "x", "on_withdraw": "forever"}})
+
+
+def test_a_prepared_trial_nobody_came_back_for_is_forgotten(store, monkeypatch):
+    import demo.study.flow as flow
+
+    service = StudyService(FakeStudio(store), studies_dir=None, prefetch=True)
+    service.register(parse_definition(BASE), source="test")
+    first = join(service)
+    first_row = service.db.participant(*first)["id"]
+    assert service._prefetched[first_row].ready.wait(10)
+    monkeypatch.setattr(flow, "PREFETCH_KEPT_S", 0)
+    second = join(service)
+    assert list(service._prefetched) == [service.db.participant(*second)["id"]]

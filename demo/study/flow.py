@@ -7,6 +7,7 @@ import logging
 import random
 import secrets
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def _owner_for(token: str) -> str:
     return "study:" + sha256_text("owner:" + token)[:40]
 
 
+PREFETCH_KEPT_S = 3600  # a prepared trial nobody came back for is forgotten after an hour
+
+
 @dataclass
 class _Plan:
     """Trial ``index`` of a participant, everything but its answers."""
@@ -48,6 +52,7 @@ class _Prefetch:
     """A participant's next trial, generated in memory while they read the current one."""
 
     plan: _Plan
+    started: float = field(default_factory=time.monotonic)
     ready: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)  # the participant left
     result: object = None  # the Comparison, once generated (None if it failed or was abandoned)
@@ -300,6 +305,11 @@ class StudyService:
         if not self.prefetch or d.participant_prompts or index > d.trials_per_participant:
             return
         with self._prefetch_lock:
+            # A participant who closed the page without leaving the study: forget their trial.
+            for row, old in list(self._prefetched.items()):
+                if time.monotonic() - old.started > PREFETCH_KEPT_S:
+                    old.abandoned.set()
+                    del self._prefetched[row]
             if participant["id"] in self._prefetched:
                 return
             job = self._prefetched[participant["id"]] = _Prefetch(self._plan(participant, d, index))
