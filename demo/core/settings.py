@@ -99,7 +99,7 @@ class Settings:
     encode_batch_size: int = field(default_factory=lambda: 256 if torch.cuda.is_available() else 64)
     limits: Limits = field(default_factory=Limits)
     # Rows decoded together in the shared loop (two per visitor's request); more wait for the next
-    # free rows. On 2 CPU cores throughput grew up to 48 rows and fell at 64 (benchmark figure 7);
+    # free rows. On 2 CPU cores throughput grew up to 48 rows and fell at 64 (benchmark figure 9);
     # a GPU takes many more.
     batch_rows: int = field(default_factory=lambda: 256 if torch.cuda.is_available() else 48)
     study_prefetch: bool = True  # generate a participant's next trial while they read the current one

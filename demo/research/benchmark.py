@@ -16,7 +16,13 @@ Every figure is a ratio against a baseline measured in the same run (medians ove
 7. training examples/s: the current recipe (bf16 LLM, NLL + InfoNCE over 3 users) vs the shipped
    plug's recipe (fp32 LLM, NLL + 0.1 KL), batch 4 of real train examples, one step = forward,
    backward and an optimizer step of the plug;
-8. "tune to me": fitting a personal token for a 60-item history, vs one 64-token answer.
+8. "tune to me": fitting a personal token for a 60-item history, vs one 64-token answer;
+9. decode throughput of the shared loop by rows per step (what ``PPLUG_BATCH_ROWS`` is chosen
+   from), and the pair figure of 1 again with the rows going through the scheduler;
+10. profile computation beside generation: each one's time alone and while the other runs;
+11. serving: 1, 4 and 16 concurrent ``gradio_client`` visitors against one-at-a-time, and the
+   study's vote-to-next-trial wait with 1 and 8 participants (``demo.app.loadtest``, run as a
+   subprocess against ``python app.py``).
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -32,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +50,7 @@ from ..core.generation import GenerationParams, Generator
 from ..core.history import lamp_item_text
 from ..core.scoring import target_ids
 from ..core.settings import REPO_ROOT, Settings
+from ..core.scheduler import Scheduler
 from ..core.studio import Studio
 from ..core.text import free_port, markdown_table
 from .lamp import DEFAULT_DATA, read_task
@@ -58,6 +66,26 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times of each of ``fns`` (name -> callable), run in turn within every repeat (after one
+    warm-up each), so that a change in the machine's load falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        names = list(fns)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over repeats of a_i / b_i (each pair measured in the same repeat)."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def machine() -> dict:
@@ -114,20 +142,30 @@ def fig_pair(studio: Studio, repeats: int, new_tokens: int) -> dict:
             gen.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
                                min_new_tokens=new_tokens, do_sample=False)
 
-    single = median_time(lambda: run([None]), repeats)
-    pair = median_time(lambda: run([soft, None]), repeats)
-    personal_single = median_time(lambda: run([soft]), repeats)
-    hf = median_time(hf_generate, repeats)
+    def scheduled(rows):
+        for _ in studio.scheduler.submit(*gen.embed([ids] * len(rows), rows), fixed):
+            pass
+
+    t = interleaved_times({
+        "single": lambda: run([None]), "pair": lambda: run([soft, None]), "personal": lambda: run([soft]),
+        "hf": hf_generate, "scheduler_single": lambda: scheduled([None]),
+        "scheduler_pair": lambda: scheduled([soft, None]),
+    }, repeats)
+    m = {name: statistics.median(v) for name, v in t.items()}
     return {
         "new_tokens": new_tokens,
-        "single_s": single,
-        "pair_batched_s": pair,
-        "two_sequential_s": single + personal_single,
-        "pair_vs_single": pair / single,
-        "pair_vs_sequential": pair / (single + personal_single),
-        "project_tokens_per_s": new_tokens / personal_single,
-        "hf_generate_tokens_per_s": new_tokens / hf,
-        "decode_speed_vs_hf_generate": hf / personal_single,
+        "single_s": m["single"],
+        "pair_batched_s": m["pair"],
+        "two_sequential_s": m["single"] + m["personal"],
+        "pair_vs_single": median_ratio(t["pair"], t["single"]),
+        "pair_vs_sequential": statistics.median(p / (s + q) for p, s, q in zip(t["pair"], t["single"], t["personal"])),
+        "project_tokens_per_s": new_tokens / m["personal"],
+        "hf_generate_tokens_per_s": new_tokens / m["hf"],
+        "decode_speed_vs_hf_generate": median_ratio(t["hf"], t["personal"]),
+        "scheduler_single_s": m["scheduler_single"],
+        "scheduler_pair_s": m["scheduler_pair"],
+        "pair_vs_single_scheduler": median_ratio(t["scheduler_pair"], t["scheduler_single"]),
+        "scheduler_vs_direct_single": median_ratio(t["scheduler_single"], t["single"]),
     }
 
 
@@ -196,6 +234,81 @@ def fig_aggregator(studio: Studio, items: list[str], repeats: int) -> dict:
     return rows
 
 
+def fig_rows(studio: Studio, repeats: int, new_tokens: int = 16, sizes=(2, 8, 16, 32, 48, 64)) -> dict:
+    """9: decode tokens/s of the shared loop by rows per step (fixed length, one request of B rows)."""
+    gen = studio.generator
+    ids = gen.prompt_ids("Write a short blog post about my weekend hiking trip.")
+    fixed = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
+    scheduler = Scheduler(gen, max_rows=max(sizes))
+
+    def run(b):
+        embeds, mask = gen.embed([ids] * b, [None] * b)
+        for _ in scheduler.submit(embeds, mask, fixed):
+            pass
+
+    times = interleaved_times({str(b): (lambda b=b: run(b)) for b in sizes}, repeats)
+    rows = {}
+    for b in sizes:
+        seconds = statistics.median(times[str(b)])
+        rows[str(b)] = {"seconds": seconds, "tokens_per_s": b * new_tokens / seconds,
+                        "step_ms": seconds / new_tokens * 1000}
+    best = max(rows, key=lambda b: rows[b]["tokens_per_s"])
+    return {"new_tokens": new_tokens, "rows": rows, "best_rows": int(best),
+            "best_vs_two_rows": median_ratio(times["2"], times[best]) * int(best) / 2}
+
+
+def fig_compute_sharing(studio: Studio, items: list[str], repeats: int, new_tokens: int = 64) -> dict:
+    """10: a profile computation beside generation, each timed alone and while the other runs.
+
+    Before the scheduler both shared one queue, so a generation that arrived during a computation
+    waited for all of it; now both run, and what matters is how much each slows the other."""
+    owner = secrets.token_urlsafe(24)
+    gen = studio.generator
+    ids = gen.prompt_ids("Write a short blog post about my weekend.")
+    fixed = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
+    embeds, mask = gen.embed([ids, ids], [None, None])
+
+    def generate():
+        for _ in studio.scheduler.submit(embeds, mask, fixed):
+            pass
+
+    def compute():
+        salt = secrets.token_hex(4)  # fresh texts: the embedding cache cannot help
+        return studio.compute_profile(owner, "bench", [f"{t} [{salt}]" for t in items]).seconds
+
+    gen_alone = median_time(generate, repeats)
+    compute_alone = statistics.median(compute() for _ in range(repeats))
+    gen_during, compute_during = [], []
+    for _ in range(repeats):
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (compute_during.append(compute()), done.set()))
+        worker.start()
+        while not done.is_set():
+            t0 = time.perf_counter()
+            generate()
+            if not done.is_set():
+                gen_during.append(time.perf_counter() - t0)
+        worker.join()
+    studio.delete_my_data(owner)
+    return {"items": len(items), "new_tokens": new_tokens, "generation_alone_s": gen_alone,
+            "generation_during_compute_s": statistics.median(gen_during) if gen_during else float("nan"),
+            "generation_slowdown": (statistics.median(gen_during) / gen_alone) if gen_during else float("nan"),
+            "compute_alone_s": compute_alone, "compute_during_generation_s": statistics.median(compute_during),
+            "compute_slowdown": statistics.median(compute_during) / compute_alone,
+            "one_queue_wait_s": compute_alone}
+
+
+def fig_serving(args) -> dict:
+    """11: ``demo.app.loadtest`` in a subprocess (it starts its own app servers)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "load.json"
+        command = [sys.executable, "-m", "demo.app.loadtest", "--out", str(out), "--repeats",
+                   str(args.serving_repeats), "--per-visitor", str(args.per_visitor), "--reading-s",
+                   str(args.reading_s), "--visitors", *map(str, args.serving_visitors)]
+        subprocess.run(command, cwd=REPO_ROOT, check=True)
+        return json.loads(out.read_text())
+
+
 def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
     """Start ``python app.py`` and time it until the page answers; peak RSS of the process tree."""
     port = free_port()
@@ -250,6 +363,15 @@ GOALS = [
     ("6. cold start, first / later", ("cold_start", "first_vs_later"), "(one-off conversion)", None),
     ("7. training examples/s, current / shipped recipe", ("training", "speedup"), ">= 3", lambda v: v >= 3),
     ("8. tune to me (60 items) / one 64-token answer", ("tune", "ratio"), "(fit <= 15 s)", None),
+    ("9. pair / single generation through the scheduler", ("pair", "pair_vs_single_scheduler"), "<= 1.15",
+     lambda v: v <= 1.15),
+    ("9. decode tokens/s at the best rows per step / at 2 rows", ("rows", "best_vs_two_rows"), "(higher is better)",
+     None),
+    ("10. generation time while a profile is computed / alone", ("compute_sharing", "generation_slowdown"),
+     "(not blocked)", None),
+    ("11. answers/min, 16 visitors / one at a time", ("serving", "ratio_16"), ">= 4", lambda v: v >= 4),
+    ("11. study wait vote -> next trial, p50 s, 1 participant", ("serving", "study_wait_p50_1"), "<= 1",
+     lambda v: v <= 1),
 ]
 
 
@@ -303,7 +425,7 @@ def fig_tune(studio: Studio, data: Path, repeats: int) -> dict:
 def markdown(results: dict) -> str:
     figures = []
     for label, (section, key), goal, check in GOALS:
-        if section in results:
+        if section in results and key in results[section]:
             value = results[section][key]
             met = "" if check is None else ("yes" if check(value) else "**no**")
             figures.append([label, f"{value:.2f}", goal, met])
@@ -344,11 +466,59 @@ def markdown(results: dict) -> str:
         c = results["cold_start"]
         absolute.append(f"- Cold start: {c['first_start_s']:.1f} s with the conversion, {c['later_start_s']:.1f} s "
                         f"after it; peak memory {c['peak_rss_mb']:.0f} MB.")
+    if "rows" in results:
+        r = results["rows"]
+        absolute.append("- Shared loop, tokens/s by rows per step ({} new tokens): {}.".format(
+            r["new_tokens"], ", ".join(f"{b} rows {v['tokens_per_s']:.0f} ({v['step_ms']:.0f} ms/step)"
+                                       for b, v in r["rows"].items())))
+    if "compute_sharing" in results:
+        c = results["compute_sharing"]
+        absolute.append(f"- Profile of {c['items']} items: {c['compute_alone_s']:.1f} s alone, "
+                        f"{c['compute_during_generation_s']:.1f} s beside generation; a {c['new_tokens']}-token pair "
+                        f"{c['generation_alone_s']:.1f} s alone, {c['generation_during_compute_s']:.1f} s during the "
+                        f"computation (with one queue it waited up to {c['one_queue_wait_s']:.1f} s first).")
+    if "serving" in results:
+        lines += ["", serving_table(results["serving"])]
     m = results["machine"]
     head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']}"
             f"{', GPU ' + m['gpu'] if 'gpu' in m else ''}; dtype {results['dtype']}; "
             f"load average at start {m['load_average_at_start'][0]:.1f}.")
     return "\n".join([head, "", *lines, "", *absolute, ""])
+
+
+def serving_table(serving: dict) -> str:
+    """The visitors and study figures of ``demo.app.loadtest`` as Markdown."""
+    v = serving["visitors"]
+    lines = [f"Serving ({v['max_new_tokens']} new tokens, {v['requests_per_visitor']} requests per visitor, medians "
+             f"of {v['repeats']} repeats; load average at start {serving['load_average_at_start'][0]:.1f}):", "",
+             "| visitors | answers/min | vs one at a time | latency p50 / p95 (s) | first token p50 / p95 (s) |",
+             "| --- | --- | --- | --- | --- |"]
+    for n, level in v["levels"].items():
+        lines.append(f"| {n} | {level['answers_per_min']:.1f} | {level['answers_per_min_vs_one_at_a_time']:.2f} | "
+                     f"{level['latency_p50_s']:.1f} / {level['latency_p95_s']:.1f} | "
+                     f"{level['first_token_p50_s']:.2f} / {level['first_token_p95_s']:.2f} |")
+    if "study" in serving:
+        st = serving["study"]
+        lines += ["", f"Study `{st['study']}`, reading {st['reading_s']:g} s per trial:", "",
+                  "| participants | vote -> next trial p50 / p95 (s) | waits |", "| --- | --- | --- |"]
+        for n, w in st["participants"].items():
+            lines.append(f"| {n} | {w['wait_p50_s']:.2f} / {w['wait_p95_s']:.2f} | {w['waits']} |")
+        if "no_prefetch_1" in st:
+            w = st["no_prefetch_1"]
+            lines.append(f"| 1, no prefetch | {w['wait_p50_s']:.2f} / {w['wait_p95_s']:.2f} | {w['waits']} |")
+    return "\n".join(lines)
+
+
+def _serving_summary(serving: dict) -> dict:
+    """The two goal figures of the serving run, at the top level of its section."""
+    out = dict(serving)
+    levels = serving.get("visitors", {}).get("levels", {})
+    if "16" in levels:
+        out["ratio_16"] = levels["16"]["answers_per_min_vs_one_at_a_time"]
+    one = serving.get("study", {}).get("participants", {}).get("1")
+    if one:
+        out["study_wait_p50_1"] = one["wait_p50_s"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,8 +528,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--queries", type=int, default=8, help="real queries for the first-token figure")
+    parser.add_argument("--serving-repeats", type=int, default=3)
+    parser.add_argument("--serving-visitors", type=int, nargs="+", default=[1, 4, 16],
+                        help="concurrent visitors per level; the first is the one-at-a-time baseline")
+    parser.add_argument("--per-visitor", type=int, default=3, help="requests per visitor and level (serving)")
+    parser.add_argument("--reading-s", type=float, default=15.0, help="a participant's reading time (serving)")
     parser.add_argument("--skip", nargs="*", default=[], help="figures to skip: pair first_token encoding "
-                                                              "aggregator cold_start training tune")
+                                                              "aggregator cold_start training tune rows "
+                                                              "compute_sharing serving")
     args = parser.parse_args(argv)
 
     # Figures skipped in this run keep their values from an earlier run of the same file.
@@ -379,6 +555,10 @@ def main(argv: list[str] | None = None) -> None:
             "cold_start": fig_cold_start,
             "training": lambda: fig_training(studio, args.data, max(args.repeats // 2, 1)),
             "tune": lambda: fig_tune(studio, args.data, max(args.repeats // 2, 1)),
+            "rows": lambda: fig_rows(studio, args.repeats, sizes=(2, 8, 16, 32, 48, 64) if settings.device == "cpu"
+                                     else (2, 16, 64, 128, 256, 512)),
+            "compute_sharing": lambda: fig_compute_sharing(studio, blog[:256], max(args.repeats // 2, 2)),
+            "serving": lambda: _serving_summary(fig_serving(args)),
         }
         for name, run in figures.items():
             if name in args.skip:
