@@ -109,3 +109,25 @@ def test_concurrent_visitors_are_decoded_together_and_get_their_own_answers(app,
         watcher.join()
     assert got == alone
     assert max(widest) >= 6  # at least three visitors' rows in one step
+
+
+def test_the_gpu_check_runs_its_steps_here(studio):
+    """The prepared GPU check, on this machine's CPU: the shared loop, the ZeroGPU path, the policy."""
+    from demo.app.gpu_check import check
+
+    result = check(studio, n_requests=2, max_new_tokens=6)
+    assert result["device"] == "cpu" and result["requests"] == 2
+    assert result["batched_equal_alone"] == 2 and result["zero_gpu_path_equal_alone"] == 2
+    assert result["empty_answers"] == 0 and result["degenerate_answers"] == 0
+
+
+@pytest.mark.slow
+def test_the_load_test_measures_visitors_and_participants(app):
+    from demo.app.loadtest import study_figures, visitors_figures
+
+    visitors = visitors_figures(app.local_url, [1, 2], repeats=1, per_visitor=1, max_new_tokens=6)
+    two = visitors["levels"]["2"]
+    assert two["answers"] == 2 and two["answers_per_min"] > 0 and two["answers_per_min_vs_one_at_a_time"] > 0
+    assert 0 <= two["first_token_p50_s"] <= two["latency_p50_s"]
+    study = study_figures(app.local_url, "persona-four-way", [1], reading_s=0.5, max_votes=2, no_prefetch_url=None)
+    assert study["participants"]["1"]["waits"] == 2
