@@ -489,23 +489,19 @@ def markdown(results: dict) -> str:
 def serving_table(serving: dict) -> str:
     """The visitors and study figures of ``demo.app.loadtest`` as Markdown."""
     v = serving["visitors"]
+    levels = [[n, f"{x['answers_per_min']:.1f}", f"{x['answers_per_min_vs_one_at_a_time']:.2f}",
+               f"{x['latency_p50_s']:.1f} / {x['latency_p95_s']:.1f}",
+               f"{x['first_token_p50_s']:.2f} / {x['first_token_p95_s']:.2f}"] for n, x in v["levels"].items()]
     lines = [f"Serving ({v['max_new_tokens']} new tokens, {v['requests_per_visitor']} requests per visitor, medians "
              f"of {v['repeats']} repeats; load average at start {serving['load_average_at_start'][0]:.1f}):", "",
-             "| visitors | answers/min | vs one at a time | latency p50 / p95 (s) | first token p50 / p95 (s) |",
-             "| --- | --- | --- | --- | --- |"]
-    for n, level in v["levels"].items():
-        lines.append(f"| {n} | {level['answers_per_min']:.1f} | {level['answers_per_min_vs_one_at_a_time']:.2f} | "
-                     f"{level['latency_p50_s']:.1f} / {level['latency_p95_s']:.1f} | "
-                     f"{level['first_token_p50_s']:.2f} / {level['first_token_p95_s']:.2f} |")
+             markdown_table(levels, ["visitors", "answers/min", "vs one at a time", "latency p50 / p95 (s)",
+                                     "first token p50 / p95 (s)"])]
     if "study" in serving:
         st = serving["study"]
+        waits = {**st["participants"], **({"1, no prefetch": st["no_prefetch_1"]} if "no_prefetch_1" in st else {})}
+        rows = [[n, f"{w['wait_p50_s']:.2f} / {w['wait_p95_s']:.2f}", str(w["waits"])] for n, w in waits.items()]
         lines += ["", f"Study `{st['study']}`, reading {st['reading_s']:g} s per trial:", "",
-                  "| participants | vote -> next trial p50 / p95 (s) | waits |", "| --- | --- | --- |"]
-        for n, w in st["participants"].items():
-            lines.append(f"| {n} | {w['wait_p50_s']:.2f} / {w['wait_p95_s']:.2f} | {w['waits']} |")
-        if "no_prefetch_1" in st:
-            w = st["no_prefetch_1"]
-            lines.append(f"| 1, no prefetch | {w['wait_p50_s']:.2f} / {w['wait_p95_s']:.2f} | {w['waits']} |")
+                  markdown_table(rows, ["participants", "vote -> next trial p50 / p95 (s)", "waits"])]
     return "\n".join(lines)
 
 
