@@ -1,4 +1,4 @@
-"""Shared fixtures: the real embedded models, loaded once per test session.
+"""Shared fixtures: the real embedded models, loaded once per test session, and the app on them.
 
 Each test that needs a database gets a fresh SQLite file in its own tmp folder.
 """
@@ -8,8 +8,10 @@ import secrets
 
 import pytest
 
+from demo.app.ui import build_demo
 from demo.core.settings import Settings
 from demo.core.storage import Store
+from demo.core.text import free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +27,16 @@ def studio(settings):
     from demo.core.studio import Studio
 
     return Studio(settings)
+
+
+@pytest.fixture(scope="session")
+def app(studio):
+    """The app on the session's studio, served on a free port (tests that need other settings build
+    their own with ``apphelp.studio_with``)."""
+    demo = build_demo(studio)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield demo
+    demo.close()
 
 
 @pytest.fixture()

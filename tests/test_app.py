@@ -2,21 +2,14 @@
 import pytest
 from gradio_client import Client
 
-from demo.app.ui import build_demo
-
-from demo.core.text import free_port
-
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
            "My boots finally gave up after 900 miles on the Pacific Crest Trail.")
 
 
 @pytest.fixture(scope="module")
-def client(studio):
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield Client(demo.local_url, verbose=False)
-    demo.close()
+def client(app):
+    return Client(app.local_url, verbose=False)
 
 
 def test_named_endpoints_are_published(client):

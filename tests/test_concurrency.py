@@ -33,12 +33,10 @@ HISTORY = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, choc
 
 
 @pytest.fixture(scope="module")
-def app(studio):
+def app(app, studio):
+    """The session's app, with this module's study registered."""
     StudyStore(studio.store).register(parse_definition(STUDY), source="test")
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield demo
-    demo.close()
+    return app
 
 
 def _api_session(url: str, n: int, start: threading.Barrier) -> dict:
@@ -74,7 +72,7 @@ def _study_session(url: str, n: int, start: threading.Barrier) -> dict:
 
 
 @pytest.mark.parametrize("api_sessions, study_sessions", [
-    (6, 2),
+    (3, 1),
     pytest.param(20, 4, marks=pytest.mark.slow),
 ])
 def test_many_concurrent_sessions_lose_and_duplicate_nothing(app, studio, api_sessions, study_sessions):
@@ -114,6 +112,7 @@ def test_many_concurrent_sessions_lose_and_duplicate_nothing(app, studio, api_se
     print(f"\n{api_sessions + study_sessions} sessions, {writes} writes checked, 0 lost, 0 duplicated")
 
 
+@pytest.mark.slow  # eight clients and three generations to fill a queue of two
 def test_a_full_queue_answers_with_a_clear_message(studio):
     demo = build_demo(studio_with(studio, max_queue=2, batch_rows=2))  # one generation at a time
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)

@@ -76,11 +76,13 @@ def repeats(text: str) -> bool:
 
 
 def test_the_default_policy_keeps_a_row_from_repeating(gen):
-    requests = ["Write a tweet about coffee.", "Write a short blog post about my weekend.", REQUEST]
+    looping = ["Write a tweet about coffee.", REQUEST]
+    requests = [looping[0], "Write a short blog post about my weekend.", looping[1]]
+    # 24 tokens: without the policy both of these start looping after 9
+    plain = gen.generate(*gen.embed([gen.prompt_ids(r) for r in looping], [None, None]),
+                         GenerationParams(max_new_tokens=24, **NO_POLICY))
+    assert repeats(plain[0]) and repeats(plain[1])  # without the policy the generic model loops on emoji
     embeds, mask = gen.embed([gen.prompt_ids(r) for r in requests], [None] * len(requests))
-    # 24 tokens: without the policy both rows start looping after 9
-    plain = gen.generate(embeds, mask, GenerationParams(max_new_tokens=24, **NO_POLICY))
-    assert repeats(plain[0]) and repeats(plain[2])  # without the policy the generic model loops on emoji
     with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=24))
     assert not any(repeats(text) for text in with_policy), with_policy
     assert all(len(text.split()) >= 3 for text in with_policy)

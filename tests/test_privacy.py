@@ -14,7 +14,6 @@ from gradio_client import Client
 from demo.app.identity import Identity
 from demo.app.ui import build_demo
 from demo.core.settings import Settings
-from demo.core.text import free_port
 
 from apphelp import handler, logged_generations, studio_with
 
@@ -24,14 +23,6 @@ SHARED = "A sentence that two different people both wrote, word for word."
 def _history(tag: str) -> str:
     return "\n\n".join([f"{tag}: my first private note about the lake house.",
                         f"{tag}: the second one, about my sister's wedding.", SHARED])
-
-
-@pytest.fixture(scope="module")
-def app(studio):
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield demo
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +227,11 @@ def test_signed_in_owners_of_the_public_derivation_are_rotated_on_upgrade(tmp_pa
     store.close()
 
 
-def test_the_login_button_appears_only_where_the_space_offers_login(studio, monkeypatch):
+def test_the_login_button_appears_only_where_the_space_offers_login(app, studio, monkeypatch):
     def has_login(demo) -> bool:
         return any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
 
-    assert not has_login(build_demo(studio))
+    assert not has_login(app)
     env = {"OAUTH_CLIENT_ID": "abc", "SPACE_ID": "me/pplug"}
     assert Settings.from_env(env).hf_login and not Settings.from_env({"OAUTH_CLIENT_ID": "abc"}).hf_login
     # What a Space with `hf_oauth: true` provides; Gradio then adds the real (not mocked) login routes.

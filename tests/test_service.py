@@ -150,6 +150,7 @@ TUNE_HISTORY = [
 ]
 
 
+@pytest.mark.slow  # backward passes through the real LLM; the fit itself is tested on a tiny one (test_train)
 def test_tune_to_me_stores_a_token_that_the_personalized_row_uses(studio, owner):
     from demo.core.tuning import FitSettings
 

@@ -12,21 +12,11 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from demo.app.ui import build_demo
 from demo.core.generation import GenerationParams
-from demo.core.text import free_port
 
 from apphelp import logged_generations
 
 HISTORY = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, chocolate.\n\nMy boots gave up at mile 900."
-
-
-@pytest.fixture(scope="module")
-def app(studio):
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield demo
-    demo.close()
 
 
 @pytest.fixture(scope="module")

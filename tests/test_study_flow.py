@@ -9,8 +9,6 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from demo.app.ui import build_demo
-from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
@@ -33,14 +31,12 @@ FLOW = {
 
 
 @pytest.fixture(scope="module")
-def app(studio):
+def app(app, studio):
+    """The session's app, with this module's studies registered (the pages read them when asked)."""
     StudyStore(studio.store).register(parse_definition(FLOW), source="test")
     StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-ui", "prompts": "participant",
                                                         "reveal_conditions": False}), source="test")
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield demo
-    demo.close()
+    return app
 
 
 def test_vote_flow_through_the_client_resumes_and_counts_once(app, studio):
