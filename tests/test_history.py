@@ -519,3 +519,16 @@ def test_parse_file_only_raises_history_error(data, suffix):
         assert all(item == item.strip() and item for item in parsed.items)
     finally:
         os.unlink(name)
+
+
+def test_lamp_users_are_listed_with_item_counts_largest_first(tmp_path):
+    data = [{"user_id": "small", "profile": [{"text": "one"}]},
+            {"user_id": "big", "profile": [{"text": f"post {i}"} for i in range(5)]},
+            {"user_id": "mid", "profile": [{"text": "a"}, {"text": "b"}]},
+            {"user_id": "big", "profile": [{"text": "post 1"}, {"text": "post 9"}]}]  # overlaps count once
+    parsed = parse_file(write_json(tmp_path, "dev_questions.json", data))
+    assert parsed.users == ["big", "mid", "small"]
+    assert parsed.user_items == {"big": 6, "mid": 2, "small": 1}
+    assert parsed.source == "dev_questions.json (user big)" and len(parsed.items) == 6  # the largest by default
+    merged = parse_files([write_json(tmp_path, "q.json", data), write(tmp_path, "a.txt", "mine")], user="mid")
+    assert merged.user_items["big"] == 6 and merged.items == ["a", "b", "mine"]

@@ -65,7 +65,8 @@ class ParsedHistory:
     items: list[str]  # stripped, non-empty, exact duplicates dropped (first kept), order kept
     source: str  # e.g. "pasted text", "blog.txt", "dev_questions.json (user 123)"
     notes: list[str]  # human-readable notices about what was changed
-    users: list[str] = field(default_factory=list)  # user ids of a LaMP questions file
+    users: list[str] = field(default_factory=list)  # user ids of a LaMP questions file, most items first
+    user_items: dict[str, int] = field(default_factory=dict)  # user id -> number of distinct profile items
 
 
 # ---------------------------------------------------------------------------
@@ -155,11 +156,13 @@ def parse_files(
     items: list[str] = []
     notes: list[str] = []
     users: list[str] = []
+    user_items: dict[str, int] = {}
     for part in parts:
         items.extend(part.items)
         # Say which file each notice is about once they are all in one list.
         notes.extend(f"{part.source}: {note}" for note in part.notes)
         users.extend(u for u in part.users if u not in users)
+        user_items.update(part.user_items)
     # Items are already clean and cut; this drops duplicates across files and
     # checks the total count.
     merged = _finish(
@@ -171,6 +174,7 @@ def parse_files(
         empty_hint="upload a file with some of your writing.",
     )
     merged.users = users
+    merged.user_items = user_items
     return merged
 
 
@@ -261,7 +265,7 @@ def _parse_file(
     notes: list[str] = []
     text = _decode(path.read_bytes(), name, notes)
     source = name
-    users: list[str] = []
+    users: dict[str, int] = {}
 
     if suffix in TEXT_SUFFIXES:
         raw_items = _split_paragraphs(text)
@@ -280,7 +284,7 @@ def _parse_file(
         max_item_chars=max_item_chars,
         empty_hint=f"no text was found in {name}. Upload a file with some of your writing.",
     )
-    parsed.users = users
+    parsed.users, parsed.user_items = list(users), users
     return parsed
 
 
@@ -340,8 +344,8 @@ def _load_json(text: str, where: str, fix: str, one_line: bool = False):
 
 def _json_items(
     text: str, name: str, text_column: str, user: str | None
-) -> tuple[list[str], str, list[str]]:
-    """Items, source label and user ids of a .json file."""
+) -> tuple[list[str], str, dict[str, int]]:
+    """Items, source label and users (id -> item count, most first) of a .json file."""
     data = _load_json(text, name, "Fix the file or export it again.")
 
     # One user's profile, e.g. {"user_id": "42", "profile": [...]}.
@@ -352,7 +356,7 @@ def _json_items(
                 "Upload a list of texts, a list of objects with a \"text\" field, or a LaMP file."
             )
         source = f"{name} (user {data['user_id']})" if "user_id" in data else name
-        return _list_items(data["profile"], name, text_column), source, []
+        return _list_items(data["profile"], name, text_column), source, {}
 
     if not isinstance(data, list):
         raise HistoryError(
@@ -362,24 +366,32 @@ def _json_items(
 
     if data and all(isinstance(q, dict) and isinstance(q.get("profile"), list) for q in data):
         return _questions_items(data, name, text_column, user)
-    return _list_items(data, name, text_column), name, []
+    return _list_items(data, name, text_column), name, {}
 
 
 def _questions_items(
     questions: list[dict], name: str, text_column: str, user: str | None
-) -> tuple[list[str], str, list[str]]:
-    """A LaMP ``*_questions.json`` file: every question carries its user's profile."""
+) -> tuple[list[str], str, dict[str, int]]:
+    """A LaMP ``*_questions.json`` file: every question carries its user's profile.
+
+    -> (the chosen user's raw items, source, user id -> distinct profile items, most first).
+    """
     # The user id is "user_id" when present (time-based LaMP splits), else the
     # question "id" (user-based splits have one question per user).
     def user_of(position: int, question: dict) -> str:
         return str(question.get("user_id", question.get("id", position)))
 
-    # dict.fromkeys: unique ids in file order (a user may have several questions).
-    users = list(dict.fromkeys(user_of(position, question) for position, question in enumerate(questions)))
+    # A user may have several questions whose profiles overlap: count each item once.
+    distinct: dict[str, set[str]] = {}
+    for position, question in enumerate(questions):
+        seen = distinct.setdefault(user_of(position, question), set())
+        seen.update(json.dumps(item, sort_keys=True, default=str) for item in question["profile"])
+    # Largest histories first (file order among equals): the default user is one worth trying.
+    users = dict(sorted(((u, len(items)) for u, items in distinct.items()), key=lambda kv: -kv[1]))
 
-    chosen = users[0] if user is None else str(user)
+    chosen = next(iter(users)) if user is None else str(user)
     if chosen not in users:
-        examples = ", ".join(users[:5])
+        examples = ", ".join(list(users)[:5])
         raise HistoryError(
             f"User {chosen} is not in {name}. Pick one of its {len(users):,} users, for example {examples}."
         )

@@ -17,8 +17,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 from pydantic_core import PydanticUseDefault
 
-from ..core.history import parse_text
-from ..core.settings import PERSONAS_DIR
+from ..core import personas as persona_files
 from ..core.text import CONDITIONS
 
 CONDITION_LABELS = {
@@ -38,15 +37,12 @@ class StudyError(ValueError):
     """A study action that cannot be done; the message is shown to the person as is."""
 
 
-def personas_available() -> list[str]:
-    return sorted(p.stem for p in PERSONAS_DIR.glob("*.txt"))
-
-
 def persona_items(name: str) -> list[str]:
     """The history items of a persona in ``assets/personas``."""
-    if name not in personas_available():
-        raise StudyError(f"Unknown persona {name!r}.")
-    return parse_text((PERSONAS_DIR / f"{name}.txt").read_text(encoding="utf-8")).items
+    try:
+        return persona_files.persona_items(name)
+    except KeyError:
+        raise StudyError(f"Unknown persona {name!r}.") from None
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def _prompts(value) -> tuple[str, ...] | None:
 def _personas(value) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
         raise ValueError("`history.personas` must be a list of persona names.")
-    known = personas_available()
+    known = persona_files.persona_names()
     missing = [p for p in value if not isinstance(p, str) or p not in known]
     if missing:
         raise ValueError(f"Unknown persona(s) {_names(missing, sort=False)}; available: {', '.join(known)}.")
@@ -174,7 +170,7 @@ class History(_Section):
     def _personas_for_persona_modes(self) -> "History":
         if self.mode in ("persona", "either") and not self.personas:
             raise ValueError(f"`history.mode` {self.mode!r} needs `history.personas` "
-                             f"(available: {', '.join(personas_available())}).")
+                             f"(available: {', '.join(persona_files.persona_names())}).")
         return self
 
 
