@@ -14,7 +14,7 @@ def client(app):
 
 def test_named_endpoints_are_published(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert {"/compute_profile", "/generate", "/list_profiles", "/delete_my_data", "/tune_profile"} <= names
+    assert {"/compute_profile", "/generate", "/know_me", "/list_profiles", "/delete_my_data", "/tune_profile"} <= names
 
 
 def test_compute_and_generate_side_by_side(client, owner):
@@ -63,3 +63,20 @@ def test_tune_to_me_through_the_api_says_what_it_needs(client, owner):
     with pytest.raises(Exception, match="Tune to me"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], request="hi", max_new_tokens=4,
                        tuned=True, api_name="/generate")
+
+
+def test_does_it_know_me_endpoint(client, owner):
+    from demo.core import personas
+
+    profile = client.predict(history=personas.persona_text("obama"), owner_token=owner, name="obama",
+                             api_name="/compute_profile")
+    out = client.predict(owner_token=owner, profile_id=profile["profile_id"], api_name="/know_me")
+    assert out["n_items"] == 8 and out["verdict"] in ("yes", "unclear", "no") and "held back" in out["sentence"]
+    assert set(out["strangers"]) <= {"FDR", "Food Blogger", "Lincoln"} and len(out["nll"]["yours"]) == 8
+    assert out["relative_likelihood"]["generic"] == 100
+    with pytest.raises(Exception, match="compute another profile first"):
+        client.predict(owner_token=owner, profile_id=profile["profile_id"], against="profiles", api_name="/know_me")
+    with pytest.raises(Exception, match="Too few items"):
+        small = client.predict(history="Hi.\n\nHello there.\n\nOk.", owner_token=owner, name="small",
+                               api_name="/compute_profile")
+        client.predict(owner_token=owner, profile_id=small["profile_id"], api_name="/know_me")

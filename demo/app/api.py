@@ -1,5 +1,5 @@
 """The named endpoints for ``gradio_client``: compute a profile (pasted or uploaded), tune it, generate,
-list, delete.
+"does it know me?", list, delete.
 
 Every argument is checked by :mod:`demo.app.validation` before the function runs; the function
 turns the service's errors into messages. Errors go to API callers as plain text.
@@ -99,6 +99,17 @@ def add_api(studio: Studio) -> None:
             raise api_error(err) from None
 
     @checked
+    @spaces.GPU(duration=60)
+    def know_me(owner_token: str, profile_id: str, against: str = "personas") -> dict:
+        """Does the plug know this profile better than a stranger? Up to 8 of its own items, held back, scored
+        with no plug, with the plug and the profile's other items, and with someone else's history
+        (against: "personas" or "profiles", the caller's other profiles)."""
+        try:
+            return studio.know_me(owner_token, profile_id, against).to_dict()
+        except ServiceError as err:
+            raise api_error(err) from None
+
+    @checked
     def list_profiles(owner_token: str) -> list[dict]:
         """The caller's profiles, newest first."""
         try:
@@ -118,5 +129,6 @@ def add_api(studio: Studio) -> None:
     gr.api(compute_profile_from_files, api_name="compute_profile_from_files", **PROFILE_QUEUE)
     gr.api(generate, api_name="generate", **generate_queue(studio))
     gr.api(tune_profile, api_name="tune_profile", **PROFILE_QUEUE)
+    gr.api(know_me, api_name="know_me", **PROFILE_QUEUE)
     gr.api(list_profiles, api_name="list_profiles")
     gr.api(delete_my_data, api_name="delete_my_data")

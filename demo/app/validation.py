@@ -88,6 +88,7 @@ ARGUMENTS: dict[str, Argument] = {
     "top_p": number(0, 1, low_open=True),
     "seed": whole(0, MAX_ID),
     "tuned": Argument(bool, "true or false"),
+    "against": text(20, 'text: "personas" or "profiles"'),
     "files": FILES,
     "text_column": text(200, "text: the CSV column that holds the text"),
     "user": text(200, "text: a user id of a LaMP questions file"),

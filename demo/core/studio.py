@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from . import know_me, personas
 from .generation import GenerationParams, Generator, PromptIds
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
@@ -85,6 +86,7 @@ class Comparison:
     generation_id: int | None = None
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # condition -> prompt length incl. soft tokens
     request: str = ""  # the request as answered (cleaned, perhaps cut)
+    other: str = ""  # whose writing the "pplug-other" row used (a persona's label)
 
     @property
     def personalized(self) -> str:
@@ -124,6 +126,7 @@ class Studio:
         log.info("Plug %s (%s) for %s and %s", self.plug_id, self.plug.config.origin, self.encoder_id, self.llm_id)
         self._profiles: OrderedDict[str, _LoadedProfile] = OrderedDict()  # small LRU of loaded histories
         self._profiles_lock = threading.Lock()
+        self._personas: dict[str, _LoadedProfile] = {}  # the example personas, loaded when first needed
 
     # --- the plug ------------------------------------------------------------------------
 
@@ -213,13 +216,18 @@ class Studio:
         return ProfileResult(profile_id, name, len(items), n_encoded, time.perf_counter() - start)
 
     @torch.inference_mode()
-    def _store_personal_embedding(self, profile_id: str, matrix: np.ndarray) -> _LoadedProfile:
+    def _projected(self, matrix: np.ndarray) -> _LoadedProfile:
+        """H [n, d_enc] on the device and Proj(H) [n, d_llm] (texts left empty)."""
         items = torch.from_numpy(matrix).to(self.settings.device)
-        projected = self.plug.project_items(items)  # [n, d_llm]
-        summary = self.plug.rescale(projected.mean(0))  # input-free view of P (uniform weights)
-        self.store.put_personal_embedding(profile_id, self.plug_id, projected.float().cpu().numpy(),
+        return _LoadedProfile([], items, self.plug.project_items(items))
+
+    @torch.inference_mode()
+    def _store_personal_embedding(self, profile_id: str, matrix: np.ndarray) -> _LoadedProfile:
+        loaded = self._projected(matrix)
+        summary = self.plug.rescale(loaded.projected.mean(0))  # input-free view of P (uniform weights)
+        self.store.put_personal_embedding(profile_id, self.plug_id, loaded.projected.float().cpu().numpy(),
                                           summary.float().cpu().numpy())
-        return _LoadedProfile([], items, projected)
+        return loaded
 
     def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
         """A profile's texts, H and Proj(H): from memory, else one read each from the store."""
@@ -268,18 +276,20 @@ class Studio:
             return self.plug.encode_inputs(requests).float()
         return torch.from_numpy(self.encode(requests)).to(self.settings.device)
 
-    def soft_without(self, profile: _LoadedProfile, requests: list[str], left_out: list[int]) -> torch.Tensor:
+    def soft_without(self, profile: _LoadedProfile, requests: list[str], left_out: list[int],
+                     x: torch.Tensor | None = None) -> torch.Tensor:
         """Soft tokens [B, 2, d_llm] for each request with the history less item ``left_out[b]``.
 
         How a person's own items are scored as answers: the item that is the answer never
-        counts in the history it is conditioned on.
+        counts in the history it is conditioned on. x: the requests' embeddings [B, d_enc], when
+        already computed.
         """
         n = profile.items.shape[0]
         mask = torch.ones(len(requests), n, dtype=torch.bool, device=profile.items.device)
         for b, i in enumerate(left_out):
             if n > 1:
                 mask[b, i] = False
-        x = self._request_embeddings(requests)
+        x = self._request_embeddings(requests) if x is None else x
         items = profile.items[None].expand(len(requests), -1, -1)
         projected = profile.projected[None].expand(len(requests), -1, -1)
         return self.plug.soft_tokens(x, items, mask, projected)[0]
@@ -312,6 +322,58 @@ class Studio:
             raise ServiceError("This profile has no tuned token for this plug yet: press \"Tune to me\" first.")
         return torch.from_numpy(stored[0]).to(self.settings.device)
 
+    # --- someone else's writing ------------------------------------------------------------
+
+    def persona(self, name: str) -> _LoadedProfile:
+        """An example persona's texts, H and Proj(H) (encoded once, through the embedding cache)."""
+        if name not in self._personas:
+            texts = personas.persona_items(name)
+            matrix, _ = self._item_matrix(texts, None)
+            loaded = self._projected(matrix)
+            loaded.texts = texts
+            self._personas[name] = loaded
+        return self._personas[name]
+
+    def strangers(self, texts: list[str], limit: int = 4) -> list[str]:
+        """Personas whose writing is not this history (a persona shares at most a few items with it)."""
+        mine = set(texts)
+        return [name for name in personas.persona_names()
+                if len(mine & set(personas.persona_items(name))) * 2 < len(personas.persona_items(name))][:limit]
+
+    # --- does it know me? ------------------------------------------------------------------
+
+    def know_me(self, owner: str, profile_id: str, against: str = "personas",
+                settings: know_me.SignalSettings = know_me.SignalSettings()) -> know_me.KnowMe:
+        """Are the profile's own held-back items likelier with its plug than with strangers' histories?
+
+        against: "personas" (the example personas that are not this history) or "profiles" (the
+        owner's other profiles). See ``demo.core.know_me``.
+        """
+        profile = self._profile(owner, profile_id)
+        examples = know_me.held_back_examples(profile.texts, settings)
+        if len(profile.texts) < settings.min_items or len(examples) < settings.min_items:
+            raise ServiceError(f"Too few items to measure: \"does it know me?\" needs at least {settings.min_items} "
+                               "items of a sentence or more (with three longer words) in the history.")
+        if against == "personas":
+            others = {personas.persona_label(n): self.persona(n) for n in self.strangers(profile.texts)}
+        elif against == "profiles":
+            others = {}
+            for row in self.store.list_profiles(owner):
+                other = self._profile(owner, row["id"]) if row["id"] != profile_id else None
+                if other is not None and set(other.texts) != set(profile.texts) and len(others) < 4:
+                    others[row["name"]] = other
+        else:
+            raise ServiceError('Compare against "personas" or "profiles".')
+        if not others:
+            raise ServiceError("There is no one else's writing to compare with: "
+                               + ("compute another profile first." if against == "profiles" else "no personas."))
+        requests = [e.request for e in examples]
+        with torch.inference_mode():
+            x = self._request_embeddings(requests)
+            yours = self.soft_without(profile, requests, [e.index for e in examples], x)  # leave-one-out
+            strangers = {name: self.soft_without(p, requests, [], x) for name, p in others.items()}
+        return know_me.measure(self.generator, examples, yours, strangers, settings)
+
     # --- generation ----------------------------------------------------------------------
 
     def _fit_request(self, request: str, params: GenerationParams, notes: list[str]) -> PromptIds:
@@ -328,7 +390,9 @@ class Studio:
 
         Conditions: ``pplug`` (soft tokens), ``generic`` (same model, same prompt, no plug),
         ``rag`` (the ``rag_k`` history items most similar to the request pasted into the prompt),
-        ``pplug+rag`` (both). ``tuned``: the personalized rows add the profile's "tune to me"
+        ``pplug+rag`` (both), ``pplug-other`` (the same plug with someone else's history: an example
+        persona that is not this one; a control that shows which part of an answer is personal).
+        ``tuned``: the personalized rows add the profile's "tune to me"
         token (``tune_profile``) to P. The rows are decoded in the shared loop beside other
         requests' rows (``demo.core.scheduler``); closing this iterator takes them out at the next
         step. ``log=False`` stores nothing (a study trial prepared before it is reached).
@@ -395,11 +459,20 @@ class Studio:
                 # Retrieval ranks items by x·h, the same similarity the aggregator uses.
                 nearest = torch.topk(w, min(rag_k, w.numel())).indices.tolist()
                 rag = self._fit_request(rag_request(request, [profile.texts[i] for i in nearest]), params, notes)
+            row_soft = {"pplug": soft[0], "pplug+rag": soft[0]}
+            other = ""
+            if "pplug-other" in conditions:
+                name = (self.strangers(profile.texts, limit=1) or [None])[0]
+                if name is None:
+                    raise ServiceError("There is no example persona to compare with.")
+                stranger, other = self.persona(name), personas.persona_label(name)
+                row_soft["pplug-other"] = self.plug.soft_tokens(x, stranger.items[None],
+                                                                projected=stranger.projected[None])[0][0]
             prompts = [rag if "rag" in c else plain for c in conditions]
-            embeds, mask = self.generator.embed(prompts, [soft[0] if "pplug" in c else None for c in conditions])
+            embeds, mask = self.generator.embed(prompts, [row_soft.get(c) for c in conditions])
         top = torch.topk(w, min(top_k, w.numel()))
         result = Comparison(notes=list(dict.fromkeys(notes)), prompt_tokens=dict(zip(conditions, mask.sum(1).tolist())),
-                            top_items=[
+                            other=other, top_items=[
             TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
         ], request=request)
         return result, embeds, mask

@@ -14,8 +14,9 @@ import pandas as pd
 import regex
 
 # What Studio.generate can make: the plug's soft tokens, the plain model, the history items most
-# similar to the request pasted into the prompt, or both.
-CONDITIONS = ("pplug", "generic", "rag", "pplug+rag")
+# similar to the request pasted into the prompt, or both; or the plug with someone else's writing
+# (an example persona: a control that shows which part of an answer is personal).
+CONDITIONS = ("pplug", "generic", "rag", "pplug+rag", "pplug-other")
 
 # Control characters except tab and newline, and lone surrogates (only reachable through JSON
 # "\ud800" escapes): they cannot be encoded as UTF-8, so they would break storage and tokenizers.

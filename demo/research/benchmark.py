@@ -22,7 +22,9 @@ Every figure is a ratio against a baseline measured in the same run (medians ove
 10. profile computation beside generation: each one's time alone and while the other runs;
 11. serving: 1, 4 and 16 concurrent ``gradio_client`` visitors against one-at-a-time, and the
    study's vote-to-next-trial wait with 1 and 8 participants (``demo.app.loadtest``, run as a
-   subprocess against ``python app.py``).
+   subprocess against ``python app.py``);
+12. "does it know me?" on the four example personas: its time for 8 held-back items (wall and CPU),
+    and its figures (bf16, as served, and fp32).
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -46,10 +48,12 @@ from pathlib import Path
 import psutil
 import torch
 
+from ..core import personas
 from ..core.generation import GenerationParams, Generator
 from ..core.history import lamp_item_text
 from ..core.scoring import target_ids
 from ..core.settings import REPO_ROOT, Settings
+from ..core.know_me import SignalSettings
 from ..core.scheduler import Scheduler
 from ..core.studio import Studio
 from ..core.text import free_port, markdown_table
@@ -234,6 +238,30 @@ def fig_aggregator(studio: Studio, items: list[str], repeats: int) -> dict:
     return rows
 
 
+def fig_know_me(studio: Studio, repeats: int) -> dict:
+    """Time and figures of "does it know me?" for each example persona (8 held-back items, vs the others)."""
+    owner = secrets.token_urlsafe(24)
+    out: dict = {"personas": {}}
+    for name in personas.persona_names():
+        profile_id = studio.compute_profile(owner, name, personas.persona_items(name)).profile_id
+        studio.know_me(owner, profile_id)  # warm-up: the other personas' histories are encoded once
+        walls, cpus = [], []
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = studio.know_me(owner, profile_id)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        fp32 = studio.know_me(owner, profile_id, settings=SignalSettings(bf16=False))
+        low, high = result.interval
+        out["personas"][personas.persona_label(name)] = {
+            "items": result.n_items, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
+            "vs_stranger": result.vs_stranger, "interval": [low, high], "items_better": result.items_better,
+            "verdict": result.verdict, "vs_generic": result.vs_generic, "vs_stranger_fp32": fp32.vs_stranger,
+            "verdict_fp32": fp32.verdict}
+    rows = out["personas"].values()
+    out["max_wall_s"] = max(r["wall_s"] for r in rows)
+    out["max_cpu_s"] = max(r["cpu_s"] for r in rows)
+    return out
 def fig_rows(studio: Studio, repeats: int, new_tokens: int = 16, sizes=(2, 8, 16, 32, 48, 64)) -> dict:
     """9: decode tokens/s of the shared loop by rows per step (fixed length, one request of B rows)."""
     gen = studio.generator
@@ -479,6 +507,17 @@ def markdown(results: dict) -> str:
                         f"computation (with one queue it waited up to {c['one_queue_wait_s']:.1f} s first).")
     if "serving" in results:
         lines += ["", serving_table(results["serving"])]
+    if "know_me" in results:
+        k = results["know_me"]
+        absolute.append(f"- Does it know me? (8 held-back items): at most {k['max_wall_s']:.2f} s wall, "
+                        f"{k['max_cpu_s']:.2f} s CPU per profile (goal <= 3 s on CPU).")
+        lines += ["", markdown_table(
+            [(name, f"{r['vs_stranger']:+.1%} [{r['interval'][0]:+.1%}, {r['interval'][1]:+.1%}]",
+              f"{r['items_better']} of {r['items']}", r["verdict"], f"{r['vs_generic']:+.1%}",
+              f"{r['vs_stranger_fp32']:+.1%} ({r['verdict_fp32']})", f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}")
+             for name, r in k["personas"].items()],
+            ["persona", "own vs stranger, per word [90% CI]", "items better", "verdict", "vs no plug",
+             "own vs stranger in fp32", "wall (s)", "CPU (s)"])]
     m = results["machine"]
     head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']}"
             f"{', GPU ' + m['gpu'] if 'gpu' in m else ''}; dtype {results['dtype']}; "
@@ -531,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reading-s", type=float, default=15.0, help="a participant's reading time (serving)")
     parser.add_argument("--skip", nargs="*", default=[], help="figures to skip: pair first_token encoding "
                                                               "aggregator cold_start training tune rows "
-                                                              "compute_sharing serving")
+                                                              "compute_sharing serving know_me")
     args = parser.parse_args(argv)
 
     # Figures skipped in this run keep their values from an earlier run of the same file.
@@ -555,6 +594,7 @@ def main(argv: list[str] | None = None) -> None:
                                      else (2, 16, 64, 128, 256, 512)),
             "compute_sharing": lambda: fig_compute_sharing(studio, blog[:256], max(args.repeats // 2, 2)),
             "serving": lambda: _serving_summary(fig_serving(args)),
+            "know_me": lambda: fig_know_me(studio, args.repeats),
         }
         for name, run in figures.items():
             if name in args.skip:

@@ -25,6 +25,7 @@ CONDITION_LABELS = {
     "generic": "Generic (no personalization)",
     "rag": "Retrieval (history items in the prompt)",
     "pplug+rag": "PPlug + retrieval",
+    "pplug-other": "Same plug, someone else's writing",
 }
 CHOICES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
