@@ -124,7 +124,7 @@ def _compute_and_generate(page, url: str, history: str, name: str) -> tuple[str,
     _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))
     page.get_by_label("Request").fill("Write a short post about my weekend.")
     page.get_by_role("button", name="Generate", exact=True).click()
-    personalized, generic = page.get_by_label("Personalized (PPlug)"), page.get_by_label("Generic (same model, no plug)")
+    personalized, generic = page.get_by_label("Personalized (PPlug, your writing)"), page.get_by_label("Generic (same model, no plug)")
     _wait_or_report(page, page.get_by_text("Generated in"))  # the stream has finished
     page.wait_for_function(
         """() => [...document.querySelectorAll('textarea')].filter(t => t.disabled || t.readOnly)
@@ -167,8 +167,7 @@ def test_model_output_html_is_shown_as_text(browser, echo_app):
 def test_profiles_stay_with_their_browser(browser, app):
     with _page(browser) as (page, _), _page(browser) as (other_page, _):
         page.goto(app)
-        page.get_by_role("button", name="Food Blogger").click()
-        playwright_api.expect(page.get_by_label("Your writing history")).not_to_have_value("", timeout=TIMEOUT_MS)
+        page.get_by_label("Your writing history").fill(HISTORY)
         page.get_by_label("Profile name").fill("kept-in-this-browser")
         page.get_by_role("button", name="Compute my PPlug embedding").click()
         _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))

@@ -123,20 +123,21 @@ def test_delete_my_data_leaves_no_row(client, studio):
 
 def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     owner = secrets.token_urlsafe(24)
-    _, _, profile_id = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
-    message, choices, selected = handler(app, "on_delete")(owner)
+    _, _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
+    _, message, choices, selected, generate, know_me = handler(app, "on_delete")(owner)
     assert message.startswith("Deleted: ") and "1 profiles" in message
     assert choices["choices"] == [] and selected is None
+    assert generate["interactive"] is False and know_me["visible"] is False
     assert studio.store.get_profile(profile_id, owner) is None
-    assert handler(app, "on_delete")(owner)[0] == "Deleted: nothing."
+    assert handler(app, "on_delete")(owner)[1] == "Deleted: nothing."
 
 
 def test_compute_before_the_page_knows_its_visitor_stores_nothing(app, studio):
     # The button is enabled only after the page's load event; a click that still arrives without
     # an owner gets a message and stores nothing.
     before = studio.store.connection().execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
-    with pytest.raises(gr.Error, match="still loading"):
-        handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
+    message, *_ = handler(app, "on_compute")(None, _history("early"), None, "text", None, "early")
+    assert "still loading" in message["value"]
     assert studio.store.connection().execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == before
 
 
@@ -150,7 +151,7 @@ def test_a_signed_in_visitor_is_the_same_owner_in_every_browser(app, studio):
     assert identify(browser_a, None) == browser_a  # signed out: this browser's token
     owner = identify(browser_a, ada)
     assert "ada" not in owner and owner.startswith("hf:")
-    _, _, profile_id = handler(app, "on_compute")(owner, _history("ada"), None, "text", None, "ada")
+    _, _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("ada"), None, "text", None, "ada")
     assert [p["id"] for p in studio.list_profiles(identify(browser_b, ada))] == [profile_id]
     assert studio.list_profiles(identify(browser_b, bob)) == []
 
@@ -251,8 +252,8 @@ def test_uploaded_files_are_removed_from_gradios_cache(app):
 
 def test_page_events_are_not_published_as_api_endpoints(client):
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    public = {"/compute_profile", "/compute_profile_from_files", "/generate", "/tune_profile", "/list_profiles",
-              "/delete_my_data"}
+    public = {"/compute_profile", "/compute_profile_from_files", "/generate", "/tune_profile", "/know_me",
+              "/list_profiles", "/delete_my_data"}
     assert public <= named
     # Everything else is the study's participant API; nothing admin, nothing that takes no token.
     assert all(name.startswith("/study_") for name in named - public), named - public

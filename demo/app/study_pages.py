@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -24,10 +25,10 @@ from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_it
 from ..study.flow import StudyService
 from ..study.store import EXPORT_COLUMNS
 from .api import PROFILE_QUEUE, generate_queue, parse_history
+from .binding import PRIVATE, bind
 from .identity import browser_secret
 from .validation import api_error, checked, page_error
 
-PRIVATE = dict(api_visibility="private")
 
 
 def add_study(demo: gr.Blocks, studio) -> StudyService:
@@ -43,7 +44,7 @@ def add_study(demo: gr.Blocks, studio) -> StudyService:
                 window.location.pathname.replace(/\\/?$/, '/') + 'study' + window.location.search); } }""")
     with demo.route("User study", "study", show_in_navbar=False):
         _hide_navbar()  # no link from the blind study to the labelled side-by-side page
-        _participant_page(demo, service, secret, settings.limits)
+        _participant_page(demo, service, secret)
     with demo.route("Study admin", "study-admin", show_in_navbar=False):
         _admin_page(service)
     return service
@@ -56,257 +57,285 @@ def _hide_navbar() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Participant page
+# Participant page: layout
 # ---------------------------------------------------------------------------------------
 
 
-def _participant_page(demo: gr.Blocks, service: StudyService, secret: str, limits) -> None:
-    saved = gr.BrowserState({}, storage_key="pplug_study", secret=secret)  # {study: {participant_id, token}}
-    ctx = gr.State({})  # study, query ids, participant_id, token, trial_id, paused
-    title = gr.Markdown("# User study")
-    message = gr.Markdown()
-    with gr.Column(visible=False) as consent_col:
-        consent_md = gr.Markdown()
-        participant_md = gr.Markdown()
-        agree = gr.Checkbox(label="I have read the information above and agree to take part.")
-        consent_btn = gr.Button("Continue", variant="primary")
-    with gr.Column(visible=False) as history_col:
-        history_md = gr.Markdown()
-        history_text = gr.Textbox(label="Your writing", lines=10, max_lines=20,
-                                  placeholder="Paste posts, e-mails or essays you wrote: one item per paragraph.")
-        history_files = gr.File(label="…or upload files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
-                                file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
+def _participant_layout(secret: str) -> SimpleNamespace:
+    """The participant page's components: one column per screen, shown one at a time."""
+    v = SimpleNamespace(saved=gr.BrowserState({}, storage_key="pplug_study", secret=secret),  # {study: ids}
+                        ctx=gr.State({}),  # study, query ids, participant_id, token, trial_id, paused
+                        title=gr.Markdown("# User study"), message=gr.Markdown())
+    with gr.Column(visible=False) as v.consent_col:
+        v.consent_md = gr.Markdown()
+        v.participant_md = gr.Markdown()
+        v.agree = gr.Checkbox(label="I have read the information above and agree to take part.")
+        v.consent_btn = gr.Button("Continue", variant="primary")
+    with gr.Column(visible=False) as v.history_col:
+        v.history_md = gr.Markdown()
+        v.history_text = gr.Textbox(label="Your writing", lines=10, max_lines=20,
+                                    placeholder="Paste posts, e-mails or essays you wrote: one item per paragraph.")
+        v.history_files = gr.File(label="…or upload files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
+                                  file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
         with gr.Row():
-            history_btn = gr.Button("Use my writing", variant="primary")
-            persona_btn = gr.Button("Use an assigned persona instead", visible=False)
-    with gr.Column(visible=False) as trial_col:
-        progress_md = gr.Markdown()
-        instructions_md = gr.Markdown()
-        with gr.Accordion("The persona's writing (examples)", open=False, visible=False) as persona_acc:
-            persona_md = gr.Markdown()
-        with gr.Group(visible=False) as request_group:
-            request_box = gr.Textbox(label="Your request for this trial", lines=2,
-                                     placeholder="e.g. Write a short post about your weekend.")
-            request_btn = gr.Button("Show the two answers", variant="primary")
-        request_md = gr.Markdown()
+            v.history_btn = gr.Button("Use my writing", variant="primary")
+            v.persona_btn = gr.Button("Use an assigned persona instead", visible=False)
+    _trial_layout(v)
+    with gr.Column(visible=False) as v.done_col:
+        v.done_md = gr.Markdown()
+    with gr.Accordion("Leave the study and delete my data", open=False, visible=False) as v.withdraw_acc:
+        v.withdraw_md = gr.Markdown()
+        v.withdraw_ok = gr.Checkbox(label="Yes, I want to leave this study.")
+        v.withdraw_btn = gr.Button("Leave the study", variant="stop")
+    v.screens = {"consent": v.consent_col, "history": v.history_col, "trial": v.trial_col, "done": v.done_col}
+    v.view = [v.title, v.message, *v.screens.values(), v.consent_md, v.participant_md, v.history_md, v.persona_btn,
+              v.progress_md, v.instructions_md, v.persona_acc, v.persona_md, v.request_group, v.request_md, v.out_a,
+              v.out_b, v.vote_row, v.reason, v.reveal_md, v.next_btn, v.done_md, v.request_box, v.withdraw_acc,
+              v.withdraw_md, v.ctx, v.saved]
+    return v
+
+
+def _trial_layout(v: SimpleNamespace) -> None:
+    with gr.Column(visible=False) as v.trial_col:
+        v.progress_md = gr.Markdown()
+        v.instructions_md = gr.Markdown()
+        with gr.Accordion("The persona's writing (examples)", open=False, visible=False) as v.persona_acc:
+            v.persona_md = gr.Markdown()
+        with gr.Group(visible=False) as v.request_group:
+            v.request_box = gr.Textbox(label="Your request for this trial", lines=2,
+                                       placeholder="e.g. Write a short post about your weekend.")
+            v.request_btn = gr.Button("Show the two answers", variant="primary")
+        v.request_md = gr.Markdown()
         with gr.Row():
-            out_a = gr.Textbox(label="A", lines=10, interactive=False)
-            out_b = gr.Textbox(label="B", lines=10, interactive=False)
-        with gr.Row() as vote_row:
-            vote_btns = {c: gr.Button(label, variant="primary" if c in ("A", "B") else "secondary")
-                         for c, label in CHOICES.items()}
-        reason = gr.Textbox(label="Why? (optional)", lines=2, max_lines=6)
-        reveal_md = gr.Markdown(visible=False)
-        next_btn = gr.Button("Next trial", visible=False, variant="primary")
-    with gr.Column(visible=False) as done_col:
-        done_md = gr.Markdown()
-    with gr.Accordion("Leave the study and delete my data", open=False, visible=False) as withdraw_acc:
-        withdraw_md = gr.Markdown()
-        withdraw_ok = gr.Checkbox(label="Yes, I want to leave this study.")
-        withdraw_btn = gr.Button("Leave the study", variant="stop")
+            v.out_a = gr.Textbox(label="A", lines=10, interactive=False)
+            v.out_b = gr.Textbox(label="B", lines=10, interactive=False)
+        with gr.Row() as v.vote_row:
+            v.vote_btns = {c: gr.Button(label, variant="primary" if c in ("A", "B") else "secondary")
+                           for c, label in CHOICES.items()}
+        v.reason = gr.Textbox(label="Why? (optional)", lines=2, max_lines=6)
+        v.reveal_md = gr.Markdown(visible=False)
+        v.next_btn = gr.Button("Next trial", visible=False, variant="primary")
 
-    screens = {"consent": consent_col, "history": history_col, "trial": trial_col, "done": done_col}
-    view = [title, message, *screens.values(), consent_md, participant_md, history_md, persona_btn, progress_md,
-            instructions_md, persona_acc, persona_md, request_group, request_md, out_a, out_b, vote_row, reason,
-            reveal_md, next_btn, done_md, request_box, withdraw_acc, withdraw_md, ctx, saved]
 
-    def show(screen: str | None, c: dict, s: dict, updates: dict) -> dict:
-        out = {col: gr.update(visible=(name == screen)) for name, col in screens.items()}
-        joined = bool(c.get("token")) and screen not in (None, "consent")
-        out[withdraw_acc] = gr.update(visible=joined)
-        if joined:
-            kept = c.get("info", {}).get("on_withdraw") == "keep_anonymized"
-            out[withdraw_md] = ("You can leave at any time. Your writing and everything generated from it "
-                                "will be deleted; " + (
-                                    "as the consent says, your votes are kept without anything that identifies "
-                                    "you (participant id, your requests, comments and texts made from your "
-                                    "writing are removed)." if kept else "so will your votes and every record "
-                                    "of your participation.") + " This cannot be undone.")
-        out.update({ctx: c, saved: s})
-        out.update(updates)
-        return out
+# ---------------------------------------------------------------------------------------
+# Participant page: handlers (v: the page's components; c: its context; s: what the browser keeps)
+# ---------------------------------------------------------------------------------------
 
-    def render(status: dict, c: dict, s: dict, note: str = "") -> dict:
-        """The screen for a participant's status (from the service)."""
-        info = c["info"]
-        stage = status["stage"]
-        pid = f"Your participant id: **{markdown_text(status['participant_id'])}** (note it down)."
-        if stage == "done":
-            code = status.get("completion_code")
-            lines = [f"## Thank you!\nYou have finished all {status['total']} trials. {pid}"]
-            if code:
-                lines.append(f"Your completion code: **`{code}`**")
-            if status.get("redirect_url"):
-                lines.append(f"[Return to the study platform]({status['redirect_url']})")
-            return show("done", c, s, {message: note, done_md: "\n\n".join(lines)})
-        if stage == "history":
-            mode = status["history_mode"]
-            text = ("Paste or upload some of your own writing (posts, e-mails, essays), at least a few "
-                    "paragraphs. The answers in the study will be personalized with it.")
-            return show("history", c, s, {message: note, history_md: f"{pid}\n\n{text}",
-                                            persona_btn: gr.update(visible=mode == "either")})
-        index = status["trial"]["index"] if "trial" in status else status.get("index", 0)
-        progress = f"**Trial {index} of {status['total']}** · {pid}"
-        common = {message: note, progress_md: progress, instructions_md: info.get("instructions", "")}
-        if status.get("persona"):
-            common[instructions_md] = (info.get("instructions", "") +
-                                       f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
-            examples = persona_items(status["persona"])[:5]
-            common[persona_acc] = gr.update(visible=True)
-            common[persona_md] = "\n\n".join(f"> {markdown_text(t[:500])}{'…' if len(t) > 500 else ''}"
-                                               for t in examples)
-        if stage in ("request", "next"):
-            return show("trial", c, s, {**common,
-                request_group: gr.update(visible=stage == "request"), request_box: "", request_md: "", out_a: "",
-                out_b: "",
-                vote_row: gr.update(visible=False), reason: gr.update(visible=False),
-                reveal_md: gr.update(visible=False), next_btn: gr.update(visible=False)})
-        trial = status["trial"]
-        c = {**c, "trial_id": trial["trial_id"]}
-        return show("trial", c, s, {**common,
-            request_group: gr.update(visible=False), request_md: f"**Request:** {markdown_text(trial['request'])}",
-            out_a: trial["A"], out_b: trial["B"], vote_row: gr.update(visible=True),
-            reason: gr.update(visible=True, value=""), reveal_md: gr.update(visible=False),
-            next_btn: gr.update(visible=False)})
 
-    def ids(c: dict) -> tuple[str, str, str]:
-        if not c.get("token"):
-            raise StudyError("Reload the study link to start.")
-        return c["study"], c["participant_id"], c["token"]
+def _show(v: SimpleNamespace, screen: str | None, c: dict, s: dict, updates: dict) -> dict:
+    out = {col: gr.update(visible=(name == screen)) for name, col in v.screens.items()}
+    joined = bool(c.get("token")) and screen not in (None, "consent")
+    out[v.withdraw_acc] = gr.update(visible=joined)
+    if joined:
+        kept = c.get("info", {}).get("on_withdraw") == "keep_anonymized"
+        out[v.withdraw_md] = ("You can leave at any time. Your writing and everything generated from it "
+                              "will be deleted; " + (
+                                  "as the consent says, your votes are kept without anything that identifies "
+                                  "you (participant id, your requests, comments and texts made from your "
+                                  "writing are removed)." if kept else "so will your votes and every record "
+                                  "of your participation.") + " This cannot be undone.")
+    out.update({v.ctx: c, v.saved: s})
+    out.update(updates)
+    return out
 
-    def on_load(s, request: gr.Request):
-        s = dict(s or {})
-        q = dict(request.query_params) if request else {}
-        name = (q.get("study") or "").strip()
-        c = {"study": name, "query_pid": q.get("PROLIFIC_PID", ""), "query_study_id": q.get("STUDY_ID", ""),
-             "query_session_id": q.get("SESSION_ID", "")}
-        if not name:
-            return show(None, c, s, {message: "Open the study link you were given (it ends in `?study=NAME`)."})
+
+def _problem(v: SimpleNamespace, err: Exception | str) -> dict:
+    """A message above the page; nothing else changes, so the page stays usable."""
+    return {v.message: f"⚠️ {markdown_text(str(err))}"}  # a message may quote a study name from the link
+
+
+def _render(v: SimpleNamespace, status: dict, c: dict, s: dict, note: str = "") -> dict:
+    """The screen for a participant's status (from the service)."""
+    info, stage = c["info"], status["stage"]
+    pid = f"Your participant id: **{markdown_text(status['participant_id'])}** (note it down)."
+    if stage == "done":
+        lines = [f"## Thank you!\nYou have finished all {status['total']} trials. {pid}"]
+        if status.get("completion_code"):
+            lines.append(f"Your completion code: **`{status['completion_code']}`**")
+        if status.get("redirect_url"):
+            lines.append(f"[Return to the study platform]({status['redirect_url']})")
+        return _show(v, "done", c, s, {v.message: note, v.done_md: "\n\n".join(lines)})
+    if stage == "history":
+        text = ("Paste or upload some of your own writing (posts, e-mails, essays), at least a few "
+                "paragraphs. The answers in the study will be personalized with it.")
+        return _show(v, "history", c, s, {v.message: note, v.history_md: f"{pid}\n\n{text}",
+                                          v.persona_btn: gr.update(visible=status["history_mode"] == "either")})
+    index = status["trial"]["index"] if "trial" in status else status.get("index", 0)
+    common = {v.message: note, v.progress_md: f"**Trial {index} of {status['total']}** · {pid}",
+              v.instructions_md: info.get("instructions", "")}
+    if status.get("persona"):
+        common[v.instructions_md] = (info.get("instructions", "") +
+                                     f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
+        examples = persona_items(status["persona"])[:5]
+        common[v.persona_acc] = gr.update(visible=True)
+        common[v.persona_md] = "\n\n".join(f"> {markdown_text(t[:500])}{'…' if len(t) > 500 else ''}"
+                                             for t in examples)
+    hidden = gr.update(visible=False)
+    if stage in ("request", "next"):
+        return _show(v, "trial", c, s, {**common, v.request_group: gr.update(visible=stage == "request"),
+                                        v.request_box: "", v.request_md: "", v.out_a: "", v.out_b: "",
+                                        v.vote_row: hidden, v.reason: hidden, v.reveal_md: hidden, v.next_btn: hidden})
+    trial = status["trial"]
+    return _show(v, "trial", {**c, "trial_id": trial["trial_id"]}, s, {
+        **common, v.request_group: hidden, v.request_md: f"**Request:** {markdown_text(trial['request'])}",
+        v.out_a: trial["A"], v.out_b: trial["B"], v.vote_row: gr.update(visible=True),
+        v.reason: gr.update(visible=True, value=""), v.reveal_md: hidden, v.next_btn: hidden})
+
+
+def _ids(c: dict) -> tuple[str, str, str]:
+    if not c.get("token"):
+        raise StudyError("Reload the study link to start.")
+    return c["study"], c["participant_id"], c["token"]
+
+
+def on_load(service: StudyService, v: SimpleNamespace, s, request: gr.Request):
+    s = dict(s or {})
+    q = dict(request.query_params) if request else {}
+    name = (q.get("study") or "").strip()
+    c = {"study": name, "query_pid": q.get("PROLIFIC_PID", ""), "query_study_id": q.get("STUDY_ID", ""),
+         "query_session_id": q.get("SESSION_ID", "")}
+    if not name:
+        return _show(v, None, c, s, {v.message: "Open the study link you were given (it ends in `?study=NAME`)."})
+    try:
+        info = service.info(name)
+    except StudyError as err:  # quotes the study name from the link: shown as text
+        return _show(v, None, c, s, {v.message: f"⚠️ {markdown_text(str(err))}"})
+    c["info"] = info
+    head = {v.title: f"# {info['title']}"}
+    if info["problem"]:
+        return _show(v, None, c, s, {**head, v.message: f"⚠️ This study cannot run right now. {info['problem']}"})
+    mine = s.get(name)
+    if mine and (not c["query_pid"] or c["query_pid"] == mine["participant_id"]):
         try:
-            info = service.info(name)
-        except StudyError as err:  # quotes the study name from the link: shown as text
-            return show(None, c, s, {message: f"⚠️ {markdown_text(str(err))}"})
-        c["info"] = info
-        head = {title: f"# {info['title']}"}
-        if info["problem"]:
-            return show(None, c, s, {**head, message: f"⚠️ This study cannot run right now. {info['problem']}"})
-        mine = s.get(name)
-        if mine and (not c["query_pid"] or c["query_pid"] == mine["participant_id"]):
-            try:
-                c.update(participant_id=mine["participant_id"], token=mine["token"])
-                status = service.status(name, mine["participant_id"], mine["token"])
-                return {**render(status, c, s, "Welcome back: you continue where you left off."), **head}
-            except StudyError:
-                s.pop(name, None)
-        pid = c["query_pid"]
-        who = (f"Your participant id: **{markdown_text(pid)}**." if pid else
-               "You will get a participant id when you continue; note it down.")
-        return show("consent", c, s, {**head,
-            consent_md: f"## Consent (version {info['consent_version']})\n\n{info['consent_text']}",
-            participant_md: who + " Nothing is stored before you agree."})
-
-    def on_consent(c, s, agreed):
-        try:
-            out = service.consent(c.get("study", ""), bool(agreed), c.get("query_pid", ""),
-                                  c.get("query_study_id", ""), c.get("query_session_id", ""))
-        except StudyError as err:
-            raise page_error(err) from None
-        c = {**c, "participant_id": out["participant_id"], "token": out["participant_token"]}
-        s = {**(s or {}), c["study"]: {"participant_id": out["participant_id"], "token": out["participant_token"]}}
-        return render(out, c, s)
-
-    def on_history(c, s, text, files):
-        try:
-            parsed = parse_history(limits, text, files)
-            status = service.set_history(*ids(c), items=parsed.items, source=parsed.source)
-        except (HistoryError, StudyError) as err:
-            raise page_error(err) from None
-        return render(status, c, s)
-
-    def on_persona(c, s):
-        try:
-            return render(service.set_history(*ids(c)), c, s)
-        except StudyError as err:
-            raise page_error(err) from None
-
-    @spaces.GPU(duration=120)
-    def advance(c, s, request_text=""):
-        """Generate the next trial when one is due (not while the conditions of the last are shown)."""
-        if not c.get("token") or c.get("paused"):
-            return {ctx: c}  # nothing to do (an empty dict would read as one value to Gradio)
-        try:
-            status = service.status(*ids(c))
-            if status["stage"] == "next" or (status["stage"] == "history" and status["history_mode"] == "persona"):
-                status = service.next_trial(*ids(c))
-            elif status["stage"] == "request" and (request_text or "").strip():
-                status = service.next_trial(*ids(c), request=request_text)
-            elif status["stage"] not in ("trial", "done", "request"):
-                return {ctx: c}
-        except StudyError as err:
-            raise page_error(err) from None
-        return render(status, c, s)
-
-    def on_vote(choice):
-        def handler(c, s, why):
-            try:
-                status = service.vote(*ids(c), int(c.get("trial_id") or 0), choice, why or "")
-            except StudyError as err:
-                if "already recorded" not in str(err):
-                    raise page_error(err) from None
-                return render(service.status(*ids(c)), c, s)
-            revealed = status.get("revealed")
-            if revealed and status["stage"] != "done":
-                c = {**c, "paused": True}
-                text = " · ".join(f"**{side}** was {CONDITION_LABELS.get(cond, cond)}"
-                                  for side, cond in revealed.items())
-                return show("trial", c, s, {vote_row: gr.update(visible=False), reason: gr.update(visible=False),
-                                              reveal_md: gr.update(visible=True, value=f"Vote saved. {text}."),
-                                              next_btn: gr.update(visible=True)})
-            return render(status, c, s, "Vote saved.")
-        return handler
-
-    def on_request(c, s, text):
-        if not (text or "").strip():
-            raise gr.Error("Write your request first.", print_exception=False)
-        return advance(c, s, text)
-
-    def on_next(c, s):
-        return advance({**c, "paused": False}, s)
-
-    def on_withdraw(c, s, sure):
-        if not sure:
-            raise gr.Error("Tick the box to confirm that you want to leave.", print_exception=False)
-        try:
-            out = service.withdraw(*ids(c))
-        except StudyError as err:
-            raise page_error(err) from None
-        s = {k: v for k, v in (s or {}).items() if k != c["study"]}
-        c = {k: v for k, v in c.items() if k not in ("participant_id", "token", "trial_id")}
-        return show(None, c, s, {message: f"✅ {out['message']}"})
-
-    def on_interact(c):
-        try:
-            if c.get("token") and c.get("trial_id"):
-                service.interact(*ids(c), int(c["trial_id"]))
+            c.update(participant_id=mine["participant_id"], token=mine["token"])
+            status = service.status(name, mine["participant_id"], mine["token"])
+            return {**_render(v, status, c, s, "Welcome back: you continue where you left off."), **head}
         except StudyError:
-            pass
+            s.pop(name, None)
+    pid = c["query_pid"]
+    who = f"Your participant id: **{markdown_text(pid)}**." if pid else "You will get a participant id when you continue; note it down."
+    return _show(v, "consent", c, s, {
+        **head, v.consent_md: f"## Consent (version {info['consent_version']})\n\n{info['consent_text']}",
+        v.participant_md: who + " Nothing is stored before you agree."})
 
+
+def on_consent(service: StudyService, v: SimpleNamespace, c, s, agreed):
+    try:
+        out = service.consent(c.get("study", ""), bool(agreed), c.get("query_pid", ""),
+                              c.get("query_study_id", ""), c.get("query_session_id", ""))
+    except StudyError as err:
+        return _problem(v, err)
+    c = {**c, "participant_id": out["participant_id"], "token": out["participant_token"]}
+    s = {**(s or {}), c["study"]: {"participant_id": out["participant_id"], "token": out["participant_token"]}}
+    return _render(v, out, c, s)
+
+
+def on_history(service: StudyService, v: SimpleNamespace, c, s, text, files):
+    try:
+        parsed = parse_history(service.studio.settings.limits, text, files)
+        status = service.set_history(*_ids(c), items=parsed.items, source=parsed.source)
+    except (HistoryError, StudyError) as err:
+        return _problem(v, err)
+    return _render(v, status, c, s)
+
+
+def on_persona(service: StudyService, v: SimpleNamespace, c, s):
+    try:
+        return _render(v, service.set_history(*_ids(c)), c, s)
+    except StudyError as err:
+        return _problem(v, err)
+
+
+def advance(service: StudyService, v: SimpleNamespace, c, s, request_text=""):
+    """Generate the next trial when one is due (not while the conditions of the last are shown)."""
+    if not c.get("token") or c.get("paused"):
+        return {v.ctx: c}  # nothing to do (an empty dict would read as one value to Gradio)
+    try:
+        status = service.status(*_ids(c))
+        if status["stage"] == "next" or (status["stage"] == "history" and status["history_mode"] == "persona"):
+            status = service.next_trial(*_ids(c))
+        elif status["stage"] == "request" and (request_text or "").strip():
+            status = service.next_trial(*_ids(c), request=request_text)
+        elif status["stage"] not in ("trial", "done", "request"):
+            return {v.ctx: c}
+    except StudyError as err:
+        return _problem(v, err)
+    return _render(v, status, c, s)
+
+
+def on_vote(service: StudyService, v: SimpleNamespace, choice: str, c, s, why):
+    try:
+        status = service.vote(*_ids(c), int(c.get("trial_id") or 0), choice, why or "")
+    except StudyError as err:
+        if "already recorded" not in str(err):
+            return _problem(v, err)
+        return _render(v, service.status(*_ids(c)), c, s)
+    revealed = status.get("revealed")
+    if revealed and status["stage"] != "done":
+        text = " · ".join(f"**{side}** was {CONDITION_LABELS.get(cond, cond)}" for side, cond in revealed.items())
+        return _show(v, "trial", {**c, "paused": True}, s, {
+            v.vote_row: gr.update(visible=False), v.reason: gr.update(visible=False),
+            v.reveal_md: gr.update(visible=True, value=f"Vote saved. {text}."), v.next_btn: gr.update(visible=True)})
+    return _render(v, status, c, s, "Vote saved.")
+
+
+def on_request(service: StudyService, v: SimpleNamespace, c, s, text):
+    if not (text or "").strip():
+        return _problem(v, "Write your request first.")
+    return advance(service, v, c, s, text)
+
+
+def on_next(service: StudyService, v: SimpleNamespace, c, s):
+    return advance(service, v, {**c, "paused": False}, s)
+
+
+def on_withdraw(service: StudyService, v: SimpleNamespace, c, s, sure):
+    if not sure:
+        return _problem(v, "Tick the box to confirm that you want to leave.")
+    try:
+        out = service.withdraw(*_ids(c))
+    except StudyError as err:
+        return _problem(v, err)
+    s = {k: val for k, val in (s or {}).items() if k != c["study"]}
+    c = {k: val for k, val in c.items() if k not in ("participant_id", "token", "trial_id")}
+    return _show(v, None, c, s, {v.message: f"✅ {out['message']}"})
+
+
+def on_interact(service: StudyService, c):
+    try:
+        if c.get("token") and c.get("trial_id"):
+            service.interact(*_ids(c), int(c["trial_id"]))
+    except StudyError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Participant page: wiring
+# ---------------------------------------------------------------------------------------
+
+
+def _participant_page(demo: gr.Blocks, service: StudyService, secret: str) -> None:
+    v = _participant_layout(secret)
     gpu = dict(**generate_queue(service.studio), **PRIVATE)
     profile_work = dict(**PROFILE_QUEUE, **PRIVATE)
-    demo.load(on_load, saved, view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
-    consent_btn.click(on_consent, [ctx, saved, agree], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
-    history_btn.click(on_history, [ctx, saved, history_text, history_files], view, **profile_work).then(
-        advance, [ctx, saved], view, **gpu)
-    persona_btn.click(on_persona, [ctx, saved], view, **profile_work).then(advance, [ctx, saved], view, **gpu)
-    request_btn.click(on_request, [ctx, saved, request_box], view, **gpu)
-    request_box.submit(on_request, [ctx, saved, request_box], view, **gpu)
-    for choice, button in vote_btns.items():
-        button.click(on_vote(choice), [ctx, saved, reason], view, **PRIVATE).then(advance, [ctx, saved], view, **gpu)
-    next_btn.click(on_next, [ctx, saved], view, **gpu)
-    withdraw_btn.click(on_withdraw, [ctx, saved, withdraw_ok], view, **PRIVATE)
-    reason.focus(on_interact, ctx, None, **PRIVATE)
-
-    _participant_api(service, limits)
+    nxt = bind(advance, service, v, gpu_seconds=120)
+    state = [v.ctx, v.saved]
+    demo.load(bind(on_load, service, v), v.saved, v.view, **PRIVATE).then(nxt, state, v.view, **gpu)
+    v.consent_btn.click(bind(on_consent, service, v), [*state, v.agree], v.view, **PRIVATE).then(
+        nxt, state, v.view, **gpu)
+    v.history_btn.click(bind(on_history, service, v, gpu_seconds=120), [*state, v.history_text, v.history_files],
+                        v.view, **profile_work).then(nxt, state, v.view, **gpu)
+    v.persona_btn.click(bind(on_persona, service, v, gpu_seconds=120), state, v.view, **profile_work).then(
+        nxt, state, v.view, **gpu)
+    for trigger in (v.request_btn.click, v.request_box.submit):
+        trigger(bind(on_request, service, v, gpu_seconds=120), [*state, v.request_box], v.view, **gpu)
+    for choice, button in v.vote_btns.items():
+        button.click(bind(on_vote, service, v, choice), [*state, v.reason], v.view, **PRIVATE).then(
+            nxt, state, v.view, **gpu)
+    v.next_btn.click(bind(on_next, service, v, gpu_seconds=120), state, v.view, **gpu)
+    v.withdraw_btn.click(bind(on_withdraw, service, v), [*state, v.withdraw_ok], v.view, **PRIVATE)
+    v.reason.focus(bind(on_interact, service), v.ctx, None, **PRIVATE)
+    _participant_api(service, service.studio.settings.limits)
 
 
 def _participant_api(service: StudyService, limits) -> None:
@@ -394,7 +423,7 @@ completion: {code: ABC123, redirect_url: "https://app.prolific.com/submissions/c
 """
 
 
-def _admin_page(service: StudyService) -> None:
+def _admin_layout(service: StudyService) -> SimpleNamespace:
     gr.Markdown("# Study admin\nResearchers only: every action needs the admin token (`PPLUG_ADMIN_TOKEN`). "
                 "Participants open `/study?study=NAME` (Prolific appends `&PROLIFIC_PID=...`).")
     if not service.admin_token:
@@ -402,101 +431,115 @@ def _admin_page(service: StudyService) -> None:
     if service.load_errors:
         errors = "\n\n".join(map(markdown_text, service.load_errors))
         gr.Markdown("⚠️ Study files that could not be loaded:\n\n" + errors)
-    token = gr.Textbox(label="Admin token", type="password")
+    a = SimpleNamespace(token=gr.Textbox(label="Admin token", type="password"))
     with gr.Row():
-        study = gr.Dropdown(label="Study", choices=[], interactive=True, allow_custom_value=True)
-        refresh_btn = gr.Button("Refresh studies", scale=0)
-    studies_table = gr.Dataframe(label="Studies", interactive=False)
+        a.study = gr.Dropdown(label="Study", choices=[], interactive=True, allow_custom_value=True)
+        a.refresh_btn = gr.Button("Refresh studies", scale=0)
+    a.studies_table = gr.Dataframe(label="Studies", interactive=False)
     with gr.Tabs():
         with gr.Tab("Results"):
-            completed_only = gr.Checkbox(label="Only participants who finished")
-            results_btn = gr.Button("Compute results", variant="primary")
-            results_md = gr.Markdown()
-            plot = gr.HTML()
-            participants = gr.Dataframe(label="Per participant", interactive=False)
+            a.completed_only = gr.Checkbox(label="Only participants who finished")
+            a.results_btn = gr.Button("Compute results", variant="primary")
+            a.results_md = gr.Markdown()
+            a.plot = gr.HTML()
+            a.participants = gr.Dataframe(label="Per participant", interactive=False)
         with gr.Tab("Export"):
-            export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary")
-            export_files = gr.File(label="Export files", file_count="multiple")
-            export_preview = gr.Dataframe(label="First rows", interactive=False)
+            a.export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary")
+            a.export_files = gr.File(label="Export files", file_count="multiple")
+            a.export_preview = gr.Dataframe(label="First rows", interactive=False)
         with gr.Tab("Withdraw a participant"):
             gr.Markdown("For a participant who asks you to remove their data. What happens to their votes follows "
                         "the consent they agreed to (`consent.on_withdraw`).")
-            withdraw_pid = gr.Textbox(label="Participant id")
-            withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop")
-            withdraw_md = gr.Markdown()
+            a.withdraw_pid = gr.Textbox(label="Participant id")
+            a.withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop")
+            a.withdraw_md = gr.Markdown()
         with gr.Tab("Define a study"):
             gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and the README) or upload "
                         "a file. Saving a changed definition makes a new version; trials keep the version they "
                         "ran under.")
-            definition = gr.Code(EXAMPLE_DEFINITION, language="yaml", label="Definition")
-            definition_file = gr.File(label="…or upload a study file", file_types=[".json", ".yaml", ".yml"])
+            a.definition = gr.Code(EXAMPLE_DEFINITION, language="yaml", label="Definition")
+            a.definition_file = gr.File(label="…or upload a study file", file_types=[".json", ".yaml", ".yml"])
             with gr.Row():
-                show_btn = gr.Button("Load the selected study's definition")
-                save_btn = gr.Button("Validate and save", variant="primary")
-            save_md = gr.Markdown()
+                a.show_btn = gr.Button("Load the selected study's definition")
+                a.save_btn = gr.Button("Validate and save", variant="primary")
+            a.save_md = gr.Markdown()
+    return a
 
-    def guard(fn):
-        @functools.wraps(fn)
-        def inner(*args):
-            try:
-                return fn(*args)
-            except StudyError as err:
-                raise page_error(err) from None
-        return inner
 
-    @guard
-    def on_refresh(t, current):
-        rows = service.admin_studies(t)
-        names = [r["study"] for r in rows]
-        return (gr.update(choices=names, value=current if current in names else (names[0] if names else None)),
-                pd.DataFrame(rows))
+def _guard(fn):
+    """An admin handler whose ``StudyError`` becomes a message (the researcher's page may show it as an error)."""
+    @functools.wraps(fn)
+    def inner(*args):
+        try:
+            return fn(*args)
+        except StudyError as err:
+            raise page_error(err) from None
+    return inner
 
-    @guard
-    def on_results(t, name, only):
-        results = service.admin_results(t, name, bool(only))
-        svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0.0, 1.0,
-                                     "Win rate of the first condition (95% bootstrap CI)")
-        if results.bradley_terry:
-            span = max([3.0] + [abs(r[k]) for r in results.bradley_terry for k in ("ci_low", "ci_high")
-                                if pd.notna(r[k])])
-            svg += study_stats.forest_svg(results.bradley_terry, "condition", "score", "ci_low", "ci_high", 0.0,
-                                          -span, span, "Bradley–Terry score (95% bootstrap CI)")
-        note = ("\n\nWin rate = (wins + ½·(ties + both bad)) / votes; intervals resample participants. "
-                "Bradley–Terry scores are log-strengths (mean 0).")
-        return results.markdown() + note, svg or "No votes yet.", pd.DataFrame(results.participants)
 
-    @guard
-    def on_export(t, name):
-        folder = Path(tempfile.mkdtemp(prefix="pplug-export-"))
-        paths = service.admin_export(t, name, folder)
-        frame = pd.read_csv(paths[0], nrows=20) if paths else pd.DataFrame(columns=list(EXPORT_COLUMNS))
-        return [str(p) for p in paths], frame
+@_guard
+def on_refresh(service: StudyService, t, current):
+    rows = service.admin_studies(t)
+    names = [r["study"] for r in rows]
+    return (gr.update(choices=names, value=current if current in names else (names[0] if names else None)),
+            pd.DataFrame(rows))
 
-    @guard
-    def on_save(t, text, file):
-        if file:
-            text = read_study_text(getattr(file, "name", file))
-        return service.admin_register(t, text or "", source="admin")
 
-    @guard
-    def on_show(t, name):
-        service.check_admin(t)
-        found = service.db.definition(name or "")
-        if found is None:
-            raise StudyError("Choose a study first (Refresh studies).")
-        return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
+@_guard
+def on_results(service: StudyService, t, name, only):
+    results = service.admin_results(t, name, bool(only))
+    svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0.0, 1.0,
+                                 "Win rate of the first condition (95% bootstrap CI)")
+    if results.bradley_terry:
+        span = max([3.0] + [abs(r[k]) for r in results.bradley_terry for k in ("ci_low", "ci_high")
+                            if pd.notna(r[k])])
+        svg += study_stats.forest_svg(results.bradley_terry, "condition", "score", "ci_low", "ci_high", 0.0,
+                                      -span, span, "Bradley–Terry score (95% bootstrap CI)")
+    note = ("\n\nWin rate = (wins + ½·(ties + both bad)) / votes; intervals resample participants. "
+            "Bradley–Terry scores are log-strengths (mean 0).")
+    return results.markdown() + note, svg or "No votes yet.", pd.DataFrame(results.participants)
 
-    @guard
-    def on_admin_withdraw(t, name, pid):
-        out = service.admin_withdraw(t, name or "", pid or "")
-        return f"Participant {markdown_text(pid.strip())} withdrawn ({out['mode']}). {out['message']}"
 
-    refresh_btn.click(on_refresh, [token, study], [study, studies_table], **PRIVATE)
-    withdraw_btn.click(on_admin_withdraw, [token, study, withdraw_pid], withdraw_md, **PRIVATE).then(
-        on_refresh, [token, study], [study, studies_table], **PRIVATE)
-    token.submit(on_refresh, [token, study], [study, studies_table], **PRIVATE)
-    results_btn.click(on_results, [token, study, completed_only], [results_md, plot, participants], **PRIVATE)
-    export_btn.click(on_export, [token, study], [export_files, export_preview], **PRIVATE)
-    save_btn.click(on_save, [token, definition, definition_file], save_md, **PRIVATE).then(
-        on_refresh, [token, study], [study, studies_table], **PRIVATE)
-    show_btn.click(on_show, [token, study], definition, **PRIVATE)
+@_guard
+def on_export(service: StudyService, t, name):
+    folder = Path(tempfile.mkdtemp(prefix="pplug-export-"))
+    paths = service.admin_export(t, name, folder)
+    frame = pd.read_csv(paths[0], nrows=20) if paths else pd.DataFrame(columns=list(EXPORT_COLUMNS))
+    return [str(p) for p in paths], frame
+
+
+@_guard
+def on_save(service: StudyService, t, text, file):
+    if file:
+        text = read_study_text(getattr(file, "name", file))
+    return service.admin_register(t, text or "", source="admin")
+
+
+@_guard
+def on_show(service: StudyService, t, name):
+    service.check_admin(t)
+    found = service.db.definition(name or "")
+    if found is None:
+        raise StudyError("Choose a study first (Refresh studies).")
+    return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
+
+
+@_guard
+def on_admin_withdraw(service: StudyService, t, name, pid):
+    out = service.admin_withdraw(t, name or "", pid or "")
+    return f"Participant {markdown_text(pid.strip())} withdrawn ({out['mode']}). {out['message']}"
+
+
+def _admin_page(service: StudyService) -> None:
+    a = _admin_layout(service)
+    refresh = (bind(on_refresh, service), [a.token, a.study], [a.study, a.studies_table])
+    a.refresh_btn.click(*refresh, **PRIVATE)
+    a.token.submit(*refresh, **PRIVATE)
+    a.withdraw_btn.click(bind(on_admin_withdraw, service), [a.token, a.study, a.withdraw_pid], a.withdraw_md,
+                         **PRIVATE).then(*refresh, **PRIVATE)
+    a.results_btn.click(bind(on_results, service), [a.token, a.study, a.completed_only],
+                        [a.results_md, a.plot, a.participants], **PRIVATE)
+    a.export_btn.click(bind(on_export, service), [a.token, a.study], [a.export_files, a.export_preview], **PRIVATE)
+    a.save_btn.click(bind(on_save, service), [a.token, a.definition, a.definition_file], a.save_md, **PRIVATE).then(
+        *refresh, **PRIVATE)
+    a.show_btn.click(bind(on_show, service), [a.token, a.study], a.definition, **PRIVATE)

@@ -1,7 +1,9 @@
-"""The Gradio app: history in, personal embedding computed, two answers side by side.
+"""The main page: your writing -> your PPlug embedding -> two answers side by side.
 
-Everything here is layout and glue. The handlers call ``demo.core.studio.Studio`` and turn its
-errors (``HistoryError``, ``ServiceError``) into messages; no torch, no SQL.
+Layout and glue only: the handlers call ``demo.core.studio.Studio`` and turn its errors
+(``HistoryError``, ``ServiceError``) into a message in the page's one message area; no torch, no SQL.
+Handlers are module-level functions that take the studio first (bound in ``_wire``); layout
+functions build components and return them; ``_wire`` connects the two.
 
 The visitor's identity is an unguessable owner token kept in their browser
 (``gr.BrowserState``), or their Hugging Face account when the Space offers "Sign in with Hugging
@@ -9,57 +11,205 @@ Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
-import spaces
 
+from ..core import personas
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
-from ..core.settings import PERSONAS_DIR, REPO_ROOT
-from ..core.studio import Comparison, ServiceError, Studio
+from ..core.settings import REPO_ROOT
+from ..core.studio import ServiceError, Studio
 from ..core.text import markdown_text
+from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
+from .binding import PRIVATE, bind
 from .identity import Identity
 from .study_pages import add_study
-from .validation import guard_inputs, page_error
+from .validation import guard_inputs
 
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
-
-INTRO = """# PPlug Studio
-**PPlug** turns your writing history into a *personal embedding*: each item is embedded by a
-frozen sentence encoder, weighed by how related it is to your current request, and projected
-into the language model's input space as a soft token, next to a learned instruction token. The
-model itself is not changed: the same model answers everyone, and only these tokens carry you.
-"""
-
 EXAMPLE_REQUESTS = [
     "Write a short blog post about my weekend.",
     "Write a tweet about the news today.",
     "Describe your ideal Sunday in three sentences.",
 ]
+INTRO = """# PPlug Studio
+**PPlug lets a language model write for *you*: it reads a sample of your writing and gives the model a
+short personal summary of it, so the answers can follow your style and interests. The model itself is
+never changed.**
+
+1. **Your writing**: paste some posts, e-mails or essays, or click an example person.
+2. **Your embedding**: PPlug sums them up as your personal embedding, in a few seconds.
+3. **Ask**: the same model answers with your embedding and without it, side by side.
+"""
+CONTROL_LABEL = "Same plug, someone else's writing"
+CSS = """
+#message { position: sticky; top: 0; z-index: 20; }
+#message .prose { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft); }
+.why-table * { font-family: var(--font) !important; }
+"""
 
 
-def _personas() -> dict[str, Path]:
-    def label(stem: str) -> str:  # "food_blogger" -> "Food Blogger", "fdr" -> "FDR"
-        return stem.upper() if len(stem) <= 3 else stem.replace("_", " ").title()
+def _message(text: str = ""):
+    """The page's one message area: shown with ``text``, hidden without."""
+    return gr.update(value=text, visible=bool(text))
 
-    return {label(p.stem): p for p in sorted(PERSONAS_DIR.glob("*.txt"))}
+
+def _warn(err: Exception | str):
+    return _message(f"⚠️ {markdown_text(str(err))}")  # messages may quote a file name or a CSV header
+
+
+# ---------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------
+
+
+def ensure_owner(identity: Identity, owner: str | None) -> str:
+    return identity.browser_token(owner)
+
+
+def identify(identity: Identity, token: str | None, user: gr.OAuthProfile | None) -> str:
+    """Who the visitor acts as: their Hugging Face account when signed in, else this browser's token."""
+    return identity.visitor(token, user.username if user is not None else None)
 
 
 def _parse(studio: Studio, text: str, files: list | None, column: str, user: str | None) -> ParsedHistory:
     return parse_history(studio.settings.limits, text, files, column, user)
 
 
-def _plug_report(studio: Studio) -> str:
+def show_preview(studio: Studio, text, files, column, user):
+    """-> (preview, LaMP user picker, Compute button): Compute only once there is a history."""
+    if not (text or "").strip() and not files:
+        return "Paste or upload a history to see its items here.", gr.update(visible=False), gr.update(interactive=False)
+    try:
+        parsed = _parse(studio, text, files, column, user)
+    except HistoryError as err:  # said in the preview, where the visitor is looking
+        return f"⚠️ {markdown_text(str(err))}", gr.skip(), gr.update(interactive=False)
+    counts = parsed.user_items
+    choices = [(f"{u} · {counts[u]:,} item{'' if counts[u] == 1 else 's'}" if u in counts else u, u)
+               for u in parsed.users]
+    users = gr.update(choices=choices, value=user if user in parsed.users else (parsed.users or [None])[0],
+                      visible=bool(parsed.users))
+    return preview(parsed, n=3), users, gr.update(interactive=True)
+
+
+def profile_choices(studio: Studio, owner: str | None, selected: str | None = None):
+    """-> (profile list, selected profile id, Generate button)."""
+    profiles = studio.list_profiles(owner) if owner else []
+    choices = [(f"{p['name']} · {p['n_items']} items · {p['created_at'][:16]}", p["id"]) for p in profiles]
+    ids = [c[1] for c in choices]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    return gr.update(choices=choices, value=value), value, gr.update(interactive=value is not None)
+
+
+def on_compute(studio: Studio, owner, text, files, column, user, name, progress=gr.Progress()):
+    """-> (message, status, profile list, profile id, Generate button)."""
+    if not owner:  # the page's load event has not given this browser its token yet
+        return _warn("The page is still loading; try again in a moment."), *[gr.skip()] * 4
+    try:
+        parsed = _parse(studio, text, files, column, user)
+        progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
+        result = studio.compute_profile(
+            owner, name.strip() or parsed.source, parsed.items, source=parsed.source,
+            progress=lambda done, total: progress((done, total), desc="Encoding history items", unit="items"),
+        )
+    except (HistoryError, ServiceError) as err:
+        return _warn(err), *[gr.skip()] * 4
+    cached = result.n_items - result.n_encoded
+    status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
+              f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
+    return _message(), status, *profile_choices(studio, owner, result.profile_id)
+
+
+def select_profile(profile_id):
+    """A profile picked from the list -> (profile id, Generate button)."""
+    return profile_id, gr.update(interactive=bool(profile_id))
+
+
+def on_know_me(studio: Studio, owner, profile_id):
+    """-> (the "does it know me?" panel, its sentence, its plot)."""
+    if not owner or not profile_id:
+        return gr.update(visible=False), "", gr.skip()
+    try:
+        result = studio.know_me(owner, profile_id)
+    except ServiceError as err:  # e.g. too few items: said in the panel, it is not the visitor's mistake
+        return gr.update(visible=True), str(err), gr.update(visible=False)
+    names = ", ".join(dict.fromkeys(result.strangers))
+    note = (f"\n\n<small>Each held-back text was scored with your other texts (never itself) and with the "
+            f"writing of {names}; measured in {result.seconds:.1f} s.</small>")
+    return gr.update(visible=True), result.sentence() + note, charts.know_me_plot(result)
+
+
+def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature, top_p,
+                seed):
+    """Streams (message, personalized, generic, control column, notes, "why" group, weights plot, weights table)."""
+    if not profile_id:
+        yield _warn("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 7
+        return
+    try:
+        params = GenerationParams(
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature) if decoding == "Sample" else 0.0,
+            top_p=float(top_p), seed=int(seed or 0))
+        conditions = ("pplug", "generic", "pplug-other") if control else ("pplug", "generic")
+        for result in studio.generate(owner, profile_id, request or EXAMPLE_REQUESTS[0], params, conditions):
+            notes = " ".join(result.notes)
+            if result.done:
+                notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
+                         f"(first token after {result.timings['first_token_s']:.2f} s).").strip()
+            other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
+                              label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
+            frame = charts.weights_frame(result)
+            yield (_message(), result.personalized, result.generic, other, notes, gr.update(visible=True),
+                   charts.weights_plot(frame), frame)
+    except (ServiceError, TypeError, ValueError, OverflowError) as err:
+        yield _warn(err), *[gr.skip()] * 7
+
+
+def generate_example(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
+                     top_p, seed):
+    """``on_generate`` after a persona's one click: nothing when its profile could not be computed."""
+    if profile_id:
+        yield from on_generate(studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
+                               top_p, seed)
+
+
+def show_control(on: bool):
+    return gr.update(visible=on)
+
+
+def use_persona(label: str, request: str):
+    """A persona's button -> (history, files, profile name, request, profile id): its text, an example request."""
+    name = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
+    return personas.persona_text(name), None, label, request or EXAMPLE_REQUESTS[0], None
+
+
+def on_delete(studio: Studio, owner):
+    """-> (message, deleted note, profile list, profile id, Generate button, know-me panel)."""
+    try:
+        counts = studio.delete_my_data(owner)
+    except ServiceError as err:
+        return _warn(err), *[gr.skip()] * 5
+    removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
+    return _message(), f"Deleted: {removed}.", *profile_choices(studio, owner), gr.update(visible=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Layout
+# ---------------------------------------------------------------------------------------
+
+
+def plug_report(studio: Studio) -> str:
     """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
     config = studio.plug.config
-    lines = [f"**Plug** `{studio.plug_id}` ({config.origin}), made for `{config.encoder_id}` and `{config.llm_id}`; "
-             f"aggregator temperature {config.tau:g}."]
+    lines = [studio.plug_description, "",
+             f"**Plug** `{studio.plug_id}` ({config.origin}), made for `{config.encoder_id}` and `{config.llm_id}`; "
+             f"aggregator temperature {config.tau:g}. Under the hood: a frozen sentence encoder embeds each item of "
+             "your writing, the items are weighed by how related they are to the request, and a small projector "
+             "turns them into a soft token that the frozen language model reads next to a learned instruction "
+             "token."]
     made = config.made
-    if made.get("summary"):
-        lines.append(f"How it was made: {made['summary'].rstrip('. ')}.")
     # Scalar facts and the training settings; the per-evaluation history stays in config.json.
     facts = {k: v for k, v in made.items() if isinstance(v, (int, float, str)) and k not in ("summary", "data_dir")}
     facts.update(made.get("settings", {}))
@@ -71,188 +221,175 @@ def _plug_report(studio: Studio) -> str:
     return "\n".join(lines)
 
 
-def _weights_frame(result: Comparison) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"item": f"#{t.position + 1}", "weight": round(t.weight, 4), "text": t.text[:300]} for t in result.top_items],
-        columns=["item", "weight", "text"],
+def _writing_column() -> SimpleNamespace:
+    with gr.Column(scale=3):
+        gr.Markdown("### 1 · Your writing")
+        gr.Markdown("Try an example person: one click fills in their writing, computes their embedding and "
+                    "answers a request.")
+        with gr.Row():
+            persona_buttons = [gr.Button(personas.persona_label(n), size="md") for n in personas.persona_names()]
+        history = gr.Textbox(label="Your writing history", lines=9, max_lines=20,
+                             placeholder="…or paste your own posts, e-mails or essays here: one item per paragraph "
+                                         "(separate items with a blank line).")
+        with gr.Accordion("Upload files instead", open=False):
+            files = gr.File(label="Files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
+                            file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
+            with gr.Row():
+                column = gr.Textbox(label="CSV text column", value="text", scale=1)
+                lamp_user = gr.Dropdown(label="LaMP user (largest histories first)", choices=[], visible=False,
+                                        scale=1)
+        parsed_preview = gr.Markdown("Paste or upload a history to see its items here.")
+    return SimpleNamespace(history=history, persona_buttons=persona_buttons, files=files, column=column,
+                           lamp_user=lamp_user, parsed_preview=parsed_preview)
+
+
+def _embedding_column() -> SimpleNamespace:
+    with gr.Column(scale=2):
+        gr.Markdown("### 2 · Your embedding")
+        name = gr.Textbox(label="Profile name", placeholder="e.g. My blog")
+        compute_btn = gr.Button("Compute my PPlug embedding", variant="primary", interactive=False)
+        status = gr.Markdown()
+        profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
+        # "Tune to me" (a personal token fitted on demand) goes here, beside the profile.
+        with gr.Column(visible=False, elem_id="know-me") as know_me:
+            gr.Markdown("#### Does it know me?")
+            know_me_md = gr.Markdown()
+            know_me_plot = gr.BarPlot(x="condition", y="likelihood", sort=None, height=220, visible=False,
+                                      title="Your held-back writing, per-word likelihood (no plug = 100)",
+                                      x_title=" ", y_title="likelihood")
+    return SimpleNamespace(name=name, compute_btn=compute_btn, status=status, profiles=profiles, know_me=know_me,
+                           know_me_md=know_me_md, know_me_plot=know_me_plot)
+
+
+def _ask_section(studio: Studio) -> SimpleNamespace:
+    limits = studio.settings.limits
+    gr.Markdown("### 3 · Ask", elem_id="ask")
+    request = gr.Textbox(label="Request", lines=2, placeholder=EXAMPLE_REQUESTS[0])
+    gr.Examples(EXAMPLE_REQUESTS, inputs=request, label="Example requests")
+    control = gr.Checkbox(label=f"Add a control column: {CONTROL_LABEL.lower()}, to see which part of the answer "
+                                "is personal", value=False)
+    with gr.Accordion("Generation settings (shared by every column)", open=False):
+        with gr.Row():
+            max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1,
+                                       label="Max new tokens")
+            decoding = gr.Radio(["Greedy", "Sample"], value="Greedy", label="Decoding")
+            temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p (sampling)")
+            seed = gr.Number(0, precision=0, label="Seed")
+        policy = GenerationParams()
+        gr.Markdown(f"Every column avoids loops the same way: repetition penalty {policy.repetition_penalty:g} "
+                    f"on tokens already written, no repeated {policy.no_repeat_ngram_size}-token sequence.")
+    generate_btn = gr.Button("Generate", variant="primary", interactive=False)
+    with gr.Row(elem_id="answers"):
+        personalized = gr.Textbox(label="Personalized (PPlug, your writing)", lines=8, interactive=False)
+        generic = gr.Textbox(label="Generic (same model, no plug)", lines=8, interactive=False)
+        other = gr.Textbox(label=CONTROL_LABEL, lines=8, interactive=False, visible=False)
+    notes = gr.Markdown()
+    return SimpleNamespace(request=request, control=control, settings=[max_new_tokens, decoding, temperature, top_p,
+                                                                       seed],
+                           generate_btn=generate_btn, personalized=personalized, generic=generic, other=other,
+                           notes=notes)
+
+
+def _why_section() -> SimpleNamespace:
+    with gr.Column(visible=False, elem_id="why") as why:
+        gr.Markdown("#### Why this answer: the texts of yours that counted most for this request")
+        with gr.Row():
+            weights_plot = gr.BarPlot(x="item", y="weight (%)", tooltip=["item", "weight (%)"], sort="-y",
+                                      height=260, x_title="your text", y_title="weight (%)", scale=2)
+            weights_table = gr.Dataframe(headers=["item", "weight (%)", "text"], wrap=True, interactive=False,
+                                         column_widths=["10%", "16%", "74%"], max_height=360, scale=3,
+                                         show_label=False, elem_classes="why-table")
+    return SimpleNamespace(why=why, weights_plot=weights_plot, weights_table=weights_table)
+
+
+def _footer(studio: Studio) -> SimpleNamespace:
+    limits = studio.settings.limits
+    with gr.Accordion("About the plug and its measured results", open=False):
+        gr.Markdown(plug_report(studio))
+    with gr.Accordion("Your data", open=False):
+        gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
+                    f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
+                    "are visible only from this browser" + (" (or, signed in, from your Hugging Face account)."
+                                                             if studio.settings.hf_login else "."))
+        delete_btn = gr.Button("Delete my data", variant="stop")
+        deleted = gr.Markdown()
+    return SimpleNamespace(delete_btn=delete_btn, deleted=deleted)
+
+
+def _layout(studio: Studio, identity: Identity) -> SimpleNamespace:
+    """Every component of the main page, by name."""
+    state = SimpleNamespace(
+        # This browser's owner token. The BrowserState secret is public (Gradio sends it in /config).
+        token=gr.BrowserState(None, storage_key="pplug_owner", secret=identity.browser_secret),
+        owner=gr.State(None),  # who the visitor acts as (see identify)
+        profile_id=gr.State(None),
     )
+    if studio.settings.hf_login:
+        with gr.Row():
+            gr.LoginButton(scale=0)
+            gr.Markdown("Signed in, your profiles follow your Hugging Face account to any browser; "
+                        "profiles made before signing in stay with this browser.")
+    gr.HTML(f"<style>{CSS}</style>", container=False, padding=False)
+    gr.Markdown(INTRO)
+    message = gr.Markdown(visible=False, elem_id="message")  # the one place for errors
+    with gr.Row():
+        writing = _writing_column()
+        embedding = _embedding_column()
+    return SimpleNamespace(**vars(state), message=message, **vars(writing), **vars(embedding),
+                           **vars(_ask_section(studio)), **vars(_why_section()), **vars(_footer(studio)))
+
+
+# ---------------------------------------------------------------------------------------
+# Wiring
+# ---------------------------------------------------------------------------------------
+
+
+def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identity) -> None:
+    profile_work = dict(**PROFILE_QUEUE, **PRIVATE)  # computing and measuring a profile, one at a time
+    answers = dict(**generate_queue(studio), **PRIVATE)  # generations, batched together by the scheduler
+    compute = bind(on_compute, studio, gpu_seconds=120)
+    know_me = bind(on_know_me, studio, gpu_seconds=60)
+    chosen = bind(profile_choices, studio)
+    compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
+                  [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
+    know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
+    gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings]
+    gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.weights_plot, ui.weights_table]
+
+    demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
+        bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
+        chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
+        know_me, *know_me_io, show_progress="hidden", **profile_work)
+    for trigger in (ui.history.change, ui.files.change, ui.column.submit, ui.lamp_user.change):
+        trigger(bind(show_preview, studio), [ui.history, ui.files, ui.column, ui.lamp_user],
+                [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
+    ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
+        know_me, *know_me_io, **profile_work)
+    ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
+        know_me, *know_me_io, **profile_work)
+    generate = bind(on_generate, studio, gpu_seconds=60)
+    for trigger in (ui.generate_btn.click, ui.request.submit):
+        trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic], **answers)
+    for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
+        button.click(use_persona, [button, ui.request],
+                     [ui.history, ui.files, ui.name, ui.request, ui.profile_id], **PRIVATE).then(
+            compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
+            bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
+            show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
+    ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
+    ui.delete_btn.click(bind(on_delete, studio), ui.owner,
+                        [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me], **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
-    limits = studio.settings.limits
-    personas = _personas()
-
-    # --- handlers ------------------------------------------------------------------------
-
     identity = Identity(studio.store, studio.settings.db_path)
-
-    def ensure_owner(owner: str | None) -> str:
-        return identity.browser_token(owner)
-
-    def identify(token: str | None, user: gr.OAuthProfile | None) -> str:
-        """Who the visitor acts as: their Hugging Face account when signed in, else this browser's token."""
-        return identity.visitor(token, user.username if user is not None else None)
-
-    def show_preview(text, files, column, user):
-        try:
-            parsed = _parse(studio, text, files, column, user)
-        except HistoryError as err:
-            return f"⚠️ {markdown_text(str(err))}", gr.update(visible=False)
-        users = gr.update(choices=parsed.users, value=user if user in parsed.users else (parsed.users or [None])[0],
-                          visible=bool(parsed.users))
-        return preview(parsed), users
-
-    def profile_choices(owner: str | None, selected: str | None = None):
-        profiles = studio.list_profiles(owner) if owner else []
-        choices = [(f"{p['name']} · {p['n_items']} items · {p['created_at'][:16]}", p["id"]) for p in profiles]
-        ids = [c[1] for c in choices]
-        value = selected if selected in ids else (ids[0] if ids else None)
-        return gr.update(choices=choices, value=value)
-
-    @spaces.GPU(duration=120)
-    def on_compute(owner, text, files, column, user, name, progress=gr.Progress()):
-        if not owner:  # the button is enabled only after the page's load event has set it
-            raise gr.Error("The page is still loading; try again in a moment.", print_exception=False)
-        try:
-            parsed = _parse(studio, text, files, column, user)
-            progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
-            result = studio.compute_profile(
-                owner, name.strip() or parsed.source, parsed.items, source=parsed.source,
-                progress=lambda done, total: progress((done, total), desc="Encoding history items", unit="items"),
-            )
-        except (HistoryError, ServiceError) as err:
-            raise page_error(err) from None
-        cached = result.n_items - result.n_encoded
-        status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
-                  f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
-        return status, profile_choices(owner, result.profile_id), result.profile_id
-
-    @spaces.GPU(duration=60)
-    def on_generate(owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed):
-        params = GenerationParams(
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature) if decoding == "Sample" else 0.0,
-            top_p=float(top_p),
-            seed=int(seed or 0),
-        )
-        try:
-            for result in studio.generate(owner, profile_id, request, params):
-                notes = " ".join(result.notes)
-                if result.done:
-                    notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
-                             f"(first token after {result.timings['first_token_s']:.2f} s).").strip()
-                frame = _weights_frame(result)
-                yield result.personalized, result.generic, frame, frame, notes
-        except ServiceError as err:
-            raise page_error(err) from None
-
-    def on_delete(owner):
-        try:
-            counts = studio.delete_my_data(owner)
-        except ServiceError as err:
-            raise page_error(err) from None
-        removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
-        return f"Deleted: {removed}.", profile_choices(owner), None
-
-    def load_persona(name):
-        return personas[name].read_text(encoding="utf-8"), None, name
-
-    # --- layout --------------------------------------------------------------------------
-
     # Uploaded files sit in Gradio's cache: delete them within two hours, whatever "Delete my data" does.
     with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600)) as demo:
-        # This browser's owner token. The BrowserState secret is public (Gradio sends it in /config).
-        token = gr.BrowserState(None, storage_key="pplug_owner", secret=identity.browser_secret)
-        owner = gr.State(None)  # who the visitor acts as (see identify)
-        profile_id = gr.State(None)
-        if studio.settings.hf_login:
-            with gr.Row():
-                gr.LoginButton(scale=0)
-                gr.Markdown("Signed in, your profiles follow your Hugging Face account to any browser; "
-                            "profiles made before signing in stay with this browser.")
-        gr.Markdown(INTRO)
-        gr.Markdown(studio.plug_description)
-
-        with gr.Row():
-            with gr.Column(scale=3):
-                history = gr.Textbox(label="Your writing history", lines=10, max_lines=20,
-                                     placeholder="Paste your posts, e-mails or essays here: one item per paragraph "
-                                                 "(separate items with a blank line).")
-                files = gr.File(label="…or upload files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
-                                file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
-                with gr.Row():
-                    column = gr.Textbox(label="CSV text column", value="text", scale=1)
-                    lamp_user = gr.Dropdown(label="LaMP user", choices=[], visible=False, scale=1)
-                if personas:
-                    gr.Markdown("Or try an example persona:")
-                    with gr.Row():
-                        persona_buttons = [gr.Button(name, size="sm") for name in personas]
-            with gr.Column(scale=2):
-                parsed_preview = gr.Markdown("Paste or upload a history to see its items here.")
-                name = gr.Textbox(label="Profile name", placeholder="e.g. My blog")
-                # Enabled once the page's load event has given this browser its owner token (below).
-                compute_btn = gr.Button("Compute my PPlug embedding", variant="primary", interactive=False)
-                status = gr.Markdown()
-                profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
-
-        gr.Markdown("## Ask for something")
-        request = gr.Textbox(label="Request", lines=2, placeholder=EXAMPLE_REQUESTS[0])
-        gr.Examples(EXAMPLE_REQUESTS, inputs=request)
-        with gr.Accordion("Generation settings (shared by both sides)", open=False):
-            with gr.Row():
-                max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1,
-                                           label="Max new tokens")
-                decoding = gr.Radio(["Greedy", "Sample"], value="Greedy", label="Decoding")
-                temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
-                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p (sampling)")
-                seed = gr.Number(0, precision=0, label="Seed")
-            policy = GenerationParams()
-            gr.Markdown(f"Both sides avoid loops the same way: repetition penalty {policy.repetition_penalty:g} "
-                        f"on tokens already written, no repeated {policy.no_repeat_ngram_size}-token sequence.")
-        generate_btn = gr.Button("Generate", variant="primary")
-        with gr.Row():
-            personalized = gr.Textbox(label="Personalized (PPlug)", lines=8, interactive=False)
-            generic = gr.Textbox(label="Generic (same model, no plug)", lines=8, interactive=False)
-        notes = gr.Markdown()
-        with gr.Row():
-            weights_plot = gr.BarPlot(x="item", y="weight", tooltip=["item", "weight", "text"], sort="-y",
-                                      title="History items that weighed most for this request",
-                                      y_title="aggregator weight")
-            weights_table = gr.Dataframe(headers=["item", "weight", "text"], wrap=True, interactive=False,
-                                         label="Their text")
-
-        with gr.Accordion("About the plug and its measured results", open=False):
-            gr.Markdown(_plug_report(studio))
-
-        with gr.Accordion("Your data", open=False):
-            gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
-                        f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
-                        "are visible only from this browser" + (" (or, signed in, from your Hugging Face account)."
-                                                                 if studio.settings.hf_login else "."))
-            delete_btn = gr.Button("Delete my data", variant="stop")
-            deleted = gr.Markdown()
-
-        # --- wiring ----------------------------------------------------------------------
-        private = dict(api_visibility="private")
-        demo.load(ensure_owner, token, token, **private).then(identify, token, owner, **private).then(
-            profile_choices, owner, profiles, **private).then(
-            lambda: gr.update(interactive=True), None, compute_btn, **private)
-        for trigger in (history.change, files.change, column.submit, lamp_user.change):
-            trigger(show_preview, [history, files, column, lamp_user], [parsed_preview, lamp_user], **private)
-        if personas:
-            for button, persona in zip(persona_buttons, personas):
-                button.click(lambda p=persona: load_persona(p), None, [history, files, name], **private)
-        compute_btn.click(on_compute, [owner, history, files, column, lamp_user, name],
-                          [status, profiles, profile_id], **PROFILE_QUEUE, **private)
-        profiles.change(lambda p: p, profiles, profile_id, **private)
-        gen_inputs = [owner, profile_id, request, max_new_tokens, decoding, temperature, top_p, seed]
-        gen_outputs = [personalized, generic, weights_plot, weights_table, notes]
-        generate_btn.click(on_generate, gen_inputs, gen_outputs, **generate_queue(studio), **private)
-        request.submit(on_generate, gen_inputs, gen_outputs, **generate_queue(studio), **private)
-        delete_btn.click(on_delete, owner, [deleted, profiles, profile_id], **private)
-
+        ui = _layout(studio, identity)
+        _wire(demo, studio, ui, identity)
         add_api(studio)
     add_study(demo, studio)  # the user-study pages: /study?study=NAME and /study-admin
     guard_inputs(demo)  # raw inputs: argument count and file references, before Gradio reads them
-    demo.queue(default_concurrency_limit=1, max_size=limits.max_queue)
+    demo.queue(default_concurrency_limit=1, max_size=studio.settings.limits.max_queue)
     return demo

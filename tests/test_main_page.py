@@ -1,0 +1,142 @@
+"""The main page as a stakeholder meets it: plain first screen, one-click personas, "does it know me?",
+the control column, readable charts, errors in one place. Handlers are called as the page calls them."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pytest
+
+from demo.app import charts, ui
+from demo.core import personas
+from demo.core.know_me import KnowMe
+from demo.core.studio import Comparison, TopItem
+
+from apphelp import handler
+
+JARGON = ("soft token", "frozen sentence encoder", "aggregator", "dev ROUGE", "trained-")
+
+
+@pytest.fixture(scope="module")
+def page(studio):
+    return ui.build_demo(studio)
+
+
+@pytest.fixture(scope="module")
+def owner():
+    return "main-page-owner-token-0123456789"
+
+
+def _texts_outside_about(demo) -> list[str]:
+    """The page's Markdown, except what sits inside the "About the plug" accordion."""
+    about = {b._id for b in demo.blocks.values() if isinstance(b, gr.Accordion) and "About the plug" in b.label}
+
+    def inside_about(block) -> bool:
+        parent = block.parent
+        while parent is not None:
+            if parent._id in about:
+                return True
+            parent = getattr(parent, "parent", None)
+        return False
+
+    return [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.page == ""
+            and not inside_about(b) and isinstance(b.value, str)]
+
+
+def test_the_first_screen_speaks_plainly_and_the_plug_details_are_in_about(page, studio):
+    shown = "\n".join(_texts_outside_about(page))
+    assert "1. **Your writing**" in shown and "2. **Your embedding**" in shown and "3. **Ask**" in shown
+    for word in JARGON:
+        assert word not in shown, word
+    assert studio.plug_id not in shown
+    assert studio.plug_id in ui.plug_report(studio) and "soft token" in ui.plug_report(studio)
+
+
+def test_compute_is_off_until_there_is_a_history_and_generate_until_there_is_a_profile(page, studio, owner):
+    preview = handler(page, "show_preview")
+    assert preview("", None, "text", None)[2]["interactive"] is False
+    assert preview("My first post.\n\nMy second post.", None, "text", None)[2]["interactive"] is True
+    compute, generate = (next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == label)
+                         for label in ("Compute my PPlug embedding", "Generate"))
+    assert compute.interactive is False and generate.interactive is False  # as the page opens
+    assert handler(page, "profile_choices")(owner)[2]["interactive"] is False  # no profile yet
+    message, status, profiles, profile_id, generate_on = handler(page, "on_compute")(
+        owner, "Post one about bread.\n\nPost two about rain.", None, "text", None, "mine")
+    assert profile_id and generate_on["interactive"] is True and message["visible"] is False
+
+
+def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(page, owner):
+    message, *rest = handler(page, "on_compute")(owner, "\x00\x01", None, "text", None, "x")
+    assert message["visible"] and "history is empty" in message["value"]
+    assert rest == [gr.skip()] * 4
+    out = list(handler(page, "on_generate")(owner, "not-a-profile", "Hi", False, 8, "Greedy", 0.7, 0.95, 0))
+    assert len(out) == 1 and "No such profile" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 7
+    nothing = list(handler(page, "on_generate")(owner, None, "Hi", False, 8, "Greedy", 0.7, 0.95, 0))
+    assert "Compute your PPlug embedding first" in nothing[0][0]["value"]
+
+
+def test_one_persona_click_fills_computes_answers_and_measures(page, studio, owner):
+    history, files, name, request, profile_id = ui.use_persona("Food Blogger", "")
+    assert history == personas.persona_text("food_blogger") and request == ui.EXAMPLE_REQUESTS[0]
+    assert name == "Food Blogger" and files is None and profile_id is None
+    assert ui.use_persona("Lincoln", "My own request")[3] == "My own request"
+    # The button's events: fill, then compute, then the answers, then "does it know me?".
+    button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Food Blogger")
+    chain, fn = [], next(f for f in page.fns.values() if any(t[0] == button._id for t in f.targets))
+    while fn is not None:
+        chain.append(fn.fn.__name__)
+        fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
+    assert chain == ["use_persona", "on_compute", "generate_example", "on_know_me"]
+    _, _, _, profile_id, _ = handler(page, "on_compute")(owner, history, None, "text", None, name)
+    *_, last = handler(page, "generate_example")(owner, profile_id, request, False, 6, "Greedy", 0.7, 0.95, 0)
+    assert last[1] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
+    assert list(handler(page, "generate_example")(owner, None, request, False, 6, "Greedy", 0.7, 0.95, 0)) == []
+    panel, sentence, plot = handler(page, "on_know_me")(owner, profile_id)
+    assert panel["visible"] and "held back" in sentence and plot.visible
+    assert plot.y_lim[0] == 0 and set(plot.value["data"][i][0] for i in range(3)) == set(charts.KNOW_ME_LABELS.values())
+
+
+def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_same_batch(page, studio, owner):
+    profile_id = studio.compute_profile(owner, "blog", personas.persona_items("food_blogger")).profile_id
+    steps = list(handler(page, "on_generate")(owner, profile_id, "Write a tweet.", True, 6, "Greedy", 0.7, 0.95, 0))
+    other = steps[-1][3]
+    assert other["visible"] is True and other["label"] == f"{ui.CONTROL_LABEL} (FDR)" and other["value"]
+    off = list(handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 6, "Greedy", 0.7, 0.95, 0))
+    assert off[-1][3]["visible"] is False
+    # One batch: every step of the stream carries all three rows.
+    from demo.core.generation import GenerationParams
+
+    stream = list(studio.generate(owner, profile_id, "Write a tweet.", GenerationParams(max_new_tokens=4),
+                                  ("pplug", "generic", "pplug-other")))
+    assert all(set(r.outputs) == {"pplug", "generic", "pplug-other"} for r in stream)
+    assert stream[-1].other == "FDR" and stream[-1].prompt_tokens["pplug-other"] == stream[-1].prompt_tokens["pplug"]
+    fdr = studio.compute_profile(owner, "fdr", personas.persona_items("fdr")).profile_id
+    assert list(studio.generate(owner, fdr, "Hi", GenerationParams(max_new_tokens=2),
+                                ("pplug", "pplug-other")))[-1].other == "Food Blogger"  # never the visitor's own
+
+
+def test_charts_start_at_zero_with_one_scale_rule_and_keep_the_whole_text():
+    assert [charts.axis_top(v) for v in ([0.044, 0.125], [12.5], [58.7], [104.0, 111.0], [0.0], [])] == [
+        0.2, 20, 100, 200, 1.0, 1.0]
+    long_text = "word " * 200
+    result = Comparison(top_items=[TopItem(3, 0.125, long_text), TopItem(0, 0.044, "short")])
+    frame = charts.weights_frame(result)
+    assert frame["text"].tolist() == [long_text, "short"] and frame["weight (%)"].tolist() == [12.5, 4.4]
+    plot = charts.weights_plot(frame)
+    assert plot.y_lim == [0, 20] and plot.visible
+    know = KnowMe(nll={"generic": [2.0], "yours": [1.9], "stranger": [1.95]}, strangers=["FDR"], seconds=0.1)
+    assert charts.know_me_plot(know).y_lim == [0, 200]
+
+
+def test_the_why_charts_and_the_know_me_panel_are_hidden_until_there_is_a_result(page):
+    hidden = {b.elem_id for b in page.blocks.values() if getattr(b, "elem_id", None) in ("why", "know-me")
+              and b.visible is False}
+    assert hidden == {"why", "know-me"}
+
+
+def test_lamp_user_picker_shows_item_counts_largest_first(page, tmp_path):
+    path = tmp_path / "dev_questions.json"
+    path.write_text(json.dumps([{"user_id": "few", "profile": [{"text": "a"}]},
+                                {"user_id": "many", "profile": [{"text": f"t{i}"} for i in range(4)]}]))
+    _, users, _ = handler(page, "show_preview")("", [str(path)], "text", None)
+    assert users["choices"] == [("many · 4 items", "many"), ("few · 1 item", "few")] and users["value"] == "many"
