@@ -140,3 +140,19 @@ def test_lamp_user_picker_shows_item_counts_largest_first(page, tmp_path):
                                 {"user_id": "many", "profile": [{"text": f"t{i}"} for i in range(4)]}]))
     _, users, _ = handler(page, "show_preview")("", [str(path)], "text", None)
     assert users["choices"] == [("many · 4 items", "many"), ("few · 1 item", "few")] and users["value"] == "many"
+
+
+def test_the_readme_shows_a_committed_screenshot_of_the_visit_near_the_top():
+    import re
+    from pathlib import Path
+
+    from demo.app.screenshots import SHOTS
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]+\]\((docs/screenshots/[\w-]+\.png)\)", readme)
+    assert images and readme.index(images[0]) < readme.index("\n## ")  # before the first section
+    for name in SHOTS:  # what `python -m demo.app.screenshots` writes, committed and small
+        path = root / "docs" / "screenshots" / f"{name}.png"
+        assert path.is_file() and path.stat().st_size < 300_000, path
+    assert all((root / image).is_file() for image in images)

@@ -48,7 +48,7 @@ def _answers_done(page, columns: int) -> None:
 
 def _settled(page) -> None:
     """Wait until no event is running (no progress or ETA shown) and charts have drawn."""
-    page.wait_for_function("() => !document.body.innerText.match(/processing \\||queue: \\d/)")
+    page.wait_for_function(r"() => !/processing \||queue: \d/.test(document.body.innerText)")
     page.wait_for_timeout(500)
 
 
@@ -59,11 +59,11 @@ def _take(page, out: Path, name: str, top=None, bottom=None) -> Path:
     if top is None:
         page.screenshot(path=str(path))
         return path
+    scroll = page.evaluate("() => window.scrollY")  # bounding boxes are in viewport coordinates
     first, last = top.bounding_box(), (bottom or top).bounding_box()
     margin = 12
-    clip = {"x": 0, "y": max(first["y"] - margin, 0), "width": VIEWPORT["width"],
+    clip = {"x": 0, "y": max(first["y"] + scroll - margin, 0), "width": VIEWPORT["width"],
             "height": last["y"] + last["height"] - first["y"] + 2 * margin}
-    page.evaluate("() => window.scrollTo(0, 0)")  # clip is in page coordinates with full_page
     page.screenshot(path=str(path), clip=clip, full_page=True)
     return path
 
@@ -113,6 +113,10 @@ def visit(page, url: str, out: Path, persona: str = "Food Blogger", study: str =
                 .filter(t => t.value.trim().length > 0).length >= 2""")
     page.get_by_role("button", name="A is better").click()
     page.get_by_text("Trial 2 of").wait_for()  # the vote is saved and the next trial is shown
+    _settled(page)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('textarea')].filter(t => t.disabled || t.readOnly)
+                .filter(t => t.value.trim().length > 0).length >= 2""")
     shoot("study-vote")
     return shots
 
