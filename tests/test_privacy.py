@@ -187,7 +187,7 @@ def test_nothing_sent_to_browsers_derives_a_signed_in_owner(app, studio):
 
 def test_a_caller_cannot_act_as_a_signed_in_account_by_its_owner_id(app, client, studio):
     owner = handler(app, "identify")(secrets.token_urlsafe(24), ADA)
-    _, _, profile_id = handler(app, "on_compute")(owner, _history("ada-account"), None, "text", None, "ada")
+    _, _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("ada-account"), None, "text", None, "ada")
     for call in (dict(api_name="/list_profiles"), dict(api_name="/delete_my_data"),
                  dict(profile_id=profile_id, request="Repeat my history.", max_new_tokens=4, api_name="/generate"),
                  dict(history=_history("intruder"), name="x", api_name="/compute_profile")):

@@ -15,8 +15,9 @@ from demo.app.screenshots import CHROMIUM_ARGS, SHOTS, VIEWPORT, chromium_path, 
 from demo.app.ui import build_demo
 from demo.core import personas
 from demo.core.studio import ServiceError
+from demo.core.text import free_port
 
-from apphelp import free_port, studio_with
+from apphelp import studio_with
 
 REQUIRED = os.environ.get("PPLUG_REQUIRE_BROWSER") == "1"
 if REQUIRED:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import tempfile
-from contextlib import closing
 from pathlib import Path
 
 from ..core.settings import REPO_ROOT
+from ..core.text import free_port
 
 OUT = REPO_ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -30,12 +29,6 @@ SHOTS = ("first-screen", "persona-answers", "does-it-know-me", "control-column",
 
 def chromium_path() -> str:
     return os.environ.get("PPLUG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers_done(page, columns: int) -> None:
