@@ -78,12 +78,12 @@ def repeats(text: str) -> bool:
 def test_the_default_policy_keeps_a_row_from_repeating(gen):
     looping = ["Write a tweet about coffee.", REQUEST]
     requests = [looping[0], "Write a short blog post about my weekend.", looping[1]]
-    # 24 tokens: without the policy both of these start looping after 9
+    # 16 tokens: without the policy both of these start looping after 9
     plain = gen.generate(*gen.embed([gen.prompt_ids(r) for r in looping], [None, None]),
-                         GenerationParams(max_new_tokens=24, **NO_POLICY))
+                         GenerationParams(max_new_tokens=16, **NO_POLICY))
     assert repeats(plain[0]) and repeats(plain[1])  # without the policy the generic model loops on emoji
     embeds, mask = gen.embed([gen.prompt_ids(r) for r in requests], [None] * len(requests))
-    with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=24))
+    with_policy = gen.generate(embeds, mask, GenerationParams(max_new_tokens=16))
     assert not any(repeats(text) for text in with_policy), with_policy
     assert all(len(text.split()) >= 3 for text in with_policy)
 

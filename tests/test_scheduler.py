@@ -53,7 +53,7 @@ def requests_alone(gen):
 
 
 # 64 rows: every request joins at once; 3 rows: requests also wait for others to leave
-@pytest.mark.parametrize("max_rows", [pytest.param(64, marks=pytest.mark.slow), 3])
+@pytest.mark.parametrize("max_rows", [64, pytest.param(3, marks=pytest.mark.slow)])
 def test_answers_are_the_same_alone_and_batched(gen, requests_alone, max_rows):
     """Rows of different lengths, with and without soft tokens, joining at different steps (and, with
     3 rows at most, waiting for others to leave): each request gets what it gets alone."""
