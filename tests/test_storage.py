@@ -431,3 +431,24 @@ def test_close_closes_every_thread_connection(db_path):
             conn.execute("SELECT 1")
     with pytest.raises(RuntimeError):
         s.list_profiles("x")
+
+
+def test_several_writes_in_one_transaction_are_all_or_nothing(store):
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            pid = store.create_profile("alice", "p", ["a"])
+            store.put_profile_matrix(pid, "enc", np.ones((1, 4)))
+            raise RuntimeError("stopped half-way")
+    assert store.list_profiles("alice") == []
+    with store.transaction():
+        pid = store.create_profile("alice", "p", ["a"])
+        store.put_profile_matrix(pid, "enc", np.ones((1, 4)))
+    assert store.profile_matrix(pid, "enc").shape == (1, 4)
+
+
+def test_a_generation_whose_profile_was_deleted_meanwhile_is_not_logged(store):
+    pid = store.create_profile("alice", "p", ["a"])
+    store.delete_owner_data("alice")  # while the generation ran
+    logged = store.log_generation(owner="alice", profile_id=pid, plug_id="p", prompt="x", params={},
+                                  personalized="", generic="", timings={})
+    assert logged is None and logged_generations(store, "alice") == []

@@ -269,8 +269,12 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
         """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error) on this
-        thread's connection; yields the connection."""
+        thread's connection; yields the connection. Inside another, it is part of that one: several
+        writes nested in one ``transaction()`` are all done or none, with no other writer between."""
         db = self.connection()
+        if db.conn.in_transaction:
+            yield db
+            return
         db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -535,12 +539,16 @@ class Store:
         personalized: str,
         generic: str,
         timings: dict,
-    ) -> int:
-        """Append a generation to the log; returns its id."""
+    ) -> int | None:
+        """Append a generation to the log; returns its id.
+
+        Nothing is logged (None) when the profile was deleted while it generated: its owner asked
+        for their data to be deleted."""
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO generations (owner, profile_id, plug_id, prompt, params,"
-                " personalized, generic, timings, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " personalized, generic, timings, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE ? IS NULL OR EXISTS (SELECT 1 FROM profiles WHERE id = ? AND owner = ?)",
                 [
                     owner,
                     profile_id,
@@ -551,6 +559,9 @@ class Store:
                     generic,
                     json.dumps(timings, sort_keys=True),
                     utc_now(),
+                    profile_id,
+                    profile_id,
+                    owner,
                 ],
             )
-            return cursor.lastrowid
+            return cursor.lastrowid if cursor.rowcount else None

@@ -11,8 +11,10 @@ A request's path:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -42,6 +44,20 @@ Progress = Callable[[int, int], None]  # (items encoded so far, total)
 
 class ServiceError(ValueError):
     """A request the app cannot serve; the message is shown to the user as is."""
+
+
+PROFILE_DELETED = "This profile was deleted (\"Delete my data\") while it was in use; nothing of it was kept."
+
+
+@contextlib.contextmanager
+def _profile_deleted_is_a_message() -> Iterator[None]:
+    """A write for a profile that its owner deleted meanwhile fails its foreign key: say so in words."""
+    try:
+        yield
+    except sqlite3.IntegrityError as err:
+        if "FOREIGN KEY" not in str(err):
+            raise
+        raise ServiceError(PROFILE_DELETED) from None
 
 
 @dataclass
@@ -210,9 +226,13 @@ class Studio:
         name = name if has_visible_text(name) else "My history"
         start = time.perf_counter()
         matrix, n_encoded = self._item_matrix(items, progress)
-        profile_id = self.store.create_profile(owner, name, items, source=source)
-        self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
-        self._store_personal_embedding(profile_id, matrix)
+        loaded, summary = self._personal_embedding(matrix)
+        # One transaction: the owner's "Delete my data" comes before all of it or after, never between.
+        with self.store.transaction():
+            profile_id = self.store.create_profile(owner, name, items, source=source)
+            self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
+            self.store.put_personal_embedding(profile_id, self.plug_id, loaded.projected.float().cpu().numpy(),
+                                              summary)
         return ProfileResult(profile_id, name, len(items), n_encoded, time.perf_counter() - start)
 
     @torch.inference_mode()
@@ -222,12 +242,11 @@ class Studio:
         return _LoadedProfile([], items, self.plug.project_items(items))
 
     @torch.inference_mode()
-    def _store_personal_embedding(self, profile_id: str, matrix: np.ndarray) -> _LoadedProfile:
+    def _personal_embedding(self, matrix: np.ndarray) -> tuple[_LoadedProfile, np.ndarray]:
+        """H [n, d_enc] -> (H and Proj(H) [n, d_llm] on the device, the input-free summary [d_llm])."""
         loaded = self._projected(matrix)
         summary = self.plug.rescale(loaded.projected.mean(0))  # input-free view of P (uniform weights)
-        self.store.put_personal_embedding(profile_id, self.plug_id, loaded.projected.float().cpu().numpy(),
-                                          summary.float().cpu().numpy())
-        return loaded
+        return loaded, summary.float().cpu().numpy()
 
     def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
         """A profile's texts, H and Proj(H): from memory, else one read each from the store."""
@@ -239,16 +258,22 @@ class Studio:
                 self._profiles.move_to_end(profile_id)
                 return self._profiles[profile_id]
         texts = [row["text"] for row in self.store.profile_items(profile_id)]
+        if not texts:  # deleted since the check above
+            raise ServiceError(PROFILE_DELETED)
         matrix = self.store.profile_matrix(profile_id, self.encoder_id)
-        if matrix is None:  # made with another encoder: encode again (cached per item)
-            matrix, _ = self._item_matrix(texts, None)
-            self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
-        stored = self.store.personal_embedding(profile_id, self.plug_id)
-        if stored is None:  # made with another plug
-            loaded = self._store_personal_embedding(profile_id, matrix)
-        else:
-            device = self.settings.device
-            loaded = _LoadedProfile([], torch.from_numpy(matrix).to(device), torch.from_numpy(stored[0]).to(device))
+        with _profile_deleted_is_a_message():
+            if matrix is None:  # made with another encoder: encode again (cached per item)
+                matrix, _ = self._item_matrix(texts, None)
+                self.store.put_profile_matrix(profile_id, self.encoder_id, matrix)
+            stored = self.store.personal_embedding(profile_id, self.plug_id)
+            if stored is None:  # made with another plug
+                loaded, summary = self._personal_embedding(matrix)
+                self.store.put_personal_embedding(profile_id, self.plug_id, loaded.projected.float().cpu().numpy(),
+                                                  summary)
+            else:
+                device = self.settings.device
+                loaded = _LoadedProfile([], torch.from_numpy(matrix).to(device),
+                                        torch.from_numpy(stored[0]).to(device))
         loaded.texts = texts
         with self._profiles_lock:
             self._profiles[profile_id] = loaded
@@ -306,14 +331,16 @@ class Studio:
         if len(made) < settings.held_back + 2:
             raise ServiceError(f"Tuning needs at least {settings.held_back + 2} items of a sentence or more "
                                f"(this history has {len(made)}): add more of your writing.")
-        spread = [made[round(i * (len(made) - 1) / max(need - 1, 1))] for i in range(min(need, len(made)))]
+        k = min(need, len(made))
+        spread = [made[round(i * (len(made) - 1) / max(k - 1, 1))] for i in range(k)]
         spread = list({e.index: e for e in spread}.values())  # evenly over the history, no repeats
         token = fit_shift(self.generator, lambda r, lo: self.soft_without(profile, r, lo), spread, settings,
                           progress)
         meta = {"steps": token.steps, "held_nll_before": token.held_nll_before,
                 "held_nll_after": token.held_nll_after, "gain": token.gain, "n_fit": token.n_fit,
                 "n_held": token.n_held, "seconds": round(token.seconds, 2)}
-        self.store.put_personal_token(profile_id, self.plug_id, token.shift.float().cpu().numpy(), meta)
+        with _profile_deleted_is_a_message():
+            self.store.put_personal_token(profile_id, self.plug_id, token.shift.float().cpu().numpy(), meta)
         return TuneResult(profile_id=profile_id, **meta)
 
     def _personal_token(self, profile_id: str) -> torch.Tensor:
