@@ -57,7 +57,9 @@ def call_raw(url: str, api_name: str, data: list, timeout: float = 120) -> tuple
     """
     import httpx
 
-    posted = httpx.post(f"{url}gradio_api/call/{api_name.strip('/')}", json={"data": data}, timeout=timeout)
+    # json.dumps escapes everything outside ASCII, so a lone surrogate travels as the JSON "\\ud800" it is.
+    posted = httpx.post(f"{url}gradio_api/call/{api_name.strip('/')}", content=json.dumps({"data": data}),
+                        headers={"Content-Type": "application/json"}, timeout=timeout)
     posted.raise_for_status()
     stream = httpx.get(f"{url}gradio_api/call/{api_name.strip('/')}/{posted.json()['event_id']}", timeout=timeout)
     event, payload = None, None

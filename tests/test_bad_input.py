@@ -561,3 +561,147 @@ def test_bad_history_on_the_study_page_is_explained(admin_page, studio, tmp_path
                                   ("", [str(broken)], "posts.json is not valid JSON")]:
         shown = handler(admin_page, "on_history")(ctx, {}, text, files)
         assert len(shown) == 1 and expected in _text_of(next(iter(shown.values())))  # only the message changes
+
+
+# ---------------------------------------------------------------------------------------
+# The corpus through the running app: every named endpoint and argument given odd values of
+# every class over plain HTTP, every malformed file above uploaded through the API, and odd
+# study-link parameters. Each gets an answer or a clear message; the server log shows no
+# traceback and no token.
+# ---------------------------------------------------------------------------------------
+
+ODD_VALUES = {
+    "types": [None, True, 0, -(2**70), 2**70, 1.5, [], ["x"], {"a": 1}],
+    "tiny and huge floats": [1e-40, 5e-324, 1e308],
+    "text": ["", " \t\n", "x" * 100_000, "\x00\x1b[2J\x07", "\ud800 lone surrogate",
+             "<script>alert(1)</script>", "[l](https://evil.example) ![i](http://127.0.0.1:9/i.png)",
+             "hf:0123456789abcdef0123456789abcdef01234567", "study:0123456789abcdef0123456789abcdef01234567"],
+    "invisible text": INVISIBLE[:3],
+}
+URL_VALUES = ["[Claim your reward](https://evil.example/r) ![i](http://127.0.0.1:9/pid.png)", "https://evil.example/x",
+              "<img src=x onerror=alert(1)>", "$$\\href{javascript:alert(1)}{x}$$", "\u202eevil\u2066", "x" * 5000,
+              "%00%0a", "voice-check\u200b", "../../etc/passwd", "a@b.example", "~~strike~~ **bold** # head"]
+CORPUS_STUDY = {**_STUDY, "name": "corpus-study", "trials_per_participant": 3, "generation": {"max_new_tokens": 2},
+                "history": {"mode": "participant", "min_items": 2}}
+CORPUS_TOKEN = "corpus-owner-token-0123456789abcdef"
+
+
+def _odd_values() -> list[tuple[str, object]]:
+    return [(kind, value) for kind, values in ODD_VALUES.items() for value in values]
+
+
+def _upload_to_app(url: str, name: str, content: bytes) -> dict:
+    """A file uploaded to the running app, as gradio_client's handle_file sends it."""
+    import httpx
+
+    paths = httpx.post(url + "gradio_api/upload", files={"files": (name, content)}, timeout=60).json()
+    return {"path": paths[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def _answered(event: str, message) -> str:
+    """'' when the answer is a result or a clear message, else what is wrong with it."""
+    if event == "complete":
+        return ""
+    if not isinstance(message, str) or not message:
+        return "an error without a message (an unexpected exception)"
+    if len(message) > 600 or [w for w in PYTHON_WORDS if w in message]:
+        return f"an unclear message: {message[:200]}"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def corpus_app(studio):
+    from demo.study.definition import parse_definition
+    from demo.study.store import StudyStore
+
+    small = studio_with(studio, max_items=50, max_item_chars=200, max_prompt_chars=1000, max_new_tokens=4)
+    StudyStore(small.store).register(parse_definition(CORPUS_STUDY), source="test")
+    demo = build_demo(small)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield demo
+    demo.close()
+
+
+def _api_cases(url: str) -> tuple[list[tuple[str, str, list]], list[str]]:
+    """(case id, endpoint, arguments): each named endpoint's valid arguments with one replaced by an odd value;
+    and the participant tokens they use."""
+    from apphelp import call_raw
+
+    profile = call_raw(url, "compute_profile", [GOOD, CORPUS_TOKEN, "corpus"])[1]["profile_id"]
+    me = call_raw(url, "study_consent", ["corpus-study", True, "CORPUS-P", "", ""])[1]
+    ids = ["corpus-study", "CORPUS-P", me["participant_token"]]
+    call_raw(url, "study_history", [*ids, GOOD, ""])
+    trial = call_raw(url, "study_next", [*ids, ""])[1]["trial"]["trial_id"]
+    leaver = call_raw(url, "study_consent", ["corpus-study", True, "CORPUS-LEAVER", "", ""])[1]
+    upload = _upload_to_app(url, "history.txt", GOOD.encode())
+    valid = {
+        "compute_profile": [GOOD, CORPUS_TOKEN, "name"],
+        "compute_profile_from_files": [[upload], CORPUS_TOKEN, "name", "text", ""],
+        "tune_profile": [CORPUS_TOKEN, profile],
+        "generate": [CORPUS_TOKEN, profile, "Write a tweet.", 2, 0.0, 1.0, 0, False],
+        "list_profiles": [CORPUS_TOKEN],
+        "delete_my_data": [CORPUS_TOKEN + "-other"],
+        "study_info": ["corpus-study"],
+        "study_consent": ["corpus-study", True, "", "", ""],
+        "study_status": ids,
+        "study_history": [*ids, GOOD, ""],
+        "study_next": [*ids, ""],
+        "study_vote": [*ids, trial, "A", ""],
+        "study_withdraw": ["corpus-study", "CORPUS-LEAVER", leaver["participant_token"]],
+    }
+    cases = []
+    for endpoint, args in valid.items():
+        for position in range(len(args)):
+            for kind, value in _odd_values():
+                if endpoint == "tune_profile" and kind != "types":
+                    continue  # a valid-looking profile id or token would start a (slow) fit
+                odd = list(args)
+                odd[position] = value
+                cases.append((f"{endpoint}[{position}] {kind}: {str(value)[:40]!r}", endpoint, odd))
+    return cases, [me["participant_token"], leaver["participant_token"]]
+
+
+@pytest.mark.slow
+def test_the_corpus_through_the_running_app_gets_clear_answers_and_no_traceback(corpus_app, tmp_path, capfd):
+    from apphelp import call_raw
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = corpus_app.local_url
+    api_cases, tokens = _api_cases(url)
+
+    def api_case(case) -> str:
+        case_id, endpoint, args = case
+        problem = _answered(*call_raw(url, endpoint, args))
+        return f"{case_id}: {problem}" if problem else ""
+
+    # Every malformed file of the parser corpus, uploaded through the API: refused with the parser's message.
+    files = [(case_id, suffix, content) for case_id, suffix, content in CORPUS if suffix != "paste"]
+
+    def file_case(case) -> str:
+        case_id, suffix, content = case
+        data = content if isinstance(content, bytes) else content.encode("utf-8")
+        event, message = call_raw(url, "compute_profile_from_files",
+                                  [[_upload_to_app(url, f"upload{suffix}", data)], CORPUS_TOKEN, "f", "text", ""])
+        return f"file {case_id}: {event} {str(message)[:200]}" if event != "error" or _answered(event, message) else ""
+
+    with ThreadPoolExecutor(8) as pool:  # several callers at once, as in real use
+        problems = [p for p in [*pool.map(api_case, api_cases), *pool.map(file_case, files)] if p]
+
+    # Study-link parameters: the page's load handler shows each as text.
+    from types import SimpleNamespace
+
+    on_load = handler(corpus_app, "on_load")
+    for name, value in [(n, v) for v in URL_VALUES for n in ("PROLIFIC_PID", "study", "STUDY_ID")]:
+        query = {"study": "corpus-study", name: value}
+        shown = [v for v in on_load({}, SimpleNamespace(query_params=query)).values() if isinstance(v, str)]
+        if any(re.search(r"(?<!\\)(\]\(|<|\$\$|~~)", text) for text in shown):  # markup left unescaped
+            problems.append(f"url {name}={value[:40]!r}: shown as markup")
+
+    log = "".join(capfd.readouterr())
+    total = len(CORPUS) + len(api_cases) + len(files) + len(URL_VALUES) * 3
+    print(f"malformed-input corpus: {total} cases ({len(CORPUS)} parser, {len(api_cases)} API arguments, "
+          f"{len(files)} uploads through the API, {len(URL_VALUES) * 3} link parameters)")
+    assert problems == [], "\n".join(problems[:40])
+    assert "Traceback" not in log, log[log.index("Traceback"):][:3000]
+    assert not [t for t in (CORPUS_TOKEN, *tokens) if t in log]
