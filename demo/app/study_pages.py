@@ -454,7 +454,7 @@ def _admin_layout(service: StudyService) -> SimpleNamespace:
             a.withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop")
             a.withdraw_md = gr.Markdown()
         with gr.Tab("Define a study"):
-            gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and the README) or upload "
+            gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and docs/studies.md) or upload "
                         "a file. Saving a changed definition makes a new version; trials keep the version they "
                         "ran under.")
             a.definition = gr.Code(EXAMPLE_DEFINITION, language="yaml", label="Definition")
