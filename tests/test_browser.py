@@ -102,10 +102,10 @@ def _page(browser):
         context.close()
 
 
-def _wait_or_report(page, locator) -> None:
+def _wait_or_report(page, locator, timeout_ms: float | None = None) -> None:
     """Wait for ``locator``; on a timeout, fail with the messages the page shows (error toasts)."""
     try:
-        locator.wait_for()
+        locator.wait_for(timeout=timeout_ms)
     except playwright_api.TimeoutError:
         shown = page.evaluate("""() => ({
             toasts: [...document.querySelectorAll('.toast-body')].map(e => e.innerText),
@@ -182,6 +182,52 @@ def test_profiles_stay_with_their_browser(browser, app):
         assert other_page.get_by_role("option", name="kept-in-this-browser", exact=False).count() == 0
         tokens = [p.evaluate("() => JSON.stringify(Object.entries(localStorage))") for p in (page, other_page)]
         assert tokens[0] != tokens[1]
+
+
+# Six tweet-like posts, each with three content words: six examples to fit on (two held back).
+TUNE_HISTORY = "\n\n".join([
+    "Rainy mornings call for strong coffee and a long novel by the window.",
+    "Tried the new espresso blend today, chocolate notes everywhere.",
+    "Quiet bakery counter, warm croissants and a cappuccino at dawn.",
+    "Coffee tasting notes from yesterday: cherry, cocoa and smoke.",
+    "Weekend plans: hunting single origin beans across three neighborhoods.",
+    "Best coffee in town is still the corner bakery, trust me.",
+])
+
+
+def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, app):
+    expect = playwright_api.expect
+    with _page(browser) as (page, dialogs):
+        page.goto(app)
+        page.get_by_label("Your writing history").fill(TUNE_HISTORY)
+        page.get_by_label("Profile name").fill("coffee <b>notes</b>")
+        page.get_by_role("button", name="Compute my PPlug embedding").click()
+        _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))
+        use_tuned = page.get_by_label("Use my tuned token")
+        expect(use_tuned).not_to_be_checked()
+        expect(use_tuned).to_be_disabled()  # no token yet
+        page.get_by_role("button", name="Tune to me").click()
+        _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
+        shown = page.locator("#tune").inner_text()
+        assert "held-back texts" in shown and ("likelier per token" in shown or "stays at zero" in shown), shown
+        expect(use_tuned).to_be_checked()
+        expect(use_tuned).to_be_enabled()
+        page.get_by_label("Request").fill("Write a tweet about my morning.")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        _wait_or_report(page, page.get_by_text("Generated in"))
+        expect(page.get_by_label("Personalized (PPlug + your tuned token)")).not_to_have_value("")
+        expect(page.locator("#message")).to_be_hidden()
+        # Another profile has no token: the box goes off; picking the tuned one again ticks it.
+        page.get_by_label("Profile name").fill("second")
+        page.get_by_role("button", name="Compute my PPlug embedding").click()
+        expect(use_tuned).not_to_be_checked()
+        expect(use_tuned).to_be_disabled()
+        assert "Tuned" not in page.locator("#tune").inner_text()
+        page.get_by_label("Your profiles").click()
+        page.get_by_role("option", name="coffee <b>notes</b>", exact=False).click()
+        expect(use_tuned).to_be_checked()
+        expect(page.locator("#tune").get_by_text("Tuned earlier")).to_be_visible()
+        _assert_inert(page, dialogs)
 
 
 BROWSER_STUDY = {

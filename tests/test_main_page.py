@@ -86,10 +86,10 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     while fn is not None:
         chain.append(fn.fn.__name__)
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
-    assert chain == ["use_persona", "on_compute", "generate_example", "on_know_me"]
+    assert chain == ["use_persona", "on_compute", "tune_state", "generate_example", "on_know_me"]
     _, _, _, profile_id, _ = handler(page, "on_compute")(owner, history, None, "text", None, name)
     *_, last = handler(page, "generate_example")(owner, profile_id, request, False, 6, "Greedy", 0.7, 0.95, 0)
-    assert last[1] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
+    assert last[1]["value"] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
     assert list(handler(page, "generate_example")(owner, None, request, False, 6, "Greedy", 0.7, 0.95, 0)) == []
     panel, sentence, plot = handler(page, "on_know_me")(owner, profile_id)
     assert panel["visible"] and "held back" in sentence and plot.visible
@@ -113,6 +113,36 @@ def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_s
     fdr = studio.compute_profile(owner, "fdr", personas.persona_items("fdr")).profile_id
     assert list(studio.generate(owner, fdr, "Hi", GenerationParams(max_new_tokens=2),
                                 ("pplug", "pplug-other")))[-1].other == "Food Blogger"  # never the visitor's own
+
+
+def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_token(page, studio, owner):
+    tune, state = handler(page, "on_tune"), handler(page, "tune_state")
+    off = {"value": False, "interactive": False}
+    short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
+    message, status, use_tuned = tune(owner, short)  # too few texts that make an example
+    assert message["visible"] and "Tuning needs at least 4 items" in message["value"]
+    assert "Traceback" not in message["value"] and status == "" and {k: use_tuned[k] for k in off} == off
+    button, status, use_tuned = state(owner, short)
+    assert button["interactive"] is True and status == "" and {k: use_tuned[k] for k in off} == off
+    assert "No such profile" in tune(owner, "deleted-or-never-made")[0]["value"]
+    assert "Compute your PPlug embedding first" in tune(owner, None)[0]["value"]
+    assert state(owner, None)[0]["interactive"] is False
+    # Generating with the box ticked but no token says so in the message area.
+    out = list(handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, True))
+    assert len(out) == 1 and "Tune to me" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 7
+    # A stored token (as tune_profile stores one) ticks the box for its owner only, and says how it was fitted.
+    meta = {"steps": 2, "held_nll_before": 3.0, "held_nll_after": 2.9, "gain": 0.105, "n_fit": 4, "n_held": 2,
+            "seconds": 31.5}
+    studio.store.put_personal_token(short, studio.plug_id, [0.0] * studio.plug.config.d_llm, meta)
+    button, status, use_tuned = state(owner, short)
+    assert use_tuned["value"] is True and use_tuned["interactive"] is True
+    assert status.startswith("Tuned earlier (in 31.5 s)") and "10.5% likelier" in status and "step 2" in status
+    assert state("someone-else-entirely-0123456789", short)[2]["value"] is False
+    *_, last = handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, True)
+    assert last[1]["label"] == ui.TUNED_LABEL and last[1]["value"] and "Generated in" in last[4]
+    *_, plain = handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, False)
+    assert plain[1]["label"] == ui.PERSONALIZED_LABEL
+    assert plain[1]["value"] == last[1]["value"]  # a zero shift: the same answer
 
 
 def test_charts_start_at_zero_with_one_scale_rule_and_keep_the_whole_text():

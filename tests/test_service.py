@@ -174,6 +174,18 @@ def test_tune_to_me_stores_a_token_that_the_personalized_row_uses(studio, owner)
     assert studio.store.personal_token(profile, studio.plug_id) is None
 
 
+@pytest.mark.slow  # one backward pass through the real LLM
+def test_a_profile_deleted_while_it_is_tuned_keeps_nothing_and_says_so(studio, owner):
+    from demo.core.tuning import FitSettings
+
+    profile = studio.compute_profile(owner, "coffee", TUNE_HISTORY).profile_id
+    assert studio.tune_result(owner, profile) is None
+    with pytest.raises(ServiceError, match="was deleted"):
+        studio.tune_profile(owner, profile, lambda done, total: studio.delete_my_data(owner),
+                            FitSettings(steps=1, fit_examples=2, held_back=2))
+    assert studio.store.personal_token(profile, studio.plug_id) is None and studio.tune_result(owner, profile) is None
+
+
 def test_tune_to_me_refuses_a_history_too_short_to_learn_from(studio, owner):
     profile = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
     with pytest.raises(ServiceError, match="at least 4 items"):

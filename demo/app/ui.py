@@ -20,7 +20,7 @@ from ..core import personas
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import REPO_ROOT
-from ..core.studio import ServiceError, Studio
+from ..core.studio import ServiceError, Studio, TuneResult
 from ..core.text import markdown_text
 from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
@@ -45,6 +45,11 @@ never changed.**
 3. **Ask**: the same model answers with your embedding and without it, side by side.
 """
 CONTROL_LABEL = "Same plug, someone else's writing"
+PERSONALIZED_LABEL = "Personalized (PPlug, your writing)"
+TUNED_LABEL = "Personalized (PPlug + your tuned token)"
+TUNE_NOTE = ("<small>Optional: optimises one extra token for you alone, on your own writing (seconds on a GPU, "
+             "about a minute on a CPU). Your embedding above needed no such fitting: PPlug's one learned map "
+             "reads anyone's writing at once.</small>")
 CSS = """
 #message { position: sticky; top: 0; z-index: 20; }
 #message .prose { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft); }
@@ -128,6 +133,39 @@ def select_profile(profile_id):
     return profile_id, gr.update(interactive=bool(profile_id))
 
 
+def _tune_text(result: TuneResult, now: bool = False) -> str:
+    """One line on how a "tune to me" fit went (numbers only)."""
+    when = f"✅ Tuned in {result.seconds:.1f} s" if now else f"Tuned earlier (in {result.seconds:.1f} s)"
+    if result.steps == 0:
+        return (f"{when}: no step made your {result.n_held} held-back texts likelier, so your token stays at "
+                "zero and answers with it are the same as without.")
+    return (f"{when}: your {result.n_held} held-back texts became {result.gain:.1%} likelier per token "
+            f"(kept step {result.steps}, fitted on {result.n_fit} of your texts).")
+
+
+def tune_state(studio: Studio, owner, profile_id):
+    """The selected profile's "Tune to me" -> (Tune button, how its token was fitted, "Use my tuned token")."""
+    try:
+        result = studio.tune_result(owner, profile_id) if owner and profile_id else None
+    except ServiceError:  # no valid owner yet: nothing to show
+        result = None
+    return (gr.update(interactive=bool(owner and profile_id)), _tune_text(result) if result else "",
+            gr.update(value=result is not None, interactive=result is not None))
+
+
+def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
+    """Fit the selected profile's personal token -> (message, how the fit went, "Use my tuned token")."""
+    if not owner or not profile_id:
+        return _warn("Compute your PPlug embedding first (step 2)."), gr.skip(), gr.skip()
+    progress(0, desc="Tuning your token")
+    try:
+        result = studio.tune_profile(owner, profile_id, progress=lambda done, total: progress(
+            (done, total), desc="Tuning your token", unit="steps"))
+    except ServiceError as err:  # too few usable texts, a profile deleted meanwhile, ...
+        return _warn(err), *tune_state(studio, owner, profile_id)[1:]
+    return _message(), _tune_text(result, now=True), gr.update(value=True, interactive=True)
+
+
 def on_know_me(studio: Studio, owner, profile_id):
     """-> (the "does it know me?" panel, its sentence, its plot)."""
     if not owner or not profile_id:
@@ -143,8 +181,10 @@ def on_know_me(studio: Studio, owner, profile_id):
 
 
 def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature, top_p,
-                seed):
-    """Streams (message, personalized, generic, control column, notes, "why" group, weights plot, weights table)."""
+                seed, tuned=False):
+    """Streams (message, personalized, generic, control column, notes, "why" group, weights plot, weights table).
+
+    ``tuned``: the personalized column adds the profile's "tune to me" token."""
     if not profile_id:
         yield _warn("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 7
         return
@@ -153,7 +193,9 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             max_new_tokens=int(max_new_tokens), temperature=float(temperature) if decoding == "Sample" else 0.0,
             top_p=float(top_p), seed=int(seed or 0))
         conditions = ("pplug", "generic", "pplug-other") if control else ("pplug", "generic")
-        for result in studio.generate(owner, profile_id, request or EXAMPLE_REQUESTS[0], params, conditions):
+        label = TUNED_LABEL if tuned else PERSONALIZED_LABEL
+        for result in studio.generate(owner, profile_id, request or EXAMPLE_REQUESTS[0], params, conditions,
+                                      tuned=bool(tuned)):
             notes = " ".join(result.notes)
             if result.done:
                 notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
@@ -161,18 +203,18 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
-            yield (_message(), result.personalized, result.generic, other, notes, gr.update(visible=True),
+            yield (_message(), gr.update(value=result.personalized, label=label), result.generic, other, notes, gr.update(visible=True),
                    charts.weights_plot(frame), frame)
     except (ServiceError, TypeError, ValueError, OverflowError) as err:
         yield _warn(err), *[gr.skip()] * 7
 
 
 def generate_example(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
-                     top_p, seed):
+                     top_p, seed, tuned=False):
     """``on_generate`` after a persona's one click: nothing when its profile could not be computed."""
     if profile_id:
         yield from on_generate(studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
-                               top_p, seed)
+                               top_p, seed, tuned)
 
 
 def show_control(on: bool):
@@ -250,7 +292,7 @@ def _embedding_column() -> SimpleNamespace:
         compute_btn = gr.Button("Compute my PPlug embedding", variant="primary", interactive=False)
         status = gr.Markdown()
         profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
-        # "Tune to me" (a personal token fitted on demand) goes here, beside the profile.
+        tune = _tune_block()
         with gr.Column(visible=False, elem_id="know-me") as know_me:
             gr.Markdown("#### Does it know me?")
             know_me_md = gr.Markdown()
@@ -258,7 +300,18 @@ def _embedding_column() -> SimpleNamespace:
                                       title="Your held-back writing, per-word likelihood (no plug = 100)",
                                       x_title=" ", y_title="likelihood")
     return SimpleNamespace(name=name, compute_btn=compute_btn, status=status, profiles=profiles, know_me=know_me,
-                           know_me_md=know_me_md, know_me_plot=know_me_plot)
+                           know_me_md=know_me_md, know_me_plot=know_me_plot, **vars(tune))
+
+
+def _tune_block() -> SimpleNamespace:
+    """"Tune to me", beside the selected profile: an optional fit of one token on the visitor's writing."""
+    with gr.Column(elem_id="tune"):
+        tune_btn = gr.Button("Tune to me", interactive=False, size="md")
+        gr.Markdown(TUNE_NOTE)
+        tune_status = gr.Markdown()
+        use_tuned = gr.Checkbox(label="Use my tuned token", value=False, interactive=False,
+                                info="In the personalized answer; on once this profile has one.")
+    return SimpleNamespace(tune_btn=tune_btn, tune_status=tune_status, use_tuned=use_tuned)
 
 
 def _ask_section(studio: Studio) -> SimpleNamespace:
@@ -281,7 +334,7 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
                     f"on tokens already written, no repeated {policy.no_repeat_ngram_size}-token sequence.")
     generate_btn = gr.Button("Generate", variant="primary", interactive=False)
     with gr.Row(elem_id="answers"):
-        personalized = gr.Textbox(label="Personalized (PPlug, your writing)", lines=8, interactive=False)
+        personalized = gr.Textbox(label=PERSONALIZED_LABEL, lines=8, interactive=False)
         generic = gr.Textbox(label="Generic (same model, no plug)", lines=8, interactive=False)
         other = gr.Textbox(label=CONTROL_LABEL, lines=8, interactive=False, visible=False)
     notes = gr.Markdown()
@@ -354,20 +407,24 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
                   [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
     know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
-    gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings]
+    tuned = bind(tune_state, studio)  # the selected profile's "Tune to me": after every change of profile
+    tune_io = ([ui.owner, ui.profile_id], [ui.tune_btn, ui.tune_status, ui.use_tuned])
+    gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.weights_plot, ui.weights_table]
 
     demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
         chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        know_me, *know_me_io, show_progress="hidden", **profile_work)
+        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
     for trigger in (ui.history.change, ui.files.change, ui.column.submit, ui.lamp_user.change):
         trigger(bind(show_preview, studio), [ui.history, ui.files, ui.column, ui.lamp_user],
                 [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
     ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
-        know_me, *know_me_io, **profile_work)
+        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
     ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        know_me, *know_me_io, **profile_work)
+        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
+    ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
+                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status, **profile_work)
     generate = bind(on_generate, studio, gpu_seconds=60)
     for trigger in (ui.generate_btn.click, ui.request.submit):
         trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic], **answers)
@@ -375,11 +432,12 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         button.click(use_persona, [button, ui.request],
                      [ui.history, ui.files, ui.name, ui.request, ui.profile_id], **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
-            bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
+            tuned, *tune_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     ui.delete_btn.click(bind(on_delete, studio), ui.owner,
-                        [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me], **PRIVATE)
+                        [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me],
+                        **PRIVATE).then(tuned, *tune_io, **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:

@@ -343,6 +343,15 @@ class Studio:
             self.store.put_personal_token(profile_id, self.plug_id, token.shift.float().cpu().numpy(), meta)
         return TuneResult(profile_id=profile_id, **meta)
 
+    def tune_result(self, owner: str, profile_id: str) -> TuneResult | None:
+        """How the profile's stored "tune to me" token for this plug was fitted, or None when it has
+        none (read-only; what the page shows beside the profile)."""
+        self._check_owner(owner)
+        if not profile_id or self.store.get_profile(profile_id, owner) is None:
+            return None
+        stored = self.store.personal_token(profile_id, self.plug_id)
+        return None if stored is None else TuneResult(profile_id=profile_id, **stored[1])
+
     def _personal_token(self, profile_id: str) -> torch.Tensor:
         stored = self.store.personal_token(profile_id, self.plug_id)
         if stored is None:
