@@ -118,7 +118,7 @@ def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_s
 def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_token(page, studio, owner):
     tune, state = handler(page, "on_tune"), handler(page, "tune_state")
     off = {"value": False, "interactive": False}
-    short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
+    short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
     message, status, use_tuned = tune(owner, short)  # too few texts that make an example
     assert message["visible"] and "Tuning needs at least 4 items" in message["value"]
     assert "Traceback" not in message["value"] and status == "" and {k: use_tuned[k] for k in off} == off

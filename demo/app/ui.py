@@ -47,8 +47,8 @@ never changed.**
 CONTROL_LABEL = "Same plug, someone else's writing"
 PERSONALIZED_LABEL = "Personalized (PPlug, your writing)"
 TUNED_LABEL = "Personalized (PPlug + your tuned token)"
-TUNE_NOTE = ("<small>Optional: optimises one extra token for you alone, on your own writing (seconds on a GPU, "
-             "about a minute on a CPU). Your embedding above needed no such fitting: PPlug's one learned map "
+TUNE_NOTE = ("<small>Optional: optimises one extra token for you alone, on your own writing (a few seconds on a "
+             "GPU, up to a minute on a CPU). Your embedding above needed no such fitting: PPlug's one learned map "
              "reads anyone's writing at once.</small>")
 CSS = """
 #message { position: sticky; top: 0; z-index: 20; }
@@ -203,8 +203,8 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
-            yield (_message(), gr.update(value=result.personalized, label=label), result.generic, other, notes, gr.update(visible=True),
-                   charts.weights_plot(frame), frame)
+            yield (_message(), gr.update(value=result.personalized, label=label), result.generic, other, notes,
+                   gr.update(visible=True), charts.weights_plot(frame), frame)
     except (ServiceError, TypeError, ValueError, OverflowError) as err:
         yield _warn(err), *[gr.skip()] * 7
 
@@ -310,7 +310,7 @@ def _tune_block() -> SimpleNamespace:
         gr.Markdown(TUNE_NOTE)
         tune_status = gr.Markdown()
         use_tuned = gr.Checkbox(label="Use my tuned token", value=False, interactive=False,
-                                info="In the personalized answer; on once this profile has one.")
+                                info="Adds it to the personalized answer (step 3); on once this profile is tuned.")
     return SimpleNamespace(tune_btn=tune_btn, tune_status=tune_status, use_tuned=use_tuned)
 
 
@@ -424,7 +424,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
         tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
     ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
-                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status, **profile_work)
+                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=[ui.tune_status, ui.use_tuned],
+                      **profile_work)
     generate = bind(on_generate, studio, gpu_seconds=60)
     for trigger in (ui.generate_btn.click, ui.request.submit):
         trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic], **answers)
