@@ -204,29 +204,30 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         page.get_by_role("button", name="Compute my PPlug embedding").click()
         _wait_or_report(page, page.get_by_text("Your PPlug embedding is ready"))
         use_tuned = page.get_by_label("Use my tuned token")
-        expect(use_tuned).not_to_be_checked()
-        expect(use_tuned).to_be_disabled()  # no token yet
+        expect(use_tuned).not_to_be_checked(timeout=TIMEOUT_MS)
+        expect(use_tuned).to_be_disabled(timeout=TIMEOUT_MS)  # no token yet
         page.get_by_role("button", name="Tune to me").click()
         _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
         shown = page.locator("#tune").inner_text()
         assert "held-back texts" in shown and ("likelier per token" in shown or "stays at zero" in shown), shown
-        expect(use_tuned).to_be_checked()
-        expect(use_tuned).to_be_enabled()
+        expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)
+        expect(use_tuned).to_be_enabled(timeout=TIMEOUT_MS)
         page.get_by_label("Request").fill("Write a tweet about my morning.")
         page.get_by_role("button", name="Generate", exact=True).click()
         _wait_or_report(page, page.get_by_text("Generated in"))
-        expect(page.get_by_label("Personalized (PPlug + your tuned token)")).not_to_have_value("")
-        expect(page.locator("#message")).to_be_hidden()
+        expect(page.get_by_label("Personalized (PPlug + your tuned token)")).not_to_have_value("", timeout=TIMEOUT_MS)
+        expect(page.locator("#message")).to_be_hidden(timeout=TIMEOUT_MS)
         # Another profile has no token: the box goes off; picking the tuned one again ticks it.
         page.get_by_label("Profile name").fill("second")
         page.get_by_role("button", name="Compute my PPlug embedding").click()
-        expect(use_tuned).not_to_be_checked()
-        expect(use_tuned).to_be_disabled()
+        _wait_or_report(page, page.get_by_text("second: 6 items"))
+        expect(use_tuned).not_to_be_checked(timeout=TIMEOUT_MS)
+        expect(use_tuned).to_be_disabled(timeout=TIMEOUT_MS)
         assert "Tuned" not in page.locator("#tune").inner_text()
         page.get_by_label("Your profiles").click()
         page.get_by_role("option", name="coffee <b>notes</b>", exact=False).click()
-        expect(use_tuned).to_be_checked()
-        expect(page.locator("#tune").get_by_text("Tuned earlier")).to_be_visible()
+        expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)
+        expect(page.locator("#tune").get_by_text("Tuned earlier")).to_be_visible(timeout=TIMEOUT_MS)
         _assert_inert(page, dialogs)
 
 
