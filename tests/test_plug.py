@@ -133,3 +133,27 @@ def test_a_plug_with_its_own_input_encoder_saves_and_reloads_it(tmp_path, studio
     assert back.config.input_encoder and back.plug_id == plug.plug_id != plain.plug_id
     with torch.no_grad():
         assert torch.allclose(back.encode_inputs(["Write about bread.", "A tweet on bikes."]), x, atol=1e-5)
+
+
+def test_the_shift_head_moves_p_by_a_map_of_the_mean_history_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain, headed = make_plug(seed=2), make_plug(seed=2, shift_head=True)
+    headed.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        headed.history_mean.copy_(torch.randn(D_ENC))
+        headed.history_std.uniform_(0.5, 2.0)
+    items, x = unit(3, 5, D_ENC), unit(3, D_ENC)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False  # padding leaves the mean of the real items
+    base, w = plain.soft_tokens(x, items, mask)
+    soft, w2 = headed.soft_tokens(x, items, mask)
+    mean = torch.stack([items[0, :3].mean(0), items[1].mean(0), items[2].mean(0)])
+    expected = headed.shift_head((mean - headed.history_mean) / headed.history_std)
+    assert torch.equal(w, w2) and torch.equal(soft[:, 0], base[:, 0])  # the instruction token stays
+    assert torch.allclose(soft[:, 1], base[:, 1] + expected, atol=1e-6)
+    assert torch.allclose(headed.history_shift(items[:1, :3]), expected[:1], atol=1e-6)
+    headed.save(tmp_path / "head")
+    back = PPlug.load(tmp_path / "head")
+    assert back.config.shift_head and back.plug_id == headed.plug_id != plain.plug_id
+    assert torch.equal(back.soft_tokens(x, items, mask)[0], soft)
+    assert "shift_head.weight" not in plain.state_dict()  # plugs without a head keep their weights and ids

@@ -194,6 +194,10 @@ def test_a_tune_to_me_shift_makes_held_back_items_likelier(tiny):
     assert nothing.steps == 0 and nothing.shift.norm() == 0  # no step helped: no shift is kept
     with pytest.raises(ValueError, match="at least"):
         fit_shift(tiny, soft_fn, examples[:3], FitSettings(held_back=2))
+    seen = []
+    last = fit_shift(tiny, soft_fn, examples, FitSettings(steps=3, lr=0.1, fit_examples=4, held_back=0),
+                     lambda done, total: seen.append(done))
+    assert last.steps == 3 and seen == [1, 2, 3] and last.n_held == 0 and last.shift.norm() > 0  # the last step
 
 
 def test_other_histories_rotate_within_the_batch():

@@ -8,6 +8,9 @@ Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and cu
           (optionally Proj((h_i - mean) / std), the statistics of the training items' embeddings)
     I   = Proj_I(e)                                      learned instruction embedding, own projector
     soft tokens = [I; P], each rescaled to the norm of the LLM's own token embeddings
+    P  += S((mean_i h_i - m) / s)                        optional shift head, a linear map of the
+                                                         standardized mean history embedding
+                                                         (``demo.research.distill``)
 
 x comes from the frozen encoder, or (as in the paper, optional) from the plug's own fine-tuned copy
 of it, the *input encoder*, kept in ``input_encoder/`` beside the weights.
@@ -55,6 +58,9 @@ class PlugConfig:
     # common part, which left P nearly the same vector for every user (mean pairwise cosine .96).
     standardize: bool = False
     input_encoder: bool = False  # the plug embeds the request with its own encoder (INPUT_ENCODER_DIR)
+    # A linear head from the mean history embedding to a shift of P, distilled from per-user fitted
+    # shifts: the part of a person the input-aware mean of Proj(h_i) did not carry.
+    shift_head: bool = False
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -84,6 +90,10 @@ class PPlug(nn.Module):
         if config.standardize:  # set by set_item_statistics, saved with the weights
             self.register_buffer("item_mean", torch.zeros(config.d_enc))
             self.register_buffer("item_std", torch.ones(config.d_enc))
+        if config.shift_head:
+            self.shift_head = nn.Linear(config.d_enc, config.d_llm)
+            self.register_buffer("history_mean", torch.zeros(config.d_enc))  # over users' mean embeddings
+            self.register_buffer("history_std", torch.ones(config.d_enc))
 
     @property
     def input_encoder(self):
@@ -137,6 +147,15 @@ class PPlug(nn.Module):
         """Put vectors [..., d_llm] at the norm of the LLM's token embeddings (times the gate)."""
         return F.normalize(v, dim=-1) * (self.config.token_norm * self.log_gate.exp())
 
+    def history_shift(self, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The shift head's shift of P: items [B, n, d_enc], mask [B, n] -> [B, d_llm]."""
+        if mask is None:
+            mean = items.mean(1)
+        else:
+            m = mask[..., None].to(items.dtype)
+            mean = (items * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.shift_head((mean - self.history_mean) / self.history_std)
+
     def soft_tokens(
         self,
         x: torch.Tensor,
@@ -155,6 +174,9 @@ class PPlug(nn.Module):
         personal = torch.einsum("bn,bnd->bd", w, projected.to(w.dtype))
         instruction = self.instruction_embedding().expand(x.shape[0], -1)
         soft = self.rescale(torch.stack([instruction, personal], dim=1))
+        if self.config.shift_head:
+            shift = self.history_shift(items, mask).to(soft.dtype)
+            soft = torch.stack([soft[:, 0], soft[:, 1] + shift], dim=1)
         return soft, w
 
     # --- identity, save and load ------------------------------------------------------------

@@ -33,7 +33,7 @@ class FitSettings:
     steps: int = 8  # Adam steps at most
     lr: float = 0.03
     fit_examples: int = 6  # self-supervised examples the shift is fitted on
-    held_back: int = 2  # examples kept apart for early stopping
+    held_back: int = 2  # examples kept apart for early stopping (0: none, the last step is kept)
     patience: int = 3  # stop after this many steps without a better held-back NLL
     # Short rows: the fit's cost is the LLM's forward and backward over every row's tokens.
     max_prompt_tokens: int = 96
@@ -91,21 +91,24 @@ def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample]
     delta = torch.zeros(soft.shape[-1], device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
     with torch.no_grad():
-        before = float(nll(slice(0, nh), delta).mean())
+        before = float(nll(slice(0, nh), delta).mean()) if nh else float("nan")
     best, best_step, best_delta, since = before, 0, delta.detach().clone(), 0
     for step in range(1, settings.steps + 1):
         loss = nll(slice(nh, None), delta).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if progress:
+            progress(step, settings.steps)
+        if not nh:  # nothing held back: keep the last step
+            best_step, best_delta = step, delta.detach().clone()
+            continue
         with torch.no_grad():
             held_nll = float(nll(slice(0, nh), delta).mean())
         if held_nll < best:
             best, best_step, best_delta, since = held_nll, step, delta.detach().clone(), 0
         else:
             since += 1
-        if progress:
-            progress(step, settings.steps)
         if since >= settings.patience:
             break
     return TunedToken(best_delta, best_step, before, best, len(fit), nh, time.perf_counter() - t0)

@@ -35,14 +35,13 @@ import torch
 from ..core.history import lamp_item_text
 from ..core.plug import PPlug, cosine_spread, weight_entropy
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
-from ..core.selfsup import examples_from_history
 from ..core.settings import REPO_ROOT, Settings
 from ..core.text import markdown_table
-from ..core.tuning import FitSettings, TunedToken, add_shift, fit_shift
-from .lamp import DEFAULT_DATA, SELFSUP_RULE, SHARED_TASKS, LampSplit, postprocess, read_task
+from ..core.tuning import FitSettings, add_shift
+from .lamp import DEFAULT_DATA, SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .retrieval import lamp_rag_request
-from .runtime import FrozenModels, SoftTokenModule, build_examples, generate, soft_tokens
+from .runtime import FrozenModels, SoftTokenModule, build_examples, fit_user_shift, generate, soft_tokens
 from .training_free import training_free_plug
 
 log = logging.getLogger("demo.research.evaluate")
@@ -264,31 +263,11 @@ class Evaluation(FrozenModels):
         if key in self.tuned_tokens:
             return self.tuned_tokens[key]
         module = SoftTokenModule(plug)
-        kind = SELFSUP_RULE.get(split.task.like, "auto")
         tokens, t0 = {}, time.perf_counter()
         for q, e in zip(split.queries, examples):
-            if q.user_id in tokens:
-                continue
-            items = [it for it in q.items(self.history_cap()) if lamp_item_text(it).strip()]  # as in e.items
-            made = examples_from_history(items[::-1], kind)  # most recent first
-            requests = [m.request for m in made]
-            self.cache.ensure(requests)
-
-            def soft_fn(reqs, left_out, e=e):
-                x = torch.from_numpy(self.cache.matrix(reqs)).to(self.generator.device)  # [B, d_enc]
-                items_b = e.items[None].expand(len(reqs), -1, -1).to(self.generator.device)
-                mask = torch.ones(items_b.shape[:2], dtype=torch.bool, device=self.generator.device)
-                for b, i in enumerate(left_out):
-                    mask[b, i] = False
-                return module(x, items_b, mask, reqs)[0]
-
-            # examples index items in most-recent-first order; the history tensor is oldest first
-            made = [type(m)(m.request, m.target, len(items) - 1 - m.index) for m in made]
-            try:
-                tokens[q.user_id] = fit_shift(self.generator, soft_fn, made,
-                                              FitSettings(steps=self.args.tune_steps))
-            except ValueError:  # too few items that make an example: no shift
-                tokens[q.user_id] = TunedToken(torch.zeros(plug.config.d_llm), 0, 0.0, 0.0, 0, 0, 0.0)
+            if q.user_id not in tokens:
+                tokens[q.user_id] = fit_user_shift(self.generator, module, self.cache, e, self.history_cap(),
+                                                   FitSettings(steps=self.args.tune_steps))
         log.info("%s: tuned %d users in %.0f s", key, len(tokens), time.perf_counter() - t0)
         self.tuned_tokens[key] = tokens
         return tokens

@@ -17,12 +17,15 @@ from tqdm import tqdm
 
 from ..core.generation import GenerationParams, Generator, PromptIds
 from ..core.models import canonical_id, load_encoder, load_llm
+from ..core.history import lamp_item_text
 from ..core.plug import PPlug, weight_entropy
 from ..core.scoring import nll_per_row, teacher_forced_logits
 from ..core.settings import Settings
+from ..core.selfsup import examples_from_history
 from ..core.storage import Store
 from ..core.text import sha256_text
-from .lamp import LampSplit, Query, TaskSpec
+from ..core.tuning import FitSettings, TunedToken, fit_shift
+from .lamp import SELFSUP_RULE, LampSplit, Query, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,32 @@ def build_examples(splits: list[LampSplit], cache: EmbeddingCache, cap: int, pro
             out.append(Example(split.task, q, torch.from_numpy(cache.matrix([q.input])[0]),
                                torch.from_numpy(cache.matrix(hist)), hist))
     return out
+
+
+def fit_user_shift(generator: Generator, module: "SoftTokenModule", cache: EmbeddingCache, example: Example,
+                   cap: int, settings: FitSettings) -> TunedToken:
+    """The "tune to me" shift of one LaMP user, fitted on self-supervised examples from the history of
+    ``example`` (its ``cap`` most recent items, as in ``example.items``), each scored with the other items."""
+    q = example.query
+    items = [it for it in q.items(cap) if lamp_item_text(it).strip()]  # as in example.items, oldest first
+    made = examples_from_history(items[::-1], SELFSUP_RULE.get(example.task.like, "auto"))  # most recent first
+    # the examples index items most recent first; the history tensor is oldest first
+    made = [type(m)(m.request, m.target, len(items) - 1 - m.index) for m in made]
+    cache.ensure([m.request for m in made])
+    device = generator.device
+
+    def soft_fn(requests: list[str], left_out: list[int]) -> torch.Tensor:
+        x = torch.from_numpy(cache.matrix(requests)).to(device)  # [B, d_enc]
+        items_b = example.items[None].expand(len(requests), -1, -1).to(device)  # [B, n, d_enc]
+        mask = torch.ones(items_b.shape[:2], dtype=torch.bool, device=device)
+        for b, i in enumerate(left_out):
+            mask[b, i] = False
+        return module(x, items_b, mask, requests)[0]
+
+    try:
+        return fit_shift(generator, soft_fn, made, settings)
+    except ValueError:  # too few items that make an example: no shift
+        return TunedToken(torch.zeros(module.plug.config.d_llm), 0, 0.0, 0.0, 0, 0, 0.0)
 
 
 def stack_histories(histories: list[torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,38 @@
+"""Distilling fitted per-user shifts into the plug's shift head (``demo.research.distill map``)."""
+import pytest
+import torch
+
+from demo.core.plug import PPlug
+from demo.core.settings import REPO_ROOT
+from demo.research.distill import fit_map, parse_args
+
+
+def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
+    torch.manual_seed(0)
+    d_enc, d_llm, users = 384, 576, 800
+    truth = torch.randn(d_llm, 4) @ torch.randn(4, d_enc) * 0.05  # a few directions of the history matter
+    center = torch.nn.functional.normalize(torch.randn(d_enc), dim=0)
+    means = torch.nn.functional.normalize(center + 0.3 * torch.randn(users, d_enc), dim=-1)  # users' mean histories
+    shifts = (means - means.mean(0)) @ truth.T + 0.01 * torch.randn(users, d_llm)
+    rows = {f"u{i}": {"shift": shifts[i], "mean": means[i], "n_items": 8, "n_fit": 8} for i in range(users)}
+    out = tmp_path / "shifts"
+    out.mkdir()
+    torch.save(dict(list(rows.items())[:120]), out / "tweets.0of2.pt")
+    torch.save(dict(list(rows.items())[120:]), out / "blog_posts.1of2.pt")
+    report = fit_map(parse_args(["map", "--out", str(out), "--save", str(tmp_path / "plug"),
+                                 "--plug", str(REPO_ROOT / "assets" / "plug")]))
+    assert report["users"] == {"blog_posts": 680, "tweets": 120} and report["cv_r2"] > 0.5
+    plug = PPlug.load(tmp_path / "plug")
+    shipped = PPlug.load(REPO_ROOT / "assets" / "plug")
+    assert plug.config.shift_head and plug.config.made["distill"]["users"] == report["users"]
+    predicted = plug.history_shift(means[:20, None])  # a history of one item: its mean is itself
+    assert torch.nn.functional.cosine_similarity(predicted, shifts[:20]).mean() > 0.7
+    x, items = means[:3], means[:3, None].expand(3, 4, d_enc)
+    base, _ = shipped.soft_tokens(x, items)
+    soft, _ = plug.soft_tokens(x, items)
+    assert torch.equal(soft[:, 0], base[:, 0]) and torch.allclose(soft[:, 1] - base[:, 1], predicted[:3], atol=1e-5)
+
+
+def test_the_map_needs_fitted_users(tmp_path):
+    with pytest.raises(SystemExit, match="fit step first"):
+        fit_map(parse_args(["map", "--out", str(tmp_path)]))
