@@ -416,7 +416,7 @@ def evaluate(args) -> dict:
                "encoder": ev.encoder_id, "llm": ev.llm_id, "seconds": round(time.perf_counter() - t0, 1),
                "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
                "history_cap": ev.history_cap(), "tasks": tasks}
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     if args.record_in_plug and plug_id and plug_id.startswith("trained"):
         record_in_plug(results, args.plug)
     (out / "results.md").write_text(markdown(results) + "\n")
