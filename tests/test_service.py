@@ -190,3 +190,18 @@ def test_tune_to_me_refuses_a_history_too_short_to_learn_from(studio, owner):
     profile = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
     with pytest.raises(ServiceError, match="at least 4 items"):
         studio.tune_profile(owner, profile)
+
+
+@pytest.mark.slow  # four real 48-token pairs
+def test_the_four_example_personas_get_four_different_answers(studio, owner):
+    """The same request through the shipped plug with each persona's writing: no two answers alike."""
+    from demo.core import personas
+
+    answers = {}
+    for name in personas.persona_names():
+        profile = studio.compute_profile(owner, name, personas.persona_items(name)).profile_id
+        params = GenerationParams(max_new_tokens=48)
+        answers[name] = list(studio.generate(owner, profile, "Write a short blog post about my weekend.",
+                                             params))[-1].personalized
+    assert len(answers) == 4
+    assert len(set(answers.values())) == 4, answers

@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="Adam steps per user")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--examples", type=int, default=8, help="self-supervised examples per user")
-    p.add_argument("--gain", type=float, default=1.0, help="map: scale of the predicted shift")
+    p.add_argument("--gain", type=float, default=1.0,
+                   help="map: scale of the predicted shift's personal part (ridge shrinks it toward the mean)")
     p.add_argument("--save", default=None, help="map: folder of the plug with its shift head")
     p.add_argument("--cache", default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -121,7 +122,7 @@ def fit_map(args) -> dict:
             plug.history_mean.copy_(torch.from_numpy(mean))
             plug.history_std.copy_(torch.from_numpy(std))
             plug.shift_head.weight.copy_(torch.from_numpy(ridge.coef_ * args.gain))  # [d_llm, d_enc]
-            plug.shift_head.bias.copy_(torch.from_numpy(ridge.intercept_ * args.gain))
+            plug.shift_head.bias.copy_(torch.from_numpy(ridge.intercept_))  # the shift all users share
         plug.save(args.save)
         print(f"saved {plug.plug_id} to {args.save}", flush=True)
     return report

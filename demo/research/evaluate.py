@@ -383,7 +383,10 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     made["dev_results"] = {"split": results["split"], "limit": results["settings"].get("limit"), "tasks": dev}
     steps = f"{made.get('selected_step', '?')} of {made.get('steps', '?')} steps"
     tasks = "+".join(made.get("data", {})) or "LaMP-format"
-    made["summary"] = (f"trained on the {tasks} train splits ({steps}); dev ROUGE-L " + ", ".join(per)
+    head = made.get("distill")
+    head = (f", with a shift head distilled from {sum(head['users'].values())} train users' fitted shifts"
+            if head else "")
+    made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")
     path.write_text(json.dumps(config, indent=2) + "\n")
     return made["summary"]
