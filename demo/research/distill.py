@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("step", choices=["fit", "map"])
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--tasks", default="tweets,blog_posts")
-    p.add_argument("--plug", default=str(REPO_ROOT / "assets" / "plug"), help="the plug whose P is shifted")
+    p.add_argument("--plug", default=str(REPO_ROOT / "assets" / "plug"),
+                   help="the plug whose P is shifted (a shift head it has is left out and replaced)")
     p.add_argument("--out", default=str(REPO_ROOT / "runs" / "distill"), help="folder of the fitted shifts")
     p.add_argument("--shard", default="0/1", help="i/n: fit every n-th user from the i-th")
     p.add_argument("--users", type=int, default=None, help="at most this many users per task (and shard)")
@@ -54,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def base_plug(folder: str | Path) -> PPlug:
+    """The plug without its shift head, if it has one: the P that the shifts are fitted to and added to."""
+    plug = PPlug.load(folder)
+    if not plug.config.shift_head:
+        return plug
+    plug.config.shift_head = False
+    base = PPlug(plug.config)
+    base.load_state_dict(plug.state_dict(), strict=False)  # all but the head
+    return base
+
+
 def shard_path(out: Path, task: str, shard: str) -> Path:
     i, n = shard.split("/")
     return out / f"{task}.{i}of{n}.pt"
@@ -63,7 +75,9 @@ def fit(args) -> None:
     """Fit and save delta_u for the shard's train users of each task."""
     models = FrozenModels(Settings.from_env(), args.cache, args.encoder_max_tokens)
     models.model.requires_grad_(False)
-    plug = PPlug.load(args.plug, encoder_id=models.encoder_id, llm_id=models.llm_id).requires_grad_(False)
+    plug = base_plug(args.plug).requires_grad_(False)
+    if (plug.config.encoder_id, plug.config.llm_id) != (models.encoder_id, models.llm_id):
+        raise SystemExit(f"{args.plug} was made for other models than {models.encoder_id} and {models.llm_id}")
     module = SoftTokenModule(plug.to(models.generator.device)).eval()
     settings = FitSettings(steps=args.steps, lr=args.lr, fit_examples=args.examples, held_back=0)
     i, n = (int(v) for v in args.shard.split("/"))
@@ -111,7 +125,7 @@ def fit_map(args) -> dict:
               "predicted_norm": float(np.linalg.norm(predicted, axis=1).mean())}
     print(json.dumps(report), flush=True)
     if args.save:
-        source = PPlug.load(args.plug)
+        source = base_plug(args.plug)
         config = source.config
         config.shift_head = True
         config.made = {**config.made, "distill": {**report, "steps": args.steps, "lr": args.lr,
