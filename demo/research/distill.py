@@ -55,9 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def base_plug(folder: str | Path) -> PPlug:
-    """The plug without its shift head, if it has one: the P that the shifts are fitted to and added to."""
-    plug = PPlug.load(folder)
+def base_plug(folder: str | Path, **models: str) -> PPlug:
+    """The plug without its shift head, if it has one: the P that the shifts are fitted to and added to.
+    ``models`` (encoder_id, llm_id) are checked by ``PPlug.load``."""
+    plug = PPlug.load(folder, **models)
     if not plug.config.shift_head:
         return plug
     plug.config.shift_head = False
@@ -75,9 +76,7 @@ def fit(args) -> None:
     """Fit and save delta_u for the shard's train users of each task."""
     models = FrozenModels(Settings.from_env(), args.cache, args.encoder_max_tokens)
     models.model.requires_grad_(False)
-    plug = base_plug(args.plug).requires_grad_(False)
-    if (plug.config.encoder_id, plug.config.llm_id) != (models.encoder_id, models.llm_id):
-        raise SystemExit(f"{args.plug} was made for other models than {models.encoder_id} and {models.llm_id}")
+    plug = base_plug(args.plug, encoder_id=models.encoder_id, llm_id=models.llm_id).requires_grad_(False)
     module = SoftTokenModule(plug.to(models.generator.device)).eval()
     settings = FitSettings(steps=args.steps, lr=args.lr, fit_examples=args.examples, held_back=0)
     i, n = (int(v) for v in args.shard.split("/"))
