@@ -622,9 +622,10 @@ def corpus_app(studio):
     demo.close()
 
 
-def _api_cases(url: str) -> tuple[list[tuple[str, str, list]], list[str]]:
-    """(case id, endpoint, arguments): each named endpoint's valid arguments with one replaced by an odd value;
-    and the participant tokens they use."""
+def _api_cases(url: str) -> tuple[list[tuple[str, str, list, bool]], list[str]]:
+    """(case id, endpoint, arguments, over HTTP): each named endpoint's valid arguments with one replaced by
+    an odd value; and the participant tokens they use. Every case runs in the app's process; of each
+    argument's values of one class, one (a different one per argument) also travels over HTTP."""
     from apphelp import call_raw
 
     profile = call_raw(url, "compute_profile", [GOOD, CORPUS_TOKEN, "corpus"])[1]["profile_id"]
@@ -638,6 +639,7 @@ def _api_cases(url: str) -> tuple[list[tuple[str, str, list]], list[str]]:
         "compute_profile": [GOOD, CORPUS_TOKEN, "name"],
         "compute_profile_from_files": [[upload], CORPUS_TOKEN, "name", "text", ""],
         "tune_profile": [CORPUS_TOKEN, profile],
+        "know_me": [CORPUS_TOKEN, profile, "personas"],
         "generate": [CORPUS_TOKEN, profile, "Write a tweet.", 2, 0.0, 1.0, 0, False],
         "list_profiles": [CORPUS_TOKEN],
         "delete_my_data": [CORPUS_TOKEN + "-other"],
@@ -652,13 +654,33 @@ def _api_cases(url: str) -> tuple[list[tuple[str, str, list]], list[str]]:
     cases = []
     for endpoint, args in valid.items():
         for position in range(len(args)):
-            for kind, value in _odd_values():
-                if endpoint == "tune_profile" and kind != "types":
+            for kind, values in ODD_VALUES.items():
+                if endpoint in ("tune_profile", "know_me") and kind != "types":
                     continue  # a valid-looking profile id or token would start a (slow) fit
-                odd = list(args)
-                odd[position] = value
-                cases.append((f"{endpoint}[{position}] {kind}: {str(value)[:40]!r}", endpoint, odd))
+                for i, value in enumerate(values):
+                    odd = list(args)
+                    odd[position] = value
+                    case_id = f"{endpoint}[{position}] {kind}: {str(value)[:40]!r}"
+                    cases.append((case_id, endpoint, odd, i == position % len(values)))
     return cases, [me["participant_token"], leaver["participant_token"]]
+
+
+def _call_in_process(demo, endpoint: str, args: list) -> tuple[str, object]:
+    """A named endpoint's function (its argument checks included) called in the app's process, answered
+    as ``call_raw`` answers: Gradio shows a ``gr.Error``'s message and hides any other exception."""
+    import inspect
+
+    fn = next(f.fn for f in demo.fns.values() if f.api_name == endpoint)
+    try:
+        out = fn(*args)
+        return "complete", list(out) if inspect.isgenerator(out) else out
+    except gr.Error as err:
+        return "error", err.message
+    except Exception:  # noqa: BLE001 - an unexpected exception is what the test looks for
+        import traceback
+
+        traceback.print_exc()  # into the captured log, which must hold no traceback
+        return "error", None
 
 
 @pytest.mark.slow
@@ -670,23 +692,30 @@ def test_the_corpus_through_the_running_app_gets_clear_answers_and_no_traceback(
     url = corpus_app.local_url
     api_cases, tokens = _api_cases(url)
 
-    def api_case(case) -> str:
-        case_id, endpoint, args = case
-        problem = _answered(*call_raw(url, endpoint, args))
-        return f"{case_id}: {problem}" if problem else ""
+    def api_case(case) -> list[str]:
+        case_id, endpoint, args, over_http = case
+        answers = [("", _call_in_process(corpus_app, endpoint, args))]
+        if over_http:
+            answers.append((" (over HTTP)", call_raw(url, endpoint, args)))
+        return [f"{case_id}{how}: {problem}" for how, answer in answers if (problem := _answered(*answer))]
 
-    # Every malformed file of the parser corpus, uploaded through the API: refused with the parser's message.
+    # Every malformed file of the parser corpus, uploaded to the app and given to /compute_profile_from_files
+    # (every tenth also called over HTTP): refused with the parser's message.
     files = [(case_id, suffix, content) for case_id, suffix, content in CORPUS if suffix != "paste"]
 
-    def file_case(case) -> str:
-        case_id, suffix, content = case
+    def file_case(numbered) -> list[str]:
+        n, (case_id, suffix, content) = numbered
         data = content if isinstance(content, bytes) else content.encode("utf-8")
-        event, message = call_raw(url, "compute_profile_from_files",
-                                  [[_upload_to_app(url, f"upload{suffix}", data)], CORPUS_TOKEN, "f", "text", ""])
-        return f"file {case_id}: {event} {str(message)[:200]}" if event != "error" or _answered(event, message) else ""
+        args = [[_upload_to_app(url, f"upload{suffix}", data)], CORPUS_TOKEN, "f", "text", ""]
+        answers = [("", _call_in_process(corpus_app, "compute_profile_from_files", args))]
+        if n % 10 == 0:
+            answers.append((" (over HTTP)", call_raw(url, "compute_profile_from_files", args)))
+        return [f"file {case_id}{how}: {event} {str(message)[:200]}" for how, (event, message) in answers
+                if event != "error" or _answered(event, message)]
 
     with ThreadPoolExecutor(8) as pool:  # several callers at once, as in real use
-        problems = [p for p in [*pool.map(api_case, api_cases), *pool.map(file_case, files)] if p]
+        problems = [p for found in [*pool.map(api_case, api_cases), *pool.map(file_case, enumerate(files))]
+                    for p in found]
 
     # Study-link parameters: the page's load handler shows each as text.
     from types import SimpleNamespace
@@ -701,7 +730,8 @@ def test_the_corpus_through_the_running_app_gets_clear_answers_and_no_traceback(
     log = "".join(capfd.readouterr())
     total = len(CORPUS) + len(api_cases) + len(files) + len(URL_VALUES) * 3
     print(f"malformed-input corpus: {total} cases ({len(CORPUS)} parser, {len(api_cases)} API arguments, "
-          f"{len(files)} uploads through the API, {len(URL_VALUES) * 3} link parameters)")
+          f"{sum(c[3] for c in api_cases)} of them also over HTTP, {len(files)} uploads through the API, "
+          f"{len(URL_VALUES) * 3} link parameters)")
     assert problems == [], "\n".join(problems[:40])
     assert "Traceback" not in log, log[log.index("Traceback"):][:3000]
     assert not [t for t in (CORPUS_TOKEN, *tokens) if t in log]
