@@ -118,3 +118,20 @@ def test_the_research_runtime_decodes_with_the_same_policy(gen):
     ours = research_generate(gen, [ids], [None], 12)
     assert ours == [gen.generate(*gen.embed([ids], [None]), GenerationParams(max_new_tokens=12))[0].strip()]
     assert not repeats(ours[0])
+
+
+def test_teacher_forcing_with_the_prefix_computed_once_scores_as_every_row_computing_it(gen):
+    """The shared chat-template prefix goes through the LLM once; rows of different lengths, with and
+    without soft tokens, get the NLL they get when each row computes the prefix itself."""
+    from demo.core.scoring import nll_per_row, target_ids, teacher_forced_logits
+
+    torch.manual_seed(0)
+    requests = ["Write a tweet.", "Summarise: the river rose overnight and the bridge closed.", "Title?"]
+    prompts = [gen.fit_prompt(r, 64) for r in requests]
+    targets = [target_ids(gen, t, 16) for t in ["Rain again!", "Bridge shut as the river rises", "On floods"]]
+    soft = [torch.randn(2, gen.embedding.weight.shape[1]) * 0.05, None, torch.randn(2, gen.embedding.weight.shape[1])]
+    once = nll_per_row(*teacher_forced_logits(gen, prompts, soft, targets))
+    every_row = nll_per_row(*teacher_forced_logits(gen, prompts, soft, targets, prefix_once=False))
+    assert torch.allclose(once, every_row, atol=1e-4), (once, every_row)
+    moved = nll_per_row(*teacher_forced_logits(gen, prompts, [None, None, soft[2]], targets))
+    assert not torch.allclose(once[0], moved[0], atol=1e-3)  # the soft tokens are seen

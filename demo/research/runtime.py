@@ -226,8 +226,8 @@ def contrastive_loss(own_sum: torch.Tensor, others_sum: list[torch.Tensor]) -> t
 
 def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompts: list[PromptIds],
               targets: list[list[int]], kl_weight: float, histories=None, other_weight: float = 0.0,
-              other_margin: float = 0.1, contrast_weight: float = 0.0, contrast_k: int = 4
-              ) -> tuple[torch.Tensor, dict]:
+              other_margin: float = 0.1, contrast_weight: float = 0.0, contrast_k: int = 4,
+              prefix_once: bool = True) -> tuple[torch.Tensor, dict]:
     """The training loss of a batch.
 
     NLL of the gold output given the user's own history, + ``kl_weight`` * KL to the generic model,
@@ -236,16 +236,17 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
     rewards a personal embedding that differs between users (NLL alone let it collapse to one vector),
     + ``contrast_weight`` * InfoNCE over ``contrast_k`` users: the gold output scored with its own
     history and with ``contrast_k - 1`` other users' histories of the batch (``contrastive_loss``).
+    ``prefix_once``: see ``teacher_forced_logits``.
     """
     soft, weights = soft_tokens(plug_module, examples, generator.device, histories)
-    logits, tgt, tmask = teacher_forced_logits(generator, prompts, list(soft), targets)
+    logits, tgt, tmask = teacher_forced_logits(generator, prompts, list(soft), targets, prefix_once)
     own = nll_per_row(logits, tgt, tmask)
     nll = own.mean()
     loss = nll
     stats = {"nll": float(nll.detach())}
     if kl_weight > 0:
         with torch.no_grad():
-            g_logits, _, _ = teacher_forced_logits(generator, prompts, [None] * len(prompts), targets)
+            g_logits, _, _ = teacher_forced_logits(generator, prompts, [None] * len(prompts), targets, prefix_once)
         kl = kl_to_generic(logits, g_logits, tmask)
         loss = loss + kl_weight * kl
         stats["kl"] = float(kl.detach())
