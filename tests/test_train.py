@@ -190,6 +190,9 @@ def test_a_tune_to_me_shift_makes_held_back_items_likelier(tiny):
     assert token.shift.shape == (d,) and token.shift.norm() > 0
     shifted = add_shift(soft[:2], token.shift)
     assert torch.equal(shifted[:, 0], soft[:2, 0]) and torch.allclose(shifted[:, 1], soft[:2, 1] + token.shift)
+    per_row = torch.stack([token.shift, -token.shift])  # one shift per row (the evaluation's users)
+    assert add_shift(soft[:2], per_row).shape == soft[:2].shape
+    assert torch.allclose(add_shift(soft[:2], per_row)[1, 1], soft[1, 1] - token.shift)
     nothing = fit_shift(tiny, soft_fn, examples, FitSettings(steps=2, lr=0.0, fit_examples=4, held_back=2))
     assert nothing.steps == 0 and nothing.shift.norm() == 0  # no step helped: no shift is kept
     with pytest.raises(ValueError, match="at least"):

@@ -58,10 +58,11 @@ class TunedToken:
 
 
 def add_shift(soft: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """[..., 2, d_llm] soft tokens with ``shift`` [d_llm] added to P (the last token)."""
+    """[..., 2, d_llm] soft tokens with ``shift`` added to P (the last token): one shift [d_llm] for
+    every row, or one per row [..., d_llm]. The result has the shape of ``soft``."""
     if shift is None:
         return soft
-    return torch.cat([soft[..., :1, :], soft[..., 1:, :] + shift.to(soft.dtype)], dim=-2)
+    return torch.cat([soft[..., :1, :], soft[..., 1:, :] + shift.to(soft.dtype).unsqueeze(-2)], dim=-2)
 
 
 def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample],
