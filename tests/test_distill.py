@@ -13,7 +13,10 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
     truth = torch.randn(d_llm, 4) @ torch.randn(4, d_enc) * 0.05  # a few directions of the history matter
     center = torch.nn.functional.normalize(torch.randn(d_enc), dim=0)
     means = torch.nn.functional.normalize(center + 0.3 * torch.randn(users, d_enc), dim=-1)  # users' mean histories
-    shifts = (means - means.mean(0)) @ truth.T + 0.01 * torch.randn(users, d_llm)
+    task_shift = torch.randn(2, d_llm) * 0.05  # the part each task's users share
+    means[120:] = torch.nn.functional.normalize(means[120:] + 0.5 * center, dim=-1)  # the tasks' writing differs
+    task = torch.tensor([0] * 120 + [1] * (users - 120))
+    shifts = task_shift[task] + (means - means.mean(0)) @ truth.T + 0.01 * torch.randn(users, d_llm)
     rows = {f"u{i}": {"shift": shifts[i], "mean": means[i], "n_items": 8, "n_fit": 8} for i in range(users)}
     out = tmp_path / "shifts"
     out.mkdir()
@@ -21,7 +24,7 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
     torch.save(dict(list(rows.items())[120:]), out / "blog_posts.1of2.pt")
     report = fit_map(parse_args(["map", "--out", str(out), "--save", str(tmp_path / "plug"),
                                  "--plug", str(REPO_ROOT / "assets" / "plug")]))
-    assert report["users"] == {"blog_posts": 680, "tweets": 120} and report["cv_r2"] > 0.5
+    assert report["users"] == {"blog_posts": 680, "tweets": 120} and report["cv_r2_personal"] > 0.5
     plug = PPlug.load(tmp_path / "plug")
     shipped = base_plug(REPO_ROOT / "assets" / "plug")
     assert not shipped.config.shift_head
@@ -32,6 +35,17 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
     base, _ = shipped.soft_tokens(x, items)
     soft, _ = plug.soft_tokens(x, items)
     assert torch.equal(soft[:, 0], base[:, 0]) and torch.allclose(soft[:, 1] - base[:, 1], predicted[:3], atol=1e-5)
+
+    # The gain scales each user's departure from their task's shift, not the task's shift itself.
+    fit_map(parse_args(["map", "--out", str(out), "--save", str(tmp_path / "plug3"), "--gain", "3",
+                        "--plug", str(REPO_ROOT / "assets" / "plug")]))
+    tripled = PPlug.load(tmp_path / "plug3").history_shift(means[:, None])
+    for rows in (task == 0, task == 1):
+        mean_shift = tripled[rows].mean(0)
+        assert torch.nn.functional.cosine_similarity(mean_shift, shifts[rows].mean(0), dim=0) > 0.9
+        assert (mean_shift.norm() / shifts[rows].mean(0).norm()).item() == pytest.approx(1, abs=0.3)
+        personal = tripled[rows] - mean_shift
+        assert (personal.norm(dim=-1).mean() / (shifts[rows] - shifts[rows].mean(0)).norm(dim=-1).mean()) > 2
 
 
 def test_the_map_needs_fitted_users(tmp_path):

@@ -102,7 +102,13 @@ def fit(args) -> None:
 
 
 def fit_map(args) -> dict:
-    """Ridge from standardized mean history embeddings to the fitted shifts; the plug with its head."""
+    """Ridge from standardized mean history embeddings to the fitted shifts; the plug with its head.
+
+    Two ridges, one linear head: the first predicts the mean shift of the user's task (which the
+    embedding tells apart easily), the second the user's own departure from it, the personal part,
+    which ``--gain`` scales. Scaling one ridge of the whole shift would scale the task part too and
+    push P off for a kind of writing (scholar titles got worse that way).
+    """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
 
@@ -111,17 +117,24 @@ def fit_map(args) -> dict:
         rows.update({(path.name.split(".")[0], u): r for u, r in torch.load(path).items()})
     if len(rows) < 10:
         raise SystemExit(f"only {len(rows)} fitted users in {args.out}: run the fit step first")
+    tasks = [task for task, _ in rows]
     X = torch.stack([r["mean"] for r in rows.values()]).double().numpy()  # [U, d_enc]
     Y = torch.stack([r["shift"] for r in rows.values()]).double().numpy()  # [U, d_llm]
+    task_mean = {t: Y[[k == t for k in tasks]].mean(0) for t in set(tasks)}
+    Y_task = np.stack([task_mean[t] for t in tasks])  # [U, d_llm]
     mean, std = X.mean(0), X.std(0).clip(1e-4)
     Z = (X - mean) / std
-    ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(Z, Y)
-    predicted = cross_val_predict(RidgeCV(alphas=[ridge.alpha_]), Z, Y, cv=5)
-    r2 = 1 - ((Y - predicted) ** 2).sum() / ((Y - Y.mean(0)) ** 2).sum()
-    report = {"users": {t: sum(1 for k in rows if k[0] == t) for t in dict.fromkeys(k[0] for k in rows)},
-              "alpha": float(ridge.alpha_), "cv_r2": float(r2), "gain": args.gain,
+    alphas = np.logspace(0, 5, 11)
+    task_ridge = RidgeCV(alphas=alphas).fit(Z, Y_task)
+    ridge = RidgeCV(alphas=alphas).fit(Z, Y - Y_task)
+    predicted = cross_val_predict(RidgeCV(alphas=[ridge.alpha_]), Z, Y - Y_task, cv=5)
+    r2 = 1 - ((Y - Y_task - predicted) ** 2).sum() / ((Y - Y_task) ** 2).sum()
+    report = {"users": {t: sum(1 for k in tasks if k == t) for t in dict.fromkeys(tasks)},
+              "alpha": float(ridge.alpha_), "task_alpha": float(task_ridge.alpha_),
+              "cv_r2_personal": float(r2), "gain": args.gain,
               "shift_norm": float(np.linalg.norm(Y, axis=1).mean()),
-              "predicted_norm": float(np.linalg.norm(predicted, axis=1).mean())}
+              "personal_norm": float(np.linalg.norm(Y - Y_task, axis=1).mean()),
+              "predicted_personal_norm": float(np.linalg.norm(predicted, axis=1).mean())}
     print(json.dumps(report), flush=True)
     if args.save:
         source = base_plug(args.plug)
@@ -134,8 +147,9 @@ def fit_map(args) -> dict:
         with torch.no_grad():
             plug.history_mean.copy_(torch.from_numpy(mean))
             plug.history_std.copy_(torch.from_numpy(std))
-            plug.shift_head.weight.copy_(torch.from_numpy(ridge.coef_ * args.gain))  # [d_llm, d_enc]
-            plug.shift_head.bias.copy_(torch.from_numpy(ridge.intercept_))  # the shift all users share
+            # [d_llm, d_enc]: the task part as fitted, the personal part scaled
+            plug.shift_head.weight.copy_(torch.from_numpy(task_ridge.coef_ + ridge.coef_ * args.gain))
+            plug.shift_head.bias.copy_(torch.from_numpy(task_ridge.intercept_ + ridge.intercept_ * args.gain))
         plug.save(args.save)
         print(f"saved {plug.plug_id} to {args.save}", flush=True)
     return report
