@@ -14,9 +14,11 @@ there: the studio then decodes each request's rows in its own call (``Settings.z
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 
@@ -76,11 +78,27 @@ class Scheduler:
         self._waiting: deque[Ticket] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        # At exit, stop the loop before the interpreter shuts down: a decode step still running in
+        # a daemon thread then makes torch abort the process ("terminate called ...").
+        closing = weakref.ref(self)
+        atexit.register(lambda: (scheduler := closing()) and scheduler.close())
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the loop after its current step; requests in it or waiting get an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def submit(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> Ticket:
         """Queue rows embeds [n, T, d_llm] with mask [n, T]; they join the loop at its next step."""
         ticket = Ticket(embeds, mask, params)
         with self._wake:
+            if self._closed:
+                ticket.fail(RuntimeError("The app is shutting down."))
+                return ticket
             self._waiting.append(ticket)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="pplug-decode", daemon=True)
@@ -114,7 +132,11 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._waiting or self.batch.rows)
+                self._wake.wait_for(lambda: self._closed or self._waiting or self.batch.rows)
+                if self._closed:
+                    for ticket in {*self.batch.requests, *self._waiting}:
+                        ticket.fail(RuntimeError("The app is shutting down."))
+                    return
                 joining = self._admit()
             try:
                 if joining:
