@@ -586,10 +586,6 @@ CORPUS_STUDY = {**_STUDY, "name": "corpus-study", "trials_per_participant": 3, "
 CORPUS_TOKEN = "corpus-owner-token-0123456789abcdef"
 
 
-def _odd_values() -> list[tuple[str, object]]:
-    return [(kind, value) for kind, values in ODD_VALUES.items() for value in values]
-
-
 def _upload_to_app(url: str, name: str, content: bytes) -> dict:
     """A file uploaded to the running app, as gradio_client's handle_file sends it."""
     import httpx

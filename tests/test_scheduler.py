@@ -126,6 +126,7 @@ def test_closing_the_loop_fails_its_requests_with_a_message_and_refuses_new_ones
 @pytest.mark.slow
 def test_a_process_that_exits_while_the_loop_decodes_exits_cleanly(tmp_path):
     """The loop is stopped at exit: a decode step left running in its thread made torch abort the process."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -139,6 +140,6 @@ def test_a_process_that_exits_while_the_loop_decodes_exits_cleanly(tmp_path):
             "print('exiting mid-decode', flush=True)\n")
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "DB": str(tmp_path / "exit.db")})
+                          env={**os.environ, "DB": str(tmp_path / "exit.db")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "exiting mid-decode" in done.stdout and "terminate called" not in done.stderr

@@ -27,6 +27,7 @@ import torch
 from .generation import DecodeBatch, GenerationParams, Generator, Request
 
 log = logging.getLogger(__name__)
+SHUTTING_DOWN = "The app is shutting down."
 
 
 class Ticket(Request):
@@ -97,7 +98,7 @@ class Scheduler:
         ticket = Ticket(embeds, mask, params)
         with self._wake:
             if self._closed:
-                ticket.fail(RuntimeError("The app is shutting down."))
+                ticket.fail(RuntimeError(SHUTTING_DOWN))
                 return ticket
             self._waiting.append(ticket)
             if self._thread is None or not self._thread.is_alive():
@@ -135,7 +136,7 @@ class Scheduler:
                 self._wake.wait_for(lambda: self._closed or self._waiting or self.batch.rows)
                 if self._closed:
                     for ticket in {*self.batch.requests, *self._waiting}:
-                        ticket.fail(RuntimeError("The app is shutting down."))
+                        ticket.fail(RuntimeError(SHUTTING_DOWN))
                     return
                 joining = self._admit()
             try:

@@ -30,7 +30,7 @@ Progress = Callable[[int, int], None]  # (steps done, steps planned)
 
 @dataclass(frozen=True)
 class FitSettings:
-    steps: int = 16  # Adam steps at most (16 at lr 0.02 measured best on dev users of 8 and 16, lr .02-.03)
+    steps: int = 16  # Adam steps at most (of 8 and 16 steps at lr 0.02-0.03, the best on dev users)
     lr: float = 0.02
     fit_examples: int = 6  # self-supervised examples the shift is fitted on
     held_back: int = 2  # examples kept apart for early stopping (0: none, the last step is kept)

@@ -122,18 +122,19 @@ def fit_map(args) -> dict:
     Y = torch.stack([r["shift"] for r in rows.values()]).double().numpy()  # [U, d_llm]
     task_mean = {t: Y[[k == t for k in tasks]].mean(0) for t in set(tasks)}
     Y_task = np.stack([task_mean[t] for t in tasks])  # [U, d_llm]
+    personal = Y - Y_task  # [U, d_llm]: each user's departure from their task's mean shift
     mean, std = X.mean(0), X.std(0).clip(1e-4)
     Z = (X - mean) / std
     alphas = np.logspace(0, 5, 11)
     task_ridge = RidgeCV(alphas=alphas).fit(Z, Y_task)
-    ridge = RidgeCV(alphas=alphas).fit(Z, Y - Y_task)
-    predicted = cross_val_predict(RidgeCV(alphas=[ridge.alpha_]), Z, Y - Y_task, cv=5)
-    r2 = 1 - ((Y - Y_task - predicted) ** 2).sum() / ((Y - Y_task) ** 2).sum()
+    ridge = RidgeCV(alphas=alphas).fit(Z, personal)
+    predicted = cross_val_predict(RidgeCV(alphas=[ridge.alpha_]), Z, personal, cv=5)
+    r2 = 1 - ((personal - predicted) ** 2).sum() / (personal ** 2).sum()
     report = {"users": {t: sum(1 for k in tasks if k == t) for t in dict.fromkeys(tasks)},
               "alpha": float(ridge.alpha_), "task_alpha": float(task_ridge.alpha_),
               "cv_r2_personal": float(r2), "gain": args.gain,
               "shift_norm": float(np.linalg.norm(Y, axis=1).mean()),
-              "personal_norm": float(np.linalg.norm(Y - Y_task, axis=1).mean()),
+              "personal_norm": float(np.linalg.norm(personal, axis=1).mean()),
               "predicted_personal_norm": float(np.linalg.norm(predicted, axis=1).mean())}
     print(json.dumps(report), flush=True)
     if args.save:

@@ -252,7 +252,7 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
         stats["kl"] = float(kl.detach())
     if other_weight > 0 and len(examples) > 1:
         soft_o, _ = soft_tokens(plug_module, examples, generator.device, other_histories(examples, histories))
-        other = nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets))
+        other = nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets, prefix_once))
         loss = loss + other_weight * torch.relu(other_margin + own - other).mean()
         stats["own_minus_other"] = float((own - other).mean().detach())
     k = min(contrast_k, len(examples))
@@ -262,7 +262,8 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
         for shift in range(1, k):
             soft_o, _ = soft_tokens(plug_module, examples, generator.device,
                                     other_histories(examples, histories, shift))
-            others.append(nll_per_row(*teacher_forced_logits(generator, prompts, list(soft_o), targets)) * n_tokens)
+            scored = teacher_forced_logits(generator, prompts, list(soft_o), targets, prefix_once)
+            others.append(nll_per_row(*scored) * n_tokens)
         nce = contrastive_loss(own * n_tokens, others)
         loss = loss + contrast_weight * nce
         stats["nce"] = float(nce.detach())
