@@ -168,6 +168,7 @@ def test_tune_to_me_stores_a_token_that_the_personalized_row_uses(studio, owner)
     tuned = list(studio.generate(owner, profile, "Write a tweet about my morning.", params, tuned=True))[-1]
     plain = list(studio.generate(owner, profile, "Write a tweet about my morning.", params))[-1]
     assert tuned.generic == plain.generic and tuned.personalized != plain.personalized
+    assert [g["params"]["tuned"] for g in logged_generations(studio.store, owner)[:2]] == [False, True]  # newest first
     with pytest.raises(ServiceError, match="No such profile"):
         studio.tune_profile("another-owner-token-123456", profile)
     studio.delete_my_data(owner)

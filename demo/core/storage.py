@@ -23,7 +23,8 @@ the migrations in the "Schema" section below; all timestamps are ISO-8601 UTC):
     A profile's "tune to me" token for one plug: the fitted shift of P ``[d_llm]`` (``dim``,
     ``shift``) and how the fit went (``meta``, JSON).
 ``generations``
-    Log of generations: prompt, parameters, personalized and generic outputs, timings.
+    Log of generations: prompt, parameters (with the conditions and whether the tuned token was used),
+    personalized and generic outputs, timings.
 ``_sqlite_migrations``
     Names of the applied migrations (managed by ``sqlite_utils.Migrations``).
 
