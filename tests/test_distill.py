@@ -7,9 +7,10 @@ from demo.core.settings import REPO_ROOT
 from demo.research.distill import base_plug, fit_map, parse_args
 
 
-def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
+def fitted_users(users: int = 800):
+    """Synthetic fitted users of two tasks: (means [U, d_enc], shifts [U, d_llm], task [U])."""
     torch.manual_seed(0)
-    d_enc, d_llm, users = 384, 576, 800
+    d_enc, d_llm = 384, 576
     truth = torch.randn(d_llm, 4) @ torch.randn(4, d_enc) * 0.05  # a few directions of the history matter
     center = torch.nn.functional.normalize(torch.randn(d_enc), dim=0)
     means = torch.nn.functional.normalize(center + 0.3 * torch.randn(users, d_enc), dim=-1)  # users' mean histories
@@ -17,6 +18,12 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
     means[120:] = torch.nn.functional.normalize(means[120:] + 0.5 * center, dim=-1)  # the tasks' writing differs
     task = torch.tensor([0] * 120 + [1] * (users - 120))
     shifts = task_shift[task] + (means - means.mean(0)) @ truth.T + 0.01 * torch.randn(users, d_llm)
+    return means, shifts, task
+
+
+def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
+    means, shifts, task = fitted_users()
+    users, d_enc = means.shape
     rows = {f"u{i}": {"shift": shifts[i], "mean": means[i], "n_items": 8, "n_fit": 8} for i in range(users)}
     out = tmp_path / "shifts"
     out.mkdir()
@@ -51,3 +58,18 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
 def test_the_map_needs_fitted_users(tmp_path):
     with pytest.raises(SystemExit, match="fit step first"):
         fit_map(parse_args(["map", "--out", str(tmp_path)]))
+
+
+def test_the_map_averages_a_users_parts_into_one_target(tmp_path):
+    """Two fits of the same users with opposite noise: the map sees their mean, the noiseless shift."""
+    means, shifts, _ = fitted_users(300)
+    noise = 2 * shifts.std() * torch.randn_like(shifts)
+    out = tmp_path / "shifts"
+    out.mkdir()
+    for name, sign in (("tweets.0of1.pt", 1), ("tweets.0of1.p1.pt", -1)):
+        torch.save({f"u{i}": {"shift": shifts[i] + sign * noise[i], "mean": means[i]} for i in range(300)}, out / name)
+    both = fit_map(parse_args(["map", "--out", str(out)]))
+    (out / "tweets.0of1.p1.pt").unlink()
+    one = fit_map(parse_args(["map", "--out", str(out)]))
+    assert both["users"] == one["users"] == {"tweets": 300} and (both["fits"], one["fits"]) == (600, 300)
+    assert both["cv_r2_personal"] > 0.5 > one["cv_r2_personal"]

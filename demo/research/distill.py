@@ -8,9 +8,12 @@ most recent items), the shift delta_u [d_llm] of P that "tune to me" fits (``dem
 self-supervised examples made from the user's own items, with nothing held back and a fixed number of
 steps. Each is saved with the user's mean history embedding [d_enc] to ``<out>/<task>.<i>of<n>.pt``;
 a rerun skips the users already there, so the fits resume across sessions and run in shards.
+``--part k`` fits again on the user's next examples (the k-th group of ``--examples``), into
+``<task>.<i>of<n>.p<k>.pt``: an independent, equally noisy target, which ``map`` averages with the others.
 
 ``map``: ridge regression (scikit-learn ``RidgeCV``, the penalty chosen by cross-validation over
-users) from the standardized mean history embedding to delta_u, over every fitted user of every task.
+users) from the standardized mean history embedding to delta_u (the mean over a user's parts), over every
+fitted user of every task.
 It becomes the plug's shift head (``PPlug.history_shift``): for a person it never saw, the plug
 predicts from their history alone the shift a fit on their own writing would have found.
 """
@@ -47,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="Adam steps per user")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--examples", type=int, default=8, help="self-supervised examples per user")
+    p.add_argument("--part", type=int, default=0, help="fit: on the part-th group of --examples examples")
     p.add_argument("--gain", type=float, default=1.0,
                    help="map: scale of the predicted shift's personal part (ridge shrinks it toward the mean)")
     p.add_argument("--save", default=None, help="map: folder of the plug with its shift head")
@@ -67,9 +71,9 @@ def base_plug(folder: str | Path, **models: str) -> PPlug:
     return base
 
 
-def shard_path(out: Path, task: str, shard: str) -> Path:
+def shard_path(out: Path, task: str, shard: str, part: int = 0) -> Path:
     i, n = shard.split("/")
-    return out / f"{task}.{i}of{n}.pt"
+    return out / (f"{task}.{i}of{n}.pt" if not part else f"{task}.{i}of{n}.p{part}.pt")
 
 
 def fit(args) -> None:
@@ -85,15 +89,16 @@ def fit(args) -> None:
     for task in [t for t in args.tasks.split(",") if t]:
         split = read_task(args.data, task, "train")
         first = list({q.user_id: q for q in split.queries}.values())[i::n][:args.users]
-        path = shard_path(out, task, args.shard)
+        path = shard_path(out, task, args.shard, args.part)
         done = torch.load(path) if path.is_file() else {}
         todo = [q for q in first if q.user_id not in done]
         print(f"{task}: {len(done)} users fitted, {len(todo)} to go", flush=True)
         t0 = time.perf_counter()
         for k, q in enumerate(todo, 1):
             [example] = build_examples([type(split)(split.task, "train", [q])], models.cache, args.history_cap)
-            token = fit_user_shift(models.generator, module, models.cache, example, args.history_cap, settings)
-            if token.steps:
+            token = fit_user_shift(models.generator, module, models.cache, example, args.history_cap, settings,
+                                   skip=args.part * args.examples)
+            if token.steps and 2 * token.n_fit >= args.examples:  # a part of too few examples is left out
                 done[q.user_id] = {"shift": token.shift.cpu(), "mean": example.items.mean(0),
                                    "n_items": example.items.shape[0], "n_fit": token.n_fit}
             if k % 10 == 0 or k == len(todo):
@@ -112,9 +117,12 @@ def fit_map(args) -> dict:
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
 
-    rows = {}
+    parts: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(Path(args.out).glob("*.pt")):
-        rows.update({(path.name.split(".")[0], u): r for u, r in torch.load(path).items()})
+        for u, r in torch.load(path).items():
+            parts.setdefault((path.name.split(".")[0], u), []).append(r)
+    # a user's parts share the history; their mean shift is a less noisy target
+    rows = {k: {"mean": r[0]["mean"], "shift": torch.stack([p["shift"] for p in r]).mean(0)} for k, r in parts.items()}
     if len(rows) < 10:
         raise SystemExit(f"only {len(rows)} fitted users in {args.out}: run the fit step first")
     tasks = [task for task, _ in rows]
@@ -131,6 +139,7 @@ def fit_map(args) -> dict:
     predicted = cross_val_predict(RidgeCV(alphas=[ridge.alpha_]), Z, personal, cv=5)
     r2 = 1 - ((personal - predicted) ** 2).sum() / (personal ** 2).sum()
     report = {"users": {t: sum(1 for k in tasks if k == t) for t in dict.fromkeys(tasks)},
+              "fits": sum(len(r) for r in parts.values()),
               "alpha": float(ridge.alpha_), "task_alpha": float(task_ridge.alpha_),
               "cv_r2_personal": float(r2), "gain": args.gain,
               "shift_norm": float(np.linalg.norm(Y, axis=1).mean()),

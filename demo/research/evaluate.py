@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only the teacher-forced diagnostics (own vs other NLL, P spread): no generation")
     p.add_argument("--tune-steps", type=int, default=FitSettings.steps, help="pplug-tuned: Adam steps per user")
     p.add_argument("--tune-lr", type=float, default=FitSettings.lr, help="pplug-tuned: Adam learning rate")
+    p.add_argument("--tune-examples", type=int, default=FitSettings.fit_examples,
+                   help="pplug-tuned: self-supervised examples the shift is fitted on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
@@ -268,7 +270,8 @@ class Evaluation(FrozenModels):
         for q, e in zip(split.queries, examples):
             if q.user_id not in tokens:
                 tokens[q.user_id] = fit_user_shift(self.generator, module, self.cache, e, self.history_cap(),
-                                                   FitSettings(steps=self.args.tune_steps, lr=self.args.tune_lr))
+                                                   FitSettings(steps=self.args.tune_steps, lr=self.args.tune_lr,
+                                                               fit_examples=self.args.tune_examples))
         log.info("%s: tuned %d users in %.0f s", key, len(tokens), time.perf_counter() - t0)
         self.tuned_tokens[key] = tokens
         return tokens

@@ -123,14 +123,15 @@ def build_examples(splits: list[LampSplit], cache: EmbeddingCache, cap: int, pro
 
 
 def fit_user_shift(generator: Generator, module: "SoftTokenModule", cache: EmbeddingCache, example: Example,
-                   cap: int, settings: FitSettings) -> TunedToken:
+                   cap: int, settings: FitSettings, skip: int = 0) -> TunedToken:
     """The "tune to me" shift of one LaMP user, fitted on self-supervised examples from the history of
-    ``example`` (its ``cap`` most recent items, as in ``example.items``), each scored with the other items."""
+    ``example`` (its ``cap`` most recent items, as in ``example.items``), each scored with the other items;
+    the ``skip`` examples of the most recent items are passed over."""
     q = example.query
     items = [it for it in q.items(cap) if lamp_item_text(it).strip()]  # as in example.items, oldest first
     made = examples_from_history(items[::-1], SELFSUP_RULE.get(example.task.like, "auto"))  # most recent first
     # the examples index items most recent first; the history tensor is oldest first
-    made = [type(m)(m.request, m.target, len(items) - 1 - m.index) for m in made]
+    made = [type(m)(m.request, m.target, len(items) - 1 - m.index) for m in made][skip:]
     cache.ensure([m.request for m in made])
     device = generator.device
 
