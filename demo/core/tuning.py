@@ -32,7 +32,7 @@ Progress = Callable[[int, int], None]  # (steps done, steps planned)
 class FitSettings:
     steps: int = 16  # Adam steps at most (of 8 and 16 steps at lr 0.02-0.03, the best on dev users)
     lr: float = 0.02
-    fit_examples: int = 6  # self-supervised examples the shift is fitted on
+    fit_examples: int = 10  # self-supervised examples the shift is fitted on (6 was too few for blogs)
     held_back: int = 2  # examples kept apart for early stopping (0: none, the last step is kept)
     patience: int = 3  # stop after this many steps without a better held-back NLL
     # Short rows: the fit's cost is the LLM's forward and backward over every row's tokens.
