@@ -25,9 +25,9 @@ from collections.abc import Iterator
 import torch
 
 from .generation import DecodeBatch, GenerationParams, Generator, Request
+from .inflight import SHUTTING_DOWN
 
 log = logging.getLogger(__name__)
-SHUTTING_DOWN = "The app is shutting down."
 
 
 class Ticket(Request):

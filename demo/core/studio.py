@@ -11,12 +11,15 @@ A request's path:
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import logging
 import math
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,6 +31,7 @@ from sentence_transformers import SentenceTransformer
 
 from . import know_me, personas
 from .generation import GenerationParams, Generator, PromptIds
+from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug
 from .scheduler import Scheduler
@@ -120,6 +124,18 @@ class _LoadedProfile:
     projected: torch.Tensor  # Proj(H) [n, d_llm]
 
 
+def _in_flight(method: Callable) -> Callable:
+    """Run the method as counted work (``demo.core.inflight``): at exit it is waited for, not cut off."""
+    @functools.wraps(method)
+    def counted(self: "Studio", *args, **kwargs):
+        try:
+            with self.in_flight.work():
+                return method(self, *args, **kwargs)
+        except ShuttingDown:
+            raise ServiceError(SHUTTING_DOWN) from None
+    return counted
+
+
 class Studio:
     """Models loaded once; every user action is a method."""
 
@@ -134,6 +150,9 @@ class Studio:
         self.generator = generator if generator is not None else Generator(*load_llm(settings))
         self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
         self.scheduler = Scheduler(self.generator, settings.batch_rows)  # one decode loop for every request
+        self.in_flight = InFlight()  # encoding, tuning, scoring running now in the server's threads
+        closing = weakref.ref(self.in_flight)
+        atexit.register(lambda: (in_flight := closing()) and in_flight.close())
         self.encoder_id = canonical_id(settings.encoder)
         self.llm_id = canonical_id(settings.llm)
         self.plug = (plug if plug is not None else self._load_plug()).to(settings.device).eval()
@@ -169,6 +188,7 @@ class Studio:
     # --- encoding ------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @_in_flight
     def encode(self, texts: list[str], progress: Progress | None = None) -> np.ndarray:
         """L2-normalized encoder embeddings [n, d_enc] (float32), in the order given.
 
@@ -214,6 +234,7 @@ class Studio:
         if len(owner) > 256 or not owner.isprintable() or not only_visible(owner):
             raise ServiceError("Invalid owner token: use at most 256 visible characters, without spaces.")
 
+    @_in_flight
     def compute_profile(self, owner: str, name: str, items: list[str], source: str = "",
                         progress: Progress | None = None) -> ProfileResult:
         """Store a history, encode it (cached), and store its personal embedding for the plug."""
@@ -319,6 +340,7 @@ class Studio:
         projected = profile.projected[None].expand(len(requests), -1, -1)
         return self.plug.soft_tokens(x, items, mask, projected)[0]
 
+    @_in_flight
     def tune_profile(self, owner: str, profile_id: str, progress: Callable[[int, int], None] | None = None,
                      settings: FitSettings = FitSettings()) -> TuneResult:
         """Fit and store the profile's "tune to me" token: a shift of P fitted on its own items.
@@ -378,6 +400,7 @@ class Studio:
 
     # --- does it know me? ------------------------------------------------------------------
 
+    @_in_flight
     def know_me(self, owner: str, profile_id: str, against: str = "personas",
                 settings: know_me.SignalSettings = know_me.SignalSettings()) -> know_me.KnowMe:
         """Are the profile's own held-back items likelier with its plug than with strangers' histories?
@@ -459,6 +482,7 @@ class Studio:
         result.done = True
         yield result
 
+    @_in_flight
     def _prepare(self, owner: str, profile_id: str, request: str, params: GenerationParams,
                  conditions: tuple[str, ...], top_k: int, rag_k: int,
                  tuned: bool) -> tuple[Comparison, torch.Tensor, torch.Tensor]:
