@@ -48,7 +48,7 @@ def test_a_process_that_exits_while_a_history_is_encoded_exits_cleanly(tmp_path)
     """A request still encoding in a server thread at exit made torch abort the process (rc 134)."""
     code = ("import os, threading, time; from demo.core.settings import Settings; from demo.core.studio import Studio\n"
             "s = Studio(Settings.from_env({**os.environ, 'PPLUG_DB': os.environ['DB']}))\n"
-            "texts = [f'Entry {i}: a long day of writing about gardens, trains and the sea. ' * 8 for i in range(400)]\n"
+            "texts = [f'Entry {i}: a long day of writing about gardens, trains and the sea. ' * 8 for i in range(96)]\n"
             "threading.Thread(target=s.encode, args=(texts,), daemon=True).start()\n"
             "while not s.in_flight.running: time.sleep(0.01)\n"
             "time.sleep(0.5)\n"
