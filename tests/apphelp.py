@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from dataclasses import fields, replace
 
 from demo.core.generation import Generator
-from demo.core.settings import Limits
+from demo.core.settings import REPO_ROOT, Limits
 from demo.core.studio import Studio
 
 LIMITS = {f.name for f in fields(Limits)}
@@ -71,3 +74,15 @@ def call_raw(url: str, api_name: str, data: list, timeout: float = 120) -> tuple
     if event == "complete":
         return "complete", payload[0] if isinstance(payload, list) and len(payload) == 1 else payload
     return "error", payload.get("error") if isinstance(payload, dict) else payload
+
+
+def assert_exits_cleanly(body: str, said: str, db) -> None:
+    """Run ``body`` in a fresh process after ``s = Studio(...)`` on the database ``db``; it prints ``said``
+    and leaves work running. The process must exit 0: torch aborts one that exits mid-operation."""
+    code = ("import os, threading, time; from demo.core.settings import Settings; from demo.core.studio import Studio; "
+            "from demo.core.generation import GenerationParams\n"
+            "s = Studio(Settings.from_env({**os.environ, 'PPLUG_DB': os.environ['DB']}))\n" + body)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DB": str(db)})
+    assert said in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]

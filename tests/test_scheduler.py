@@ -9,6 +9,8 @@ import torch
 from demo.core.generation import GenerationParams
 from demo.core.scheduler import Scheduler
 
+from apphelp import assert_exits_cleanly
+
 
 @pytest.fixture(scope="module")
 def gen(studio):
@@ -126,20 +128,8 @@ def test_closing_the_loop_fails_its_requests_with_a_message_and_refuses_new_ones
 @pytest.mark.slow
 def test_a_process_that_exits_while_the_loop_decodes_exits_cleanly(tmp_path):
     """The loop is stopped at exit: a decode step left running in its thread made torch abort the process."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = ("import os; from demo.core.settings import Settings; from demo.core.studio import Studio; "
-            "from demo.core.generation import GenerationParams; import time\n"
-            "s = Studio(Settings.from_env({**os.environ, 'PPLUG_DB': os.environ['DB']}))\n"
-            "embeds, mask = s.generator.embed([s.generator.fit_prompt('Write a long story.', 64)] * 4, [None] * 4)\n"
-            "ticket = s.scheduler.submit(embeds, mask, GenerationParams(max_new_tokens=400))\n"
-            "while s.scheduler.steps < 2: time.sleep(0.05)\n"
-            "print('exiting mid-decode', flush=True)\n")
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DB": str(tmp_path / "exit.db")})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "exiting mid-decode" in done.stdout and "terminate called" not in done.stderr
+    assert_exits_cleanly(
+        "embeds, mask = s.generator.embed([s.generator.fit_prompt('Write a long story.', 64)] * 4, [None] * 4)\n"
+        "ticket = s.scheduler.submit(embeds, mask, GenerationParams(max_new_tokens=400))\n"
+        "while s.scheduler.steps < 2: time.sleep(0.05)\n"
+        "print('exiting mid-decode', flush=True)\n", "exiting mid-decode", tmp_path / "exit.db")

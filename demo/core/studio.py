@@ -476,8 +476,8 @@ class Studio:
         if log:
             result.generation_id = self.store.log_generation(
                 owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=result.request,
-                params={**asdict(params), "conditions": list(conditions), "tuned": tuned}, personalized=result.personalized,
-                generic=result.generic, timings=result.timings,
+                params={**asdict(params), "conditions": list(conditions), "tuned": tuned},
+                personalized=result.personalized, generic=result.generic, timings=result.timings,
             )
         result.done = True
         yield result
