@@ -9,6 +9,13 @@ from demo.core.inflight import InFlight, ShuttingDown
 from apphelp import assert_exits_cleanly
 
 
+def studio_sharing(studio, **settings):
+    from demo.core.studio import Studio
+
+    return Studio(studio.settings.with_(**settings), encoder=studio.encoder, generator=studio.generator,
+                  store=studio.store, plug=studio.plug)
+
+
 def test_close_waits_for_running_work_and_refuses_new_work():
     in_flight, started, release, ended = InFlight(), threading.Event(), threading.Event(), []
 
@@ -32,10 +39,9 @@ def test_close_waits_for_running_work_and_refuses_new_work():
 
 
 def test_a_closed_studio_says_it_is_shutting_down(studio, owner):
-    from demo.core.studio import ServiceError, Studio
+    from demo.core.studio import ServiceError
 
-    closed = Studio(studio.settings, encoder=studio.encoder, generator=studio.generator, store=studio.store,
-                    plug=studio.plug)
+    closed = studio_sharing(studio)
     closed.in_flight.close()
     with pytest.raises(ServiceError, match="shutting down"):
         closed.compute_profile(owner, "late", ["A sentence of my writing."])
@@ -50,3 +56,16 @@ def test_a_process_that_exits_while_a_history_is_encoded_exits_cleanly(tmp_path)
         "while not s.in_flight.running: time.sleep(0.01)\n"
         "time.sleep(0.5)\n"
         "print('exiting mid-encoding', flush=True)\n", "exiting mid-encoding", tmp_path / "exit.db")
+
+
+def test_decoding_inside_the_call_counts_as_work_in_flight(studio, owner):
+    """On ZeroGPU the rows are decoded in the request's own thread: exit must wait for that too."""
+    from demo.core.generation import GenerationParams
+
+    inline = studio_sharing(studio, zero_gpu=True)
+    profile = inline.compute_profile(owner, "inline", ["I bake bread on Sundays.", "Trains are my hobby."]).profile_id
+    answers = inline.generate(owner, profile, "Say hello.", GenerationParams(max_new_tokens=4), log=False)
+    next(answers)  # the first decoded step: the decoding is still running
+    assert inline.in_flight.running == 1
+    *_, last = answers
+    assert last.done and inline.in_flight.running == 0

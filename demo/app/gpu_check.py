@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import secrets
@@ -56,8 +55,9 @@ def check(studio: Studio, n_requests: int, max_new_tokens: int) -> dict:
         together = list(pool.map(lambda r: answer(studio, r), requests))
     together_s = time.perf_counter() - t0
 
-    inline = copy.copy(studio)  # same models; decodes inside the call, as on ZeroGPU
-    inline.settings = studio.settings.with_(zero_gpu=True)
+    # The same models and store; this studio decodes inside the call, as on ZeroGPU.
+    inline = Studio(studio.settings.with_(zero_gpu=True), encoder=studio.encoder, generator=studio.generator,
+                    store=studio.store, plug=studio.plug)
 
     @spaces.GPU(duration=60)
     def zero_gpu_answer(request: str) -> tuple[str, str]:

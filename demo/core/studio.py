@@ -124,15 +124,22 @@ class _LoadedProfile:
     projected: torch.Tensor  # Proj(H) [n, d_llm]
 
 
+@contextlib.contextmanager
+def _counted(in_flight: InFlight) -> Iterator[None]:
+    """The block as counted work (``demo.core.inflight``): at exit it is waited for, not cut off."""
+    try:
+        with in_flight.work():
+            yield
+    except ShuttingDown:
+        raise ServiceError(SHUTTING_DOWN) from None
+
+
 def _in_flight(method: Callable) -> Callable:
-    """Run the method as counted work (``demo.core.inflight``): at exit it is waited for, not cut off."""
+    """Run the method as counted work."""
     @functools.wraps(method)
     def counted(self: "Studio", *args, **kwargs):
-        try:
-            with self.in_flight.work():
-                return method(self, *args, **kwargs)
-        except ShuttingDown:
-            raise ServiceError(SHUTTING_DOWN) from None
+        with _counted(self.in_flight):
+            return method(self, *args, **kwargs)
     return counted
 
 
@@ -461,7 +468,7 @@ class Studio:
         t_prep = time.perf_counter()
         first = None
         # On ZeroGPU only this call holds the GPU: decode here; elsewhere join the shared loop.
-        rows = (self.generator.stream(embeds, mask, params) if self.settings.zero_gpu
+        rows = (self._decode_here(embeds, mask, params) if self.settings.zero_gpu
                 else self.scheduler.submit(embeds, mask, params))
         stream = iter(rows)
         try:
@@ -481,6 +488,11 @@ class Studio:
             )
         result.done = True
         yield result
+
+    def _decode_here(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> Iterator[list[str]]:
+        """Decode the rows in this thread, counted as work in flight until the last step."""
+        with _counted(self.in_flight):
+            yield from self.generator.stream(embeds, mask, params)
 
     @_in_flight
     def _prepare(self, owner: str, profile_id: str, request: str, params: GenerationParams,
