@@ -157,3 +157,64 @@ def test_the_shift_head_moves_p_by_a_map_of_the_mean_history_and_round_trips(tmp
     assert back.config.shift_head and back.plug_id == headed.plug_id != plain.plug_id
     assert torch.equal(back.soft_tokens(x, items, mask)[0], soft)
     assert "shift_head.weight" not in plain.state_dict()  # plugs without a head keep their weights and ids
+
+
+def test_the_keyword_token_is_the_mean_llm_embedding_of_the_nearest_bank_words_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain, keyed = make_plug(seed=4), make_plug(seed=4)
+    words = [f"word{i}" for i in range(12)]
+    bank_items, bank_tokens = unit(12, D_ENC), torch.randn(12, D_LLM)
+    keyed.set_keyword_bank(words, bank_items, bank_tokens, k=3)
+    items, x = unit(2, 5, D_ENC), unit(2, D_ENC)
+    base, w = plain.soft_tokens(x, items)
+    soft, w2 = keyed.soft_tokens(x, items)
+    assert soft.shape == (2, 3, D_LLM) and keyed.n_soft == 3 and plain.n_soft == 2
+    assert torch.equal(w, w2) and torch.equal(soft[:, :2], base)  # I and P as without the bank
+    mean = torch.nn.functional.normalize(torch.einsum("bn,bnd->bd", w, items), dim=-1)
+    nearest = (mean @ bank_items.T).topk(3).indices  # the bank is kept in float16: compare the choice
+    assert torch.equal(keyed.nearest_keywords(w, items), nearest)
+    rows = torch.nn.functional.normalize(bank_tokens, dim=-1)[nearest].mean(1)
+    expected = torch.nn.functional.normalize(rows, dim=-1) * 3.0  # at the token norm
+    assert torch.allclose(soft[:, 2], expected, atol=5e-3)
+    keyed.save(tmp_path / "keyed")
+    back = PPlug.load(tmp_path / "keyed")
+    assert back.keyword_words == words and back.plug_id == keyed.plug_id != plain.plug_id
+    assert back.keyword_items.dtype == torch.float16  # the bank stays small on disk
+    assert torch.equal(back.soft_tokens(x, items)[0], soft)
+    assert "keyword_items" not in plain.state_dict()  # plugs without a bank keep their weights and ids
+
+
+def test_a_shift_moves_p_only_when_there_is_a_keyword_token():
+    from demo.core.tuning import add_shift
+
+    soft, shift = torch.randn(4, 3, D_LLM), torch.randn(4, D_LLM)
+    shifted = add_shift(soft, shift)
+    assert torch.equal(shifted[:, 0], soft[:, 0]) and torch.equal(shifted[:, 2], soft[:, 2])
+    assert torch.allclose(shifted[:, 1], soft[:, 1] + shift)
+
+
+def test_the_keyword_bank_of_the_real_models_finds_what_a_history_is_about(studio):
+    """Words both real models know as one token; a cook's history and a senator's pick their own words."""
+    import copy
+
+    from demo.research.keywords import bank_words
+
+    words = bank_words(studio.tokenizer, studio.encoder.tokenizer, 3000)
+    assert len(words) == 3000 and all(w.isalpha() and w.islower() and len(w) >= 4 for _, w in words)
+    assert all(studio.tokenizer.decode([i]) == " " + w for i, w in words[:50])
+    plug = copy.deepcopy(studio.plug)
+    items = torch.from_numpy(studio.encoder.encode([w for _, w in words], normalize_embeddings=True))
+    plug.set_keyword_bank([w for _, w in words], items, studio.model.get_input_embeddings().weight[
+        torch.tensor([i for i, _ in words])].detach(), k=8)
+    histories = {"cook": ["Roast the garlic, then fold it into the butter for the bread.",
+                          "My tomato pasta sauce simmers for three hours."],
+                 "senator": ["The Senate passed the budget bill after a long debate.",
+                             "Voters deserve a government that answers to Congress and the courts."]}
+    picked = {}
+    for name, texts in histories.items():
+        h = torch.from_numpy(studio.encoder.encode(texts, normalize_embeddings=True))[None]
+        w = torch.full((1, len(texts)), 1 / len(texts))
+        picked[name] = {plug.keyword_words[i] for i in plug.nearest_keywords(w, h)[0].tolist()}
+    assert picked["cook"] & {"bread", "butter", "garlic", "pasta", "sauce", "tomato", "cooking", "recipe", "food"}
+    assert picked["senator"] & {"senate", "congress", "government", "budget", "voters", "political", "politics"}
+    assert not picked["cook"] & picked["senator"]

@@ -163,7 +163,7 @@ def measure(generator: Generator, examples: list[SelfExample], yours: torch.Tens
             strangers: dict[str, torch.Tensor], settings: SignalSettings = SignalSettings()) -> KnowMe:
     """Score the held-back examples with no plug, with ``yours`` and with a stranger's soft tokens.
 
-    yours: [n, 2, d_llm]; strangers: name -> [n, 2, d_llm]. Item j is scored with stranger
+    yours: [n, n_soft, d_llm]; strangers: name -> [n, n_soft, d_llm]. Item j is scored with stranger
     j mod K (one stranger row per item keeps the cost at three rows per item).
     """
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The PPlug module: history embeddings in, two soft tokens for the frozen LLM out.
+"""The PPlug module: history embeddings in, two or three soft tokens for the frozen LLM out.
 
 Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and current input x
 (all embedded by the frozen sentence encoder and L2-normalized):
@@ -11,9 +11,16 @@ Following Liu et al. (ACL 2025), for one user with history items h_1..h_n and cu
     P  += S((mean_i h_i - m) / s)                        optional shift head, a linear map of the
                                                          standardized mean history embedding
                                                          (``demo.research.distill``)
+    K   = mean of E[v] over the k words v nearest to     optional third token, the *keyword token*:
+          sum_i w_i h_i in the encoder's space           words the history is about, in the LLM's own
+                                                         embeddings E (``demo.research.keywords``)
 
 x comes from the frozen encoder, or (as in the paper, optional) from the plug's own fine-tuned copy
 of it, the *input encoder*, kept in ``input_encoder/`` beside the weights.
+
+The keyword token needs no training: a bank of words, each embedded once by the frozen encoder
+and by the LLM's embedding table, bridges the two spaces. It carries what the history is *about*
+("recipe", "cooking", "bread") where P carries how it is written.
 
 The soft tokens are placed into the prompt by ``demo.core.generation``. Only this module's
 parameters (and the optional input encoder) are trained; the history encoder and the LLM stay
@@ -39,6 +46,7 @@ from torch import nn
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INPUT_ENCODER_DIR = "input_encoder"  # a sentence-transformers folder, when the plug has one
+KEYWORDS_NAME = "keywords.json"  # the keyword bank's words, when the plug has one
 
 
 class PlugMismatchError(ValueError):
@@ -61,6 +69,9 @@ class PlugConfig:
     # A linear head from the mean history embedding to a shift of P, distilled from per-user fitted
     # shifts: the part of a person the input-aware mean of Proj(h_i) did not carry.
     shift_head: bool = False
+    # The keyword token K: the k bank words nearest to the input-aware history mean (0 = no K).
+    keywords: int = 0
+    keyword_bank: int = 0  # words in the bank (``set_keyword_bank``); their text is in KEYWORDS_NAME
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -94,6 +105,10 @@ class PPlug(nn.Module):
             self.shift_head = nn.Linear(config.d_enc, config.d_llm)
             self.register_buffer("history_mean", torch.zeros(config.d_enc))  # over users' mean embeddings
             self.register_buffer("history_std", torch.ones(config.d_enc))
+        if config.keyword_bank:  # kept in float16: the bank is most of the plug's size
+            self.register_buffer("keyword_items", torch.zeros(config.keyword_bank, config.d_enc, dtype=torch.float16))
+            self.register_buffer("keyword_tokens", torch.zeros(config.keyword_bank, config.d_llm, dtype=torch.float16))
+        self.keyword_words: list[str] = []
 
     @property
     def input_encoder(self):
@@ -115,6 +130,14 @@ class PPlug(nn.Module):
         """Mean and std per dimension of item embeddings [n, d_enc] (needs ``config.standardize``)."""
         self.item_mean.copy_(items.float().mean(0))
         self.item_std.copy_(items.float().std(0).clamp_min(1e-4))
+
+    @torch.no_grad()
+    def set_keyword_bank(self, words: list[str], items: torch.Tensor, tokens: torch.Tensor, k: int) -> None:
+        """The keyword bank: V words, their encoder embeddings [V, d_enc] and LLM embeddings [V, d_llm]."""
+        self.config.keyword_bank, self.config.keywords = len(words), k
+        self.register_buffer("keyword_items", F.normalize(items.float(), dim=-1).half())
+        self.register_buffer("keyword_tokens", F.normalize(tokens.float(), dim=-1).half())
+        self.keyword_words = list(words)
 
     # --- the aggregator and projectors ----------------------------------------------------
 
@@ -156,6 +179,22 @@ class PPlug(nn.Module):
             mean = (items * m).sum(1) / m.sum(1).clamp_min(1)
         return self.shift_head((mean - self.history_mean) / self.history_std)
 
+    def nearest_keywords(self, w: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Indices [B, k] of the bank words nearest to the input-aware history mean, nearest first.
+
+        w [B, n] aggregator weights, items [B, n, d_enc]."""
+        mean = F.normalize(torch.einsum("bn,bnd->bd", w.float(), items.float()), dim=-1)
+        return (mean @ self.keyword_items.float().T).topk(self.config.keywords, dim=-1).indices
+
+    def keyword_token(self, w: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """K before rescaling: the mean LLM embedding of the nearest words. -> [B, d_llm]."""
+        return self.keyword_tokens.float()[self.nearest_keywords(w, items)].mean(1)
+
+    @property
+    def n_soft(self) -> int:
+        """Soft tokens per row: [I; P], or [I; P; K] with a keyword token."""
+        return 3 if self.config.keywords else 2
+
     def soft_tokens(
         self,
         x: torch.Tensor,
@@ -163,10 +202,10 @@ class PPlug(nn.Module):
         mask: torch.Tensor | None = None,
         projected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two soft tokens [I; P] and the aggregator weights.
+        """The soft tokens [I; P] (or [I; P; K]) and the aggregator weights.
 
         x [B, d_enc], items [B, n, d_enc], mask [B, n] or None, projected [B, n, d_llm]
-        (Proj(items), when cached) -> (soft [B, 2, d_llm], weights [B, n]).
+        (Proj(items), when cached) -> (soft [B, n_soft, d_llm], weights [B, n]).
         """
         w = self.weights(x, items, mask)
         if projected is None:
@@ -177,6 +216,9 @@ class PPlug(nn.Module):
         if self.config.shift_head:
             shift = self.history_shift(items, mask).to(soft.dtype)
             soft = torch.stack([soft[:, 0], soft[:, 1] + shift], dim=1)
+        if self.config.keywords:
+            keyword = self.rescale(self.keyword_token(w, items)).to(soft.dtype)
+            soft = torch.cat([soft, keyword[:, None]], dim=1)
         return soft, w
 
     # --- identity, save and load ------------------------------------------------------------
@@ -197,8 +239,11 @@ class PPlug(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v if k.startswith("keyword_") else v.float() for k, v in state.items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.config.keyword_bank:
+            (folder / KEYWORDS_NAME).write_text(json.dumps(self.keyword_words) + "\n")
         if self.input_encoder is not None:
             self.input_encoder.save(str(folder / INPUT_ENCODER_DIR))
 
@@ -230,6 +275,11 @@ class PPlug(nn.Module):
             )
         plug = cls(config)
         plug.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        if config.keyword_bank:
+            plug.keyword_words = json.loads((folder / KEYWORDS_NAME).read_text())
+            if len(plug.keyword_words) != config.keyword_bank:
+                raise ValueError(f"{folder / KEYWORDS_NAME} holds {len(plug.keyword_words)} words, "
+                                 f"the plug's bank {config.keyword_bank}.")
         if config.input_encoder:
             plug.attach_input_encoder(SentenceTransformer(str(folder / INPUT_ENCODER_DIR), device="cpu").eval())
         return plug

@@ -6,7 +6,7 @@ plug and the store, and it is the only place that turns user actions into tensor
 A request's path:
     history text/files --demo.core.history--> items --encode (cached by content hash)--> H [n, d_enc]
     --plug.project_items--> Proj(H) [n, d_llm]  (stored: the profile's personal embedding)
-    request --encode--> x [d_enc] --plug.soft_tokens(x, H, Proj(H))--> [I; P] [2, d_llm]
+    request --encode--> x [d_enc] --plug.soft_tokens(x, H, Proj(H))--> [I; P; K] [n_soft, d_llm]
     --generation.Generator (one batched pass: personalized row + generic row)--> both texts
 """
 from __future__ import annotations
@@ -331,7 +331,7 @@ class Studio:
 
     def soft_without(self, profile: _LoadedProfile, requests: list[str], left_out: list[int],
                      x: torch.Tensor | None = None) -> torch.Tensor:
-        """Soft tokens [B, 2, d_llm] for each request with the history less item ``left_out[b]``.
+        """Soft tokens [B, n_soft, d_llm] for each request with the history less item ``left_out[b]``.
 
         How a person's own items are scored as answers: the item that is the answer never
         counts in the history it is conditioned on. x: the requests' embeddings [B, d_enc], when
@@ -444,7 +444,7 @@ class Studio:
 
     def _fit_request(self, request: str, params: GenerationParams, notes: list[str]) -> PromptIds:
         """Prompt ids for the request, cut to fit the model's context (with a note) if needed."""
-        ids = self.generator.fit_prompt(request, self.generator.max_context - params.max_new_tokens - 2)  # 2 soft
+        ids = self.generator.fit_prompt(request, self.generator.max_context - params.max_new_tokens - self.plug.n_soft)
         if ids.cut_to is not None:
             notes.append(f"The request was cut to {ids.cut_to:,} tokens to fit the model's context.")
         return ids

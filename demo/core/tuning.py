@@ -22,7 +22,7 @@ from .generation import Generator
 from .scoring import nll_per_row, target_ids, teacher_forced_logits
 from .selfsup import SelfExample
 
-# soft(requests, left_out) -> [B, 2, d_llm]: the plug's soft tokens for each request, computed with
+# soft(requests, left_out) -> [B, n_soft, d_llm]: the plug's soft tokens for each request, computed with
 # the history without item left_out[b] (the item that is the answer).
 SoftFn = Callable[[list[str], list[int]], torch.Tensor]
 Progress = Callable[[int, int], None]  # (steps done, steps planned)
@@ -58,11 +58,12 @@ class TunedToken:
 
 
 def add_shift(soft: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """[..., 2, d_llm] soft tokens with ``shift`` added to P (the last token): one shift [d_llm] for
-    every row, or one per row [..., d_llm]. The result has the shape of ``soft``."""
+    """[..., n_soft, d_llm] soft tokens with ``shift`` added to P (the second token): one shift [d_llm]
+    for every row, or one per row [..., d_llm]. The result has the shape of ``soft``."""
     if shift is None:
         return soft
-    return torch.cat([soft[..., :1, :], soft[..., 1:, :] + shift.to(soft.dtype).unsqueeze(-2)], dim=-2)
+    p = soft[..., 1:2, :] + shift.to(soft.dtype).unsqueeze(-2)
+    return torch.cat([soft[..., :1, :], p, soft[..., 2:, :]], dim=-2)
 
 
 def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample],
@@ -78,7 +79,7 @@ def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample]
     prompts = [generator.fit_prompt(e.request, settings.max_prompt_tokens) for e in examples]
     targets = [target_ids(generator, e.target, settings.max_target_tokens) for e in examples]
     with torch.no_grad():
-        soft = soft_fn([e.request for e in examples], [e.index for e in examples]).float()  # [B, 2, d_llm]
+        soft = soft_fn([e.request for e in examples], [e.index for e in examples]).float()  # [B, n_soft, d_llm]
     device = generator.device
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())

@@ -26,12 +26,12 @@ import torch
 from ..core.plug import PPlug
 from ..core.settings import REPO_ROOT, Settings
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
+from ..core.tuning import add_shift
 from .lamp import DEFAULT_DATA, SHARED_TASKS, read_task
 from .metrics import paired_bootstrap
 from .runtime import (FrozenModels, SoftTokenModule, build_examples, soft_tokens)
 
 FIT, HELD_OUT = 2, 1  # queries per user: fitted on, held out
-ONLY_P = torch.tensor([[0.0], [1.0]])  # [2, 1]: the shift moves P (soft token 1), not the instruction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ class Oracle(FrozenModels):
         self.plug = SoftTokenModule(plug.to(self.generator.device)).eval()
 
     def nll(self, prompts, soft, targets) -> torch.Tensor:
-        """Mean gold NLL per token of each row [B]; soft [B, 2, d_llm] or None rows."""
+        """Mean gold NLL per token of each row [B]; soft [B, n_soft, d_llm] or None rows."""
         return nll_per_row(*teacher_forced_logits(self.generator, prompts, list(soft), targets))
 
     def fit_user(self, examples) -> tuple[torch.Tensor, tuple]:
@@ -72,12 +72,11 @@ class Oracle(FrozenModels):
         prompts = [g.fit_prompt(e.query.input, a.max_prompt_tokens) for e in examples]
         targets = [target_ids(g, e.query.output, a.max_target_tokens) for e in examples]
         with torch.no_grad():
-            soft, _ = soft_tokens(self.plug, examples, g.device)  # [FIT + HELD_OUT, 2, d_llm]
+            soft, _ = soft_tokens(self.plug, examples, g.device)  # [FIT + HELD_OUT, n_soft, d_llm]
         delta = torch.zeros(soft.shape[-1], device=g.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=a.lr)
-        only_p = ONLY_P.to(g.device)
         for _ in range(a.steps):
-            loss = self.nll(prompts[:FIT], soft[:FIT] + only_p * delta, targets[:FIT]).mean()
+            loss = self.nll(prompts[:FIT], add_shift(soft[:FIT], delta), targets[:FIT]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -90,7 +89,7 @@ class Oracle(FrozenModels):
         for i, (prompt, soft, target) in enumerate(rows):
             for name, delta in (("own", deltas[i]), ("other", deltas[(i + 1) % len(deltas)]),
                                 ("plug", torch.zeros_like(deltas[i]))):
-                shifted = soft + ONLY_P.to(soft.device) * delta  # [2, d_llm]
+                shifted = add_shift(soft, delta)  # [n_soft, d_llm]
                 out[name].append(float(self.nll([prompt], shifted[None], [target])[0]))
             out["generic"].append(float(self.nll([prompt], [None], [target])[0]))
         return out

@@ -165,7 +165,7 @@ def stack_histories(histories: list[torch.Tensor], d: int) -> tuple[torch.Tensor
 
 def soft_tokens(plug_module: "SoftTokenModule", examples: list[Example], device,
                 histories: list[torch.Tensor] | None = None):
-    """[B, 2, d_llm] soft tokens and weights for the examples (``histories`` overrides their own)."""
+    """[B, n_soft, d_llm] soft tokens and weights for the examples (``histories`` overrides their own)."""
     hist = histories if histories is not None else [e.items for e in examples]
     d = examples[0].x.shape[0]
     items, mask = stack_histories(hist, d)

@@ -214,7 +214,7 @@ class Trainer(FrozenModels):
 
     def _answers(self, task, queries, plug_module=None):
         """Greedy answers to the dev queries of a task, with the plug or (None) without.
-        -> (examples, prompts, targets, soft [B, 2, d_llm] or None, texts)"""
+        -> (examples, prompts, targets, soft [B, n_soft, d_llm] or None, texts)"""
         exs = [self.examples_by_id[task.name][q.id] for q in queries]
         prompts, targets = self.rows(exs)
         soft = soft_tokens(plug_module, exs, self.generator.device)[0] if plug_module is not None else None
