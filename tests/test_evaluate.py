@@ -21,6 +21,7 @@ from demo.core.plug import PPlug
 from demo.core.settings import REPO_ROOT
 from demo.core.text import free_port
 from demo.research import evaluate as evaluate_cli
+from demo.research import keywords as keywords_cli
 from demo.research import oracle as oracle_cli
 from demo.research import train as train_cli
 from demo.research.evaluate import other_user_order
@@ -102,6 +103,11 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                            str(root / "free")]) == 0
     assert json.loads((root / "free" / "config.json").read_text())["origin"] == "training-free"
 
+    # the keyword token, added to the trained plug: every method below runs with three soft tokens
+    assert keywords_cli.main(["--plug", str(out), "--words", "300", "--k", "4"]) == 0
+    keyed = PPlug.load(out)
+    assert keyed.n_soft == 3 and len(keyed.keyword_words) == 300
+
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
                               "--training-free-plug", str(root / "free"), "--max-new-tokens", "4",
@@ -122,7 +128,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert len(lines) == 4 and all(m in json.loads(lines[0]) for m in evaluate_cli.METHODS)
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
-    assert "dev ROUGE-L tweets" in recorded["summary"]
+    assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert re.search(r"^\| pplug\+rag +\|", md, re.M) and "fit MRR" in md

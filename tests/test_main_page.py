@@ -70,7 +70,7 @@ def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(p
     assert message["visible"] and "history is empty" in message["value"]
     assert rest == [gr.skip()] * 4
     out = list(handler(page, "on_generate")(owner, "not-a-profile", "Hi", False, 8, "Greedy", 0.7, 0.95, 0))
-    assert len(out) == 1 and "No such profile" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 7
+    assert len(out) == 1 and "No such profile" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 8
     nothing = list(handler(page, "on_generate")(owner, None, "Hi", False, 8, "Greedy", 0.7, 0.95, 0))
     assert "Compute your PPlug embedding first" in nothing[0][0]["value"]
 
@@ -129,7 +129,7 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     assert state(owner, None)[0]["interactive"] is False
     # Generating with the box ticked but no token says so in the message area.
     out = list(handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, True))
-    assert len(out) == 1 and "Tune to me" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 7
+    assert len(out) == 1 and "Tune to me" in out[0][0]["value"] and list(out[0][1:]) == [gr.skip()] * 8
     # A stored token (as tune_profile stores one) ticks the box for its owner only, and says how it was fitted.
     meta = {"steps": 2, "held_nll_before": 3.0, "held_nll_after": 2.9, "gain": 0.105, "n_fit": 4, "n_held": 2,
             "seconds": 31.5}

@@ -173,6 +173,8 @@ def test_the_keyword_token_is_the_mean_llm_embedding_of_the_nearest_bank_words_a
     mean = torch.nn.functional.normalize(torch.einsum("bn,bnd->bd", w, items), dim=-1)
     nearest = (mean @ bank_items.T).topk(3).indices  # the bank is kept in float16: compare the choice
     assert torch.equal(keyed.nearest_keywords(w, items), nearest)
+    assert keyed.keywords_of(w, items) == [[words[i] for i in row] for row in nearest.tolist()]
+    assert plain.keywords_of(w, items) == [[], []]
     rows = torch.nn.functional.normalize(bank_tokens, dim=-1)[nearest].mean(1)
     expected = torch.nn.functional.normalize(rows, dim=-1) * 3.0  # at the token norm
     assert torch.allclose(soft[:, 2], expected, atol=5e-3)

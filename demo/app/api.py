@@ -90,7 +90,8 @@ def generate(studio: Studio, owner_token: str, profile_id: str, request: str, ma
     try:
         for result in studio.generate(owner_token, profile_id, request, params, tuned=tuned):
             yield {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
-                   "top_items": [asdict(t) for t in result.top_items], "timings": result.timings,
+                   "top_items": [asdict(t) for t in result.top_items], "keywords": result.keywords,
+                   "timings": result.timings,
                    "plug_id": studio.plug_id, "generation_id": result.generation_id, "done": result.done}
     except ServiceError as err:
         raise api_error(err) from None

@@ -182,11 +182,12 @@ def on_know_me(studio: Studio, owner, profile_id):
 
 def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature, top_p,
                 seed, tuned=False):
-    """Streams (message, personalized, generic, control column, notes, "why" group, weights plot, weights table).
+    """Streams (message, personalized, generic, control column, notes, "why" group, keywords, weights plot,
+    weights table).
 
     ``tuned``: the personalized column adds the profile's "tune to me" token."""
     if not profile_id:
-        yield _warn("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 7
+        yield _warn("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 8
         return
     try:
         params = GenerationParams(
@@ -204,9 +205,9 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
             yield (_message(), gr.update(value=result.personalized, label=label), result.generic, other, notes,
-                   gr.update(visible=True), charts.weights_plot(frame), frame)
+                   gr.update(visible=True), keywords_text(result.keywords), charts.weights_plot(frame), frame)
     except (ServiceError, TypeError, ValueError, OverflowError) as err:
-        yield _warn(err), *[gr.skip()] * 7
+        yield _warn(err), *[gr.skip()] * 8
 
 
 def generate_example(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
@@ -344,16 +345,25 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
                            notes=notes)
 
 
+def keywords_text(words: list[str]) -> str:
+    """The words of the keyword token, as the "why" section shows them (bank words: letters only)."""
+    if not words:
+        return ""
+    return (f"**Words the plug took from your writing for this request** (its third soft token): "
+            f"{', '.join(words)}")
+
+
 def _why_section() -> SimpleNamespace:
     with gr.Column(visible=False, elem_id="why") as why:
         gr.Markdown("#### Why this answer: the texts of yours that counted most for this request")
+        keywords = gr.Markdown(elem_id="keywords")
         with gr.Row():
             weights_plot = gr.BarPlot(x="item", y="weight (%)", tooltip=["item", "weight (%)"], sort="-y",
                                       height=260, x_title="your text", y_title="weight (%)", scale=2)
             weights_table = gr.Dataframe(headers=["item", "weight (%)", "text"], wrap=True, interactive=False,
                                          column_widths=["10%", "16%", "74%"], max_height=360, scale=3,
                                          show_label=False, elem_classes="why-table")
-    return SimpleNamespace(why=why, weights_plot=weights_plot, weights_table=weights_table)
+    return SimpleNamespace(why=why, keywords=keywords, weights_plot=weights_plot, weights_table=weights_table)
 
 
 def _footer(studio: Studio) -> SimpleNamespace:
@@ -410,7 +420,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     tuned = bind(tune_state, studio)  # the selected profile's "Tune to me": after every change of profile
     tune_io = ([ui.owner, ui.profile_id], [ui.tune_btn, ui.tune_status, ui.use_tuned])
     gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
-    gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.weights_plot, ui.weights_table]
+    gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
+               ui.weights_table]
 
     demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(

@@ -186,6 +186,12 @@ class PPlug(nn.Module):
         mean = F.normalize(torch.einsum("bn,bnd->bd", w.float(), items.float()), dim=-1)
         return (mean @ self.keyword_items.float().T).topk(self.config.keywords, dim=-1).indices
 
+    def keywords_of(self, w: torch.Tensor, items: torch.Tensor) -> list[list[str]]:
+        """The keyword token's words for each of the B rows, nearest first (none without a bank)."""
+        if not self.config.keywords:
+            return [[] for _ in range(w.shape[0])]
+        return [[self.keyword_words[i] for i in row] for row in self.nearest_keywords(w, items).tolist()]
+
     def keyword_token(self, w: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """K before rescaling: the mean LLM embedding of the nearest words. -> [B, d_llm]."""
         return self.keyword_tokens.float()[self.nearest_keywords(w, items)].mean(1)

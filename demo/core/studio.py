@@ -100,6 +100,7 @@ class Comparison:
 
     outputs: dict[str, str] = field(default_factory=dict)  # condition -> text
     top_items: list[TopItem] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)  # the words of the keyword token K, nearest first
     notes: list[str] = field(default_factory=list)
     done: bool = False
     timings: dict = field(default_factory=dict)
@@ -525,6 +526,7 @@ class Studio:
             if tuned:
                 soft = add_shift(soft, self._personal_token(profile_id))
             w = weights[0].float().cpu()
+            words = self.plug.keywords_of(weights, profile.items[None])[0]
             plain = self._fit_request(request, params, notes)
             rag = None
             if any("rag" in c for c in conditions):
@@ -546,7 +548,7 @@ class Studio:
         result = Comparison(notes=list(dict.fromkeys(notes)), prompt_tokens=dict(zip(conditions, mask.sum(1).tolist())),
                             other=other, top_items=[
             TopItem(int(i), float(v), profile.texts[int(i)]) for v, i in zip(top.values, top.indices)
-        ], request=request)
+        ], keywords=words, request=request)
         return result, embeds, mask
 
 

@@ -390,6 +390,9 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     head = made.get("distill")
     head = (f", with a shift head distilled from {sum(head['users'].values())} train users' fitted shifts"
             if head else "")
+    if "keywords" in made:
+        head += (f", and a keyword token from the {made['keywords']['k']} nearest of "
+                 f"{made['keywords']['bank']:,} bank words")
     made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")
     path.write_text(json.dumps(config, indent=2) + "\n")

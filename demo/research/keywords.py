@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         items = torch.from_numpy(encoder.encode([w for _, w in words], batch_size=256, normalize_embeddings=True))
         tokens = model.get_input_embeddings().weight[ids].float()
     plug.set_keyword_bank([w for _, w in words], items, tokens, args.k)
+    plug.config.made["keywords"] = {"bank": len(words), "k": args.k}
     out = Path(args.save or args.plug)
     plug.save(out)
     print(f"{len(words)} words in the bank (first: {', '.join(w for _, w in words[:8])}); K from the {args.k} "
