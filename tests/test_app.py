@@ -24,6 +24,7 @@ def test_compute_and_generate_side_by_side(client, owner):
                          max_new_tokens=12, api_name="/generate")
     assert out["personalized"] and out["generic"]
     assert len(out["top_items"]) == 3
+    assert len(out["keywords"]) == 8 and all(w.isalpha() for w in out["keywords"])  # the keyword token's words
     assert out["plug_id"]
     listed = client.predict(owner_token=owner, api_name="/list_profiles")
     assert [p["id"] for p in listed] == [profile["profile_id"]]

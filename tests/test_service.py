@@ -198,11 +198,15 @@ def test_the_four_example_personas_get_four_different_answers(studio, owner):
     """The same request through the shipped plug with each persona's writing: no two answers alike."""
     from demo.core import personas
 
-    answers = {}
+    answers, words = {}, {}
     for name in personas.persona_names():
         profile = studio.compute_profile(owner, name, personas.persona_items(name)).profile_id
         params = GenerationParams(max_new_tokens=48)
-        answers[name] = list(studio.generate(owner, profile, "Write a short blog post about my weekend.",
-                                             params))[-1].personalized
+        last = list(studio.generate(owner, profile, "Write a short blog post about my weekend.", params))[-1]
+        answers[name], words[name] = last.personalized, set(last.keywords)
     assert len(answers) == 4
     assert len(set(answers.values())) == 4, answers
+    # the keyword token: words of what each persona writes about, and not the same words for all
+    assert all(len(w) == studio.plug.config.keywords == 8 for w in words.values()), words
+    assert words["food_blogger"] & {"recipe", "recipes", "cooking", "food", "meals", "bread", "dishes"}, words
+    assert not words["food_blogger"] & words["lincoln"], words

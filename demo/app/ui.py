@@ -251,7 +251,10 @@ def plug_report(studio: Studio) -> str:
              f"aggregator temperature {config.tau:g}. Under the hood: a frozen sentence encoder embeds each item of "
              "your writing, the items are weighed by how related they are to the request, and a small projector "
              "turns them into a soft token that the frozen language model reads next to a learned instruction "
-             "token."]
+             "token."
+             + (f" A third token, the keyword token, is the language model's own embedding of the "
+                f"{config.keywords} words (of {config.keyword_bank:,}) nearest to your weighed writing in the "
+                "encoder's space: what it is about." if config.keywords else "")]
     made = config.made
     # Scalar facts and the training settings; the per-evaluation history stays in config.json.
     facts = {k: v for k, v in made.items() if isinstance(v, (int, float, str)) and k not in ("summary", "data_dir")}
@@ -349,8 +352,8 @@ def keywords_text(words: list[str]) -> str:
     """The words of the keyword token, as the "why" section shows them (bank words: letters only)."""
     if not words:
         return ""
-    return (f"**Words the plug took from your writing for this request** (its third soft token): "
-            f"{', '.join(words)}")
+    return (f"**What your writing is about, as the plug reads it for this request** (the words of its keyword "
+            f"token): {', '.join(words)}")
 
 
 def _why_section() -> SimpleNamespace:
