@@ -42,6 +42,7 @@ def test_the_map_learns_a_linear_relation_and_the_plug_applies_it(tmp_path):
     base, _ = shipped.soft_tokens(x, items)
     soft, _ = plug.soft_tokens(x, items)
     assert torch.equal(soft[:, 0], base[:, 0]) and torch.allclose(soft[:, 1] - base[:, 1], predicted[:3], atol=1e-5)
+    assert torch.equal(soft[:, 2:], base[:, 2:]) and plug.keyword_words == shipped.keyword_words  # K stays as it was
 
     # The gain scales each user's departure from their task's shift, not the task's shift itself.
     fit_map(parse_args(["map", "--out", str(out), "--save", str(tmp_path / "plug3"), "--gain", "3",

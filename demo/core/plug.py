@@ -229,6 +229,16 @@ class PPlug(nn.Module):
 
     # --- identity, save and load ------------------------------------------------------------
 
+    def rebuilt(self, **changes) -> "PPlug":
+        """This plug with config fields changed (e.g. ``shift_head=False``): the weights both configs
+        have are copied; the keyword bank's words and the input encoder come along."""
+        plug = PPlug(PlugConfig.from_dict({**asdict(self.config), **changes}))
+        plug.load_state_dict(self.state_dict(), strict=False)
+        plug.keyword_words = list(self.keyword_words)
+        if self.input_encoder is not None:
+            plug.attach_input_encoder(self.input_encoder)
+        return plug
+
     @property
     def plug_id(self) -> str:
         """Stable id of these exact weights: origin plus a hash of the parameters."""

@@ -63,12 +63,7 @@ def base_plug(folder: str | Path, **models: str) -> PPlug:
     """The plug without its shift head, if it has one: the P that the shifts are fitted to and added to.
     ``models`` (encoder_id, llm_id) are checked by ``PPlug.load``."""
     plug = PPlug.load(folder, **models)
-    if not plug.config.shift_head:
-        return plug
-    plug.config.shift_head = False
-    base = PPlug(plug.config)
-    base.load_state_dict(plug.state_dict(), strict=False)  # all but the head
-    return base
+    return plug.rebuilt(shift_head=False) if plug.config.shift_head else plug
 
 
 def shard_path(out: Path, task: str, shard: str, part: int = 0) -> Path:
@@ -148,12 +143,9 @@ def fit_map(args) -> dict:
     print(json.dumps(report), flush=True)
     if args.save:
         source = base_plug(args.plug)
-        config = source.config
-        config.shift_head = True
-        config.made = {**config.made, "distill": {**report, "steps": args.steps, "lr": args.lr,
-                                                  "examples": args.examples, "history_cap": args.history_cap}}
-        plug = PPlug(config)
-        plug.load_state_dict(source.state_dict(), strict=False)
+        plug = source.rebuilt(shift_head=True, made={**source.config.made, "distill": {
+            **report, "steps": args.steps, "lr": args.lr, "examples": args.examples,
+            "history_cap": args.history_cap}})
         with torch.no_grad():
             plug.history_mean.copy_(torch.from_numpy(mean))
             plug.history_std.copy_(torch.from_numpy(std))
