@@ -184,6 +184,8 @@ def test_the_keyword_token_is_the_mean_llm_embedding_of_the_nearest_bank_words_a
     assert back.keyword_items.dtype == torch.float16  # the bank stays small on disk
     assert torch.equal(back.soft_tokens(x, items)[0], soft)
     assert "keyword_items" not in plain.state_dict()  # plugs without a bank keep their weights and ids
+    with pytest.raises(ValueError, match="k <= its words"):
+        make_plug().set_keyword_bank(words[:2], bank_items[:2], bank_tokens[:2], k=3)
 
 
 def test_a_shift_moves_p_only_when_there_is_a_keyword_token():

@@ -134,6 +134,9 @@ class PPlug(nn.Module):
     @torch.no_grad()
     def set_keyword_bank(self, words: list[str], items: torch.Tensor, tokens: torch.Tensor, k: int) -> None:
         """The keyword bank: V words, their encoder embeddings [V, d_enc] and LLM embeddings [V, d_llm]."""
+        if not 1 <= k <= len(words) or not len(words) == len(items) == len(tokens):
+            raise ValueError(f"A keyword bank needs 1 <= k <= its words, one row per word ({len(words)} words, "
+                             f"{len(items)} and {len(tokens)} rows, k = {k}).")
         self.config.keyword_bank, self.config.keywords = len(words), k
         self.register_buffer("keyword_items", F.normalize(items.float(), dim=-1).half())
         self.register_buffer("keyword_tokens", F.normalize(tokens.float(), dim=-1).half())
