@@ -105,9 +105,9 @@ class PPlug(nn.Module):
             self.shift_head = nn.Linear(config.d_enc, config.d_llm)
             self.register_buffer("history_mean", torch.zeros(config.d_enc))  # over users' mean embeddings
             self.register_buffer("history_std", torch.ones(config.d_enc))
-        if config.keyword_bank:  # kept in float16: the bank is most of the plug's size
-            self.register_buffer("keyword_items", torch.zeros(config.keyword_bank, config.d_enc, dtype=torch.float16))
-            self.register_buffer("keyword_tokens", torch.zeros(config.keyword_bank, config.d_llm, dtype=torch.float16))
+        if config.keyword_bank:  # float16 values (saved as float16: the bank is most of the plug's size)
+            self.register_buffer("keyword_items", torch.zeros(config.keyword_bank, config.d_enc))
+            self.register_buffer("keyword_tokens", torch.zeros(config.keyword_bank, config.d_llm))
         self.keyword_words: list[str] = []
 
     @property
@@ -138,8 +138,9 @@ class PPlug(nn.Module):
             raise ValueError(f"A keyword bank needs 1 <= k <= its words, one row per word ({len(words)} words, "
                              f"{len(items)} and {len(tokens)} rows, k = {k}).")
         self.config.keyword_bank, self.config.keywords = len(words), k
-        self.register_buffer("keyword_items", F.normalize(items.float(), dim=-1).half())
-        self.register_buffer("keyword_tokens", F.normalize(tokens.float(), dim=-1).half())
+        # Rounded to float16 here, so that the plug in memory is the plug saved and loaded.
+        self.register_buffer("keyword_items", F.normalize(items.float(), dim=-1).half().float())
+        self.register_buffer("keyword_tokens", F.normalize(tokens.float(), dim=-1).half().float())
         self.keyword_words = list(words)
 
     # --- the aggregator and projectors ----------------------------------------------------
@@ -186,8 +187,9 @@ class PPlug(nn.Module):
         """Indices [B, k] of the bank words nearest to the input-aware history mean, nearest first.
 
         w [B, n] aggregator weights, items [B, n, d_enc]."""
-        mean = F.normalize(torch.einsum("bn,bnd->bd", w.float(), items.float()), dim=-1)
-        return (mean @ self.keyword_items.float().T).topk(self.config.keywords, dim=-1).indices
+        bank = self.keyword_items
+        mean = F.normalize(torch.einsum("bn,bnd->bd", w.to(bank.dtype), items.to(bank.dtype)), dim=-1)
+        return (mean @ bank.T).topk(self.config.keywords, dim=-1).indices
 
     def keywords_of(self, w: torch.Tensor, items: torch.Tensor) -> list[list[str]]:
         """The keyword token's words for each of the B rows, nearest first (none without a bank)."""
@@ -197,7 +199,7 @@ class PPlug(nn.Module):
 
     def keyword_token(self, w: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """K before rescaling: the mean LLM embedding of the nearest words. -> [B, d_llm]."""
-        return self.keyword_tokens.float()[self.nearest_keywords(w, items)].mean(1)
+        return self.keyword_tokens[self.nearest_keywords(w, items)].mean(1)
 
     @property
     def n_soft(self) -> int:
@@ -258,8 +260,8 @@ class PPlug(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        state = {k: v if k.startswith("keyword_") else v.float() for k, v in state.items()}
+        state = {k: (v.half() if k.startswith("keyword_") else v.float()).detach().cpu().contiguous()
+                 for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         if self.config.keyword_bank:
             (folder / KEYWORDS_NAME).write_text(json.dumps(self.keyword_words) + "\n")
