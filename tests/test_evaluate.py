@@ -107,6 +107,13 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert keywords_cli.main(["--plug", str(out), "--words", "300", "--k", "4"]) == 0
     keyed = PPlug.load(out)
     assert keyed.n_soft == 3 and len(keyed.keyword_words) == 300
+    # training on from it keeps K and its words
+    assert train_cli.main([*common(root), "--run-dir", str(root / "run-on"), "--out", str(root / "plug-on"),
+                           "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
+                           "--init-from", str(out)]) == 0
+    on = PPlug.load(root / "plug-on")
+    assert on.n_soft == 3 and on.keyword_words == keyed.keyword_words
+    assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
 
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),

@@ -194,8 +194,13 @@ class Trainer(FrozenModels):
                 plug.set_item_statistics(torch.cat([e.items for e in train_examples]))  # [n, d_enc]
         if self.args.init_from:
             start = PPlug.load(self.args.init_from, encoder_id=self.encoder_id, llm_id=self.llm_id)
-            kept = {k: v for k, v in start.state_dict().items() if not k.startswith("item_")}
-            plug.load_state_dict(kept, strict=False)
+            # The start's parts beyond [I; P] (shift head, keyword bank) come along; the item
+            # statistics are this run's.
+            extras = ("shift_head", "keywords", "keyword_bank")
+            plug = plug.rebuilt(**{name: getattr(start.config, name) for name in extras})
+            plug.load_state_dict({k: v for k, v in start.state_dict().items() if not k.startswith("item_")},
+                                 strict=False)
+            plug.keyword_words = list(start.keyword_words)
         if self.args.train_input_encoder:
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
