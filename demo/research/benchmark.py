@@ -197,6 +197,7 @@ def fig_first_token(studio: Studio, histories, repeats: int) -> dict:
         "rag4_first_token_s": statistics.median(rag),
         "pplug_vs_rag": statistics.median(pplug) / statistics.median(rag),
         "pplug_prompt_tokens": statistics.median(n["pplug"] for n in lengths),
+        "soft_tokens": studio.plug.n_soft,
         "rag4_prompt_tokens": statistics.median(n["rag"] for n in lengths),
     }
 

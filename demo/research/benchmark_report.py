@@ -48,7 +48,7 @@ def markdown(results: dict) -> str:
     if "first_token" in results:
         f = results["first_token"]
         absolute.append(f"- First token: PPlug {f['pplug_first_token_s'] * 1000:.0f} ms "
-                        f"({f['pplug_prompt_tokens']:.0f} prompt tokens incl. 2 soft), RAG top-4 "
+                        f"({f['pplug_prompt_tokens']:.0f} prompt tokens incl. {f.get('soft_tokens', 2)} soft), RAG top-4 "
                         f"{f['rag4_first_token_s'] * 1000:.0f} ms ({f['rag4_prompt_tokens']:.0f} prompt tokens), "
                         f"median over {f['queries']} real queries.")
     if "encoding" in results:
