@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--training-free", action="store_true", help="only build the ridge-regression plug and save it")
     p.add_argument("--init", choices=["random", "training-free"], default="random")
     p.add_argument("--init-from", default=None,
-                   help="start from this plug checkpoint's weights (its standardization statistics are "
-                        "recomputed when --standardize is set)")
+                   help="start from this plug checkpoint: its weights, shift head, keyword bank and "
+                        "standardization (whose statistics are recomputed when --standardize is set)")
     p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
@@ -194,12 +194,12 @@ class Trainer(FrozenModels):
                 plug.set_item_statistics(torch.cat([e.items for e in train_examples]))  # [n, d_enc]
         if self.args.init_from:
             start = PPlug.load(self.args.init_from, encoder_id=self.encoder_id, llm_id=self.llm_id)
-            # The start's parts beyond [I; P] (shift head, keyword bank) come along; the item
-            # statistics are this run's.
-            extras = ("shift_head", "keywords", "keyword_bank")
-            plug = plug.rebuilt(**{name: getattr(start.config, name) for name in extras})
-            plug.load_state_dict({k: v for k, v in start.state_dict().items() if not k.startswith("item_")},
-                                 strict=False)
+            # The start's parts beyond [I; P] (shift head, keyword bank) and its standardization come
+            # along; with --standardize the item statistics are this run's.
+            extras = {name: getattr(start.config, name) for name in ("shift_head", "keywords", "keyword_bank")}
+            plug = plug.rebuilt(**extras, standardize=self.args.standardize or start.config.standardize)
+            plug.load_state_dict({k: v for k, v in start.state_dict().items()
+                                  if not (self.args.standardize and k.startswith("item_"))}, strict=False)
             plug.keyword_words = list(start.keyword_words)
         if self.args.train_input_encoder:
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
