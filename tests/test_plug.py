@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from demo.core.plug import PlugConfig, PlugMismatchError, PPlug, cosine_spread
+from demo.core.plug import PlugConfig, PlugMismatchError, PPlug, add_shift, cosine_spread
 
 D_ENC, D_LLM = 16, 24
 
@@ -190,8 +190,6 @@ def test_the_keyword_token_is_the_mean_llm_embedding_of_the_nearest_bank_words_a
 
 
 def test_a_shift_moves_p_only_when_there_is_a_keyword_token():
-    from demo.core.tuning import add_shift
-
     soft, shift = torch.randn(4, 3, D_LLM), torch.randn(4, D_LLM)
     shifted = add_shift(soft, shift)
     assert torch.equal(shifted[:, 0], soft[:, 0]) and torch.equal(shifted[:, 2], soft[:, 2])

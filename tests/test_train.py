@@ -9,10 +9,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from demo.core.generation import Generator
 from demo.core.models import llm_folder
-from demo.core.plug import PPlug
+from demo.core.plug import PPlug, add_shift
 from demo.core.scoring import end_of_turn_ids, target_ids
 from demo.core.selfsup import examples_from_history
-from demo.core.tuning import FitSettings, add_shift, fit_shift
+from demo.core.tuning import FitSettings, fit_shift
 from demo.research.lamp import LampSplit, Query, task_spec
 from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
                                    stack_histories)

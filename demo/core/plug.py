@@ -81,6 +81,15 @@ class PlugConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def add_shift(soft: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """[..., n_soft, d_llm] soft tokens with ``shift`` added to P (the second token): one shift [d_llm]
+    for every row, or one per row [..., d_llm]. The result has the shape of ``soft``."""
+    if shift is None:
+        return soft
+    p = soft[..., 1:2, :] + shift.to(soft.dtype).unsqueeze(-2)
+    return torch.cat([soft[..., :1, :], p, soft[..., 2:, :]], dim=-2)
+
+
 def _mlp(d_in: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
 
@@ -225,8 +234,7 @@ class PPlug(nn.Module):
         instruction = self.instruction_embedding().expand(x.shape[0], -1)
         soft = self.rescale(torch.stack([instruction, personal], dim=1))
         if self.config.shift_head:
-            shift = self.history_shift(items, mask).to(soft.dtype)
-            soft = torch.stack([soft[:, 0], soft[:, 1] + shift], dim=1)
+            soft = add_shift(soft, self.history_shift(items, mask))
         if self.config.keywords:
             keyword = self.rescale(self.keyword_token(w, items)).to(soft.dtype)
             soft = torch.cat([soft, keyword[:, None]], dim=1)

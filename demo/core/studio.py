@@ -33,13 +33,13 @@ from . import know_me, personas
 from .generation import GenerationParams, Generator, PromptIds
 from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
-from .plug import PPlug
+from .plug import PPlug, add_shift
 from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
 from .storage import Store
 from .text import CONDITIONS, clean_text, has_visible_text, only_visible, sha256_text
-from .tuning import FitSettings, add_shift, fit_shift
+from .tuning import FitSettings, fit_shift
 
 log = logging.getLogger(__name__)
 

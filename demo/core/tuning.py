@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Generator
+from .plug import add_shift
 from .scoring import nll_per_row, target_ids, teacher_forced_logits
 from .selfsup import SelfExample
 
@@ -55,15 +56,6 @@ class TunedToken:
     def gain(self) -> float:
         """How much likelier the held-back items became, as a share of per-token probability."""
         return float(torch.tensor(self.held_nll_before - self.held_nll_after).exp() - 1)
-
-
-def add_shift(soft: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """[..., n_soft, d_llm] soft tokens with ``shift`` added to P (the second token): one shift [d_llm]
-    for every row, or one per row [..., d_llm]. The result has the shape of ``soft``."""
-    if shift is None:
-        return soft
-    p = soft[..., 1:2, :] + shift.to(soft.dtype).unsqueeze(-2)
-    return torch.cat([soft[..., :1, :], p, soft[..., 2:, :]], dim=-2)
 
 
 def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample],

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from ..core.history import lamp_item_text
-from ..core.plug import PPlug, cosine_spread, weight_entropy
+from ..core.plug import PPlug, add_shift, cosine_spread, weight_entropy
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
 from ..core.settings import REPO_ROOT, Settings
 from ..core.text import markdown_table
-from ..core.tuning import FitSettings, add_shift
+from ..core.tuning import FitSettings
 from .lamp import DEFAULT_DATA, SHARED_TASKS, LampSplit, postprocess, read_task
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .retrieval import lamp_rag_request

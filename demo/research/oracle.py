@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.plug import PPlug
+from ..core.plug import PPlug, add_shift
 from ..core.settings import REPO_ROOT, Settings
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
-from ..core.tuning import add_shift
 from .lamp import DEFAULT_DATA, SHARED_TASKS, read_task
 from .metrics import paired_bootstrap
 from .runtime import (FrozenModels, SoftTokenModule, build_examples, soft_tokens)
