@@ -113,6 +113,15 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                            "--init-from", str(out)]) == 0
     on = PPlug.load(root / "plug-on")
     assert on.n_soft == 3 and on.keyword_words == keyed.keyword_words
+    # with a shift head kept frozen: the head stays, the rest trains
+    keyed.rebuilt(shift_head=True).save(root / "plug-head")
+    assert train_cli.main([*common(root), "--run-dir", str(root / "run-head"), "--out", str(root / "plug-headed"),
+                           "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
+                           "--lr", "1e-2", "--warmup", "0", "--init-from", str(root / "plug-head"),
+                           "--freeze-shift-head"]) == 0
+    start, headed = PPlug.load(root / "plug-head"), PPlug.load(root / "plug-headed")
+    assert headed.config.shift_head and torch.equal(headed.shift_head.weight, start.shift_head.weight)
+    assert not torch.equal(headed.projector[0].weight, start.projector[0].weight)
     assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
 
     results_dir = root / "results"

@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None,
                    help="start from this plug checkpoint: its weights, shift head, keyword bank and "
                         "standardization (whose statistics are recomputed when --standardize is set)")
+    p.add_argument("--freeze-shift-head", action="store_true",
+                   help="with --init-from a plug with a shift head: train every part but the head")
     p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
@@ -323,7 +325,9 @@ class Run:
         self.last = self.run_dir / "last.pt"
         module = SoftTokenModule(plug)
         encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
-        groups = [{"params": [p for p in plug.parameters() if p is not plug.log_gate]},
+        if args.freeze_shift_head and plug.config.shift_head:
+            plug.shift_head.requires_grad_(False)  # the distilled personal map stays as it was
+        groups = [{"params": [p for p in plug.parameters() if p.requires_grad and p is not plug.log_gate]},
                   {"params": [plug.log_gate], "lr": args.lr * args.gate_lr_scale, "weight_decay": 0.0}]
         if encoder:
             groups.append({"params": encoder, "lr": args.input_encoder_lr})
