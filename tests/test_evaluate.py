@@ -121,6 +121,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                            "--freeze-shift-head"]) == 0
     start, headed = PPlug.load(root / "plug-head"), PPlug.load(root / "plug-headed")
     assert headed.config.shift_head and torch.equal(headed.shift_head.weight, start.shift_head.weight)
+    assert headed.config.made["init_from"]["plug"] == start.plug_id
     assert not torch.equal(headed.projector[0].weight, start.projector[0].weight)
     assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
 

@@ -207,6 +207,9 @@ class Trainer(FrozenModels):
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
         plug.config.made = {}
+        if self.args.init_from:  # what the start was made of stays on record
+            plug.config.made["init_from"] = {"plug": start.plug_id, **{
+                k: start.config.made[k] for k in ("distill", "keywords") if k in start.config.made}}
         return plug
 
     def examples(self, splits) -> list[Example]:
@@ -476,7 +479,9 @@ def finish(args, t: Trainer, state: dict, sizes: dict, run_dir: Path) -> None:
     per = ", ".join(f"{k} {v['rougeL']:.3f}" for k, v in best.items() if isinstance(v, dict))
     gen = ", ".join(f"{k} {v:.3f}" for k, v in (state["generic"] or {}).items() if k != "mean_rougeL")
     plug.config.origin = "trained"
+    started = {"init_from": plug.config.made["init_from"]} if "init_from" in plug.config.made else {}
     plug.config.made = {
+        **started,
         "encoder": t.encoder_id, "llm": t.llm_id,
         "data": {name: {"split": "train", "queries": n} for name, n in sizes.items()},
         "data_dir": str(args.data), "steps": args.steps, "selected_step": best["step"],
