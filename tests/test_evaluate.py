@@ -146,6 +146,9 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
     assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]
+    # a plug trained on from the keyword plug names the parts it kept
+    assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
+        results, root / "plug-headed")
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert re.search(r"^\| pplug\+rag +\|", md, re.M) and "fit MRR" in md

@@ -387,12 +387,15 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     made["dev_results"] = {"split": results["split"], "limit": results["settings"].get("limit"), "tasks": dev}
     steps = f"{made.get('selected_step', '?')} of {made.get('steps', '?')} steps"
     tasks = "+".join(made.get("data", {})) or "LaMP-format"
-    head = made.get("distill")
+    parts = made.get("init_from", made)  # a plug trained on from another: the start's parts
+    head = parts.get("distill")
     head = (f", with a shift head distilled from {sum(head['users'].values())} train users' fitted shifts"
             if head else "")
-    if "keywords" in made:
-        head += (f", and a keyword token from the {made['keywords']['k']} nearest of "
-                 f"{made['keywords']['bank']:,} bank words")
+    if "keywords" in parts:
+        head += (f", and a keyword token from the {parts['keywords']['k']} nearest of "
+                 f"{parts['keywords']['bank']:,} bank words")
+    if "init_from" in made and head:
+        head += " in place"
     made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")
     path.write_text(json.dumps(config, indent=2) + "\n")
