@@ -113,6 +113,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                            "--init-from", str(out)]) == 0
     on = PPlug.load(root / "plug-on")
     assert on.n_soft == 3 and on.keyword_words == keyed.keyword_words
+    assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
     # with a shift head kept frozen: the head stays, the rest trains
     keyed.rebuilt(shift_head=True).save(root / "plug-head")
     assert train_cli.main([*common(root), "--run-dir", str(root / "run-head"), "--out", str(root / "plug-headed"),
@@ -123,7 +124,6 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert headed.config.shift_head and torch.equal(headed.shift_head.weight, start.shift_head.weight)
     assert headed.config.made["init_from"]["plug"] == start.plug_id
     assert not torch.equal(headed.projector[0].weight, start.projector[0].weight)
-    assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
 
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
