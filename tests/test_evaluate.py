@@ -155,9 +155,9 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
+def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_llm_env):
     """``accelerate launch`` with two CPU processes (gloo): the DDP path GPUs take, input encoder included."""
-    root = tiny_env
+    root = tiny_llm_env
     run, out = root / "run-ddp", root / "plug-ddp"
     env = {**os.environ, "PPLUG_LLM": str(root / "llm"), "PPLUG_DEVICE": "cpu"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -174,7 +174,18 @@ def test_accelerate_launch_trains_in_two_processes_and_resumes(tiny_env):
     assert state["step"] == 3 and [e["step"] for e in state["evals"]] == [0, 2, 3]
     made = json.loads((out / "config.json").read_text())["made"]
     assert made["processes"] == 2 and made["steps"] == 3
-    assert PPlug.load(out).input_encoder is not None
+    trained = PPlug.load(out)
+    assert trained.input_encoder is not None
+    # training on from it keeps its fine-tuned input encoder: trained on when asked, else as it was
+    for flag, name in (["--train-input-encoder"], "on-trained"), ([], "on-frozen"):
+        assert train_cli.main([*common(root), "--run-dir", str(root / f"run-{name}"), "--out", str(root / name),
+                               "--steps", "1", "--batch-size", "2", "--eval-per-task", "1",
+                               "--eval-max-new-tokens", "2", "--lr", "1e-2", "--warmup", "0",
+                               "--init-from", str(out), *flag]) == 0
+        on = PPlug.load(root / name).input_encoder
+        assert on is not None
+        same = [torch.equal(a, b) for a, b in zip(on.state_dict().values(), trained.input_encoder.state_dict().values())]
+        assert all(same) != bool(flag)
 
 
 def test_the_oracle_finds_a_personal_shift_that_carries_to_a_held_out_query(tiny_llm_env):

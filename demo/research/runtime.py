@@ -182,6 +182,12 @@ class SoftTokenModule(torch.nn.Module):
         self.plug = plug
         self.input_encoder = plug.input_encoder  # registered here so that its weights train
 
+    def train(self, mode: bool = True) -> "SoftTokenModule":
+        super().train(mode)
+        if self.input_encoder is not None and not any(p.requires_grad for p in self.input_encoder.parameters()):
+            self.input_encoder.eval()  # a frozen input encoder keeps its dropout off
+        return self
+
     def forward(self, x, items, mask, texts: list[str] | None = None):
         if self.input_encoder is not None and texts is not None:
             x = self.plug.encode_inputs(texts)

@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--training-free", action="store_true", help="only build the ridge-regression plug and save it")
     p.add_argument("--init", choices=["random", "training-free"], default="random")
     p.add_argument("--init-from", default=None,
-                   help="start from this plug checkpoint: its weights, shift head, keyword bank and "
-                        "standardization (whose statistics are recomputed when --standardize is set)")
+                   help="start from this plug checkpoint: its weights, shift head, keyword bank, "
+                        "standardization (whose statistics are recomputed when --standardize is set) and "
+                        "input encoder (trained on with --train-input-encoder, else kept frozen)")
     p.add_argument("--freeze-shift-head", action="store_true",
                    help="with --init-from a plug with a shift head: train every part but the head")
     p.add_argument("--vocab-limit", type=int, default=16_000, help="training-free plug: first N vocabulary ids")
@@ -203,7 +204,10 @@ class Trainer(FrozenModels):
             plug.load_state_dict({k: v for k, v in start.state_dict().items()
                                   if not (self.args.standardize and k.startswith("item_"))}, strict=False)
             plug.keyword_words = list(start.keyword_words)
-        if self.args.train_input_encoder:
+            if start.input_encoder is not None:  # the start's fine-tuned request encoder; trained on only if asked
+                train = self.args.train_input_encoder
+                plug.attach_input_encoder(start.input_encoder.train(train).requires_grad_(train))
+        if self.args.train_input_encoder and plug.input_encoder is None:
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
         plug.config.made = {}
@@ -327,7 +331,7 @@ class Run:
         self.run_dir = Path(args.run_dir)
         self.last = self.run_dir / "last.pt"
         module = SoftTokenModule(plug)
-        encoder = list(module.input_encoder.parameters()) if module.input_encoder is not None else []
+        encoder = [p for p in module.input_encoder.parameters() if p.requires_grad] if module.input_encoder is not None else []
         if args.freeze_shift_head and plug.config.shift_head:
             plug.shift_head.requires_grad_(False)  # the distilled personal map stays as it was
         groups = [{"params": [p for p in plug.parameters() if p.requires_grad and p is not plug.log_gate]},
