@@ -26,6 +26,47 @@ GOALS = [
 ]
 
 
+# The absolute figures of each measured section, one line each, in this order.
+LINES = {
+    "pair": lambda p: (
+        f"- {p['new_tokens']} new tokens: single {p['single_s']:.2f} s, pair in one batch "
+        f"{p['pair_batched_s']:.2f} s, two sequential {p['two_sequential_s']:.2f} s; project path "
+        f"{p['project_tokens_per_s']:.1f} tokens/s, model.generate {p['hf_generate_tokens_per_s']:.1f}."),
+    "first_token": lambda f: (
+        f"- First token: PPlug {f['pplug_first_token_s'] * 1000:.0f} ms "
+        f"({f['pplug_prompt_tokens']:.0f} prompt tokens incl. {f.get('soft_tokens', 2)} soft), RAG top-4 "
+        f"{f['rag4_first_token_s'] * 1000:.0f} ms ({f['rag4_prompt_tokens']:.0f} prompt tokens), "
+        f"median over {f['queries']} real queries."),
+    "encoding": lambda e: (
+        f"- Encoding {e['items']:,} real posts: raw {e['raw_encode_items_per_s']:.0f} items/s, "
+        f"project {e['project_items_per_s']:.0f} items/s; unchanged recompute "
+        f"{e['unchanged_recompute_s'] * 1000:.0f} ms."),
+    "training": lambda t: (
+        f"- Training ({t['examples']} real tweets train examples, batch 4): shipped recipe on "
+        f"one thread {t['shipped_examples_per_s']:.2f} examples/s; current recipe "
+        f"{t['current_one_thread_examples_per_s']:.2f} on one thread "
+        f"({t['speedup_one_thread']:.2f}x), {t['current_examples_per_s']:.2f} on {t['threads']} "
+        f"({t['speedup']:.2f}x)."),
+    "tune": lambda t: (
+        f"- Tune to me: {t['fit_s']:.1f} s for a {t['items']}-item history "
+        f"({t['ratio']:.1f}x one 64-token answer of {t['answer_64_tokens_s']:.1f} s)."),
+    "cold_start": lambda c: (
+        f"- Cold start: {c['first_start_s']:.1f} s with the conversion, {c['later_start_s']:.1f} s "
+        f"after it; peak memory {c['peak_rss_mb']:.0f} MB."),
+    "rows": lambda r: "- Shared loop, tokens/s by rows per step ({} new tokens): {}.".format(
+        r["new_tokens"], ", ".join(f"{b} rows {v['tokens_per_s']:.0f} ({v['step_ms']:.0f} ms/step)"
+                                   for b, v in r["rows"].items())),
+    "compute_sharing": lambda c: (
+        f"- Profile of {c['items']} items: {c['compute_alone_s']:.1f} s alone, "
+        f"{c['compute_during_generation_s']:.1f} s beside generation; a {c['new_tokens']}-token pair "
+        f"{c['generation_alone_s']:.1f} s alone, {c['generation_during_compute_s']:.1f} s during the "
+        f"computation (with one queue it waited up to {c['one_queue_wait_s']:.1f} s first)."),
+    "know_me": lambda k: (
+        f"- Does it know me? (8 held-back items): at most {k['max_wall_s']:.2f} s wall, "
+        f"{k['max_cpu_s']:.2f} s CPU per profile (goal <= 3 s on CPU)."),
+}
+
+
 def markdown(results: dict) -> str:
     figures = []
     for label, (section, key), goal, check in GOALS:
@@ -39,62 +80,17 @@ def markdown(results: dict) -> str:
                  for n, row in results["aggregator"].items() if n.isdigit()]
         lines += ["", markdown_table(sizes, ["history items", "aggregator + projector, cached (ms)",
                                              "projecting now (ms)"])]
-    absolute = []
-    if "pair" in results:
-        p = results["pair"]
-        absolute.append(f"- {p['new_tokens']} new tokens: single {p['single_s']:.2f} s, pair in one batch "
-                        f"{p['pair_batched_s']:.2f} s, two sequential {p['two_sequential_s']:.2f} s; project path "
-                        f"{p['project_tokens_per_s']:.1f} tokens/s, model.generate {p['hf_generate_tokens_per_s']:.1f}.")
-    if "first_token" in results:
-        f = results["first_token"]
-        absolute.append(f"- First token: PPlug {f['pplug_first_token_s'] * 1000:.0f} ms "
-                        f"({f['pplug_prompt_tokens']:.0f} prompt tokens incl. {f.get('soft_tokens', 2)} soft), RAG top-4 "
-                        f"{f['rag4_first_token_s'] * 1000:.0f} ms ({f['rag4_prompt_tokens']:.0f} prompt tokens), "
-                        f"median over {f['queries']} real queries.")
-    if "encoding" in results:
-        e = results["encoding"]
-        absolute.append(f"- Encoding {e['items']:,} real posts: raw {e['raw_encode_items_per_s']:.0f} items/s, "
-                        f"project {e['project_items_per_s']:.0f} items/s; unchanged recompute "
-                        f"{e['unchanged_recompute_s'] * 1000:.0f} ms.")
-    if "training" in results:
-        t = results["training"]
-        absolute.append(f"- Training ({t['examples']} real tweets train examples, batch 4): shipped recipe on "
-                        f"one thread {t['shipped_examples_per_s']:.2f} examples/s; current recipe "
-                        f"{t['current_one_thread_examples_per_s']:.2f} on one thread "
-                        f"({t['speedup_one_thread']:.2f}x), {t['current_examples_per_s']:.2f} on {t['threads']} "
-                        f"({t['speedup']:.2f}x).")
-    if "tune" in results:
-        t = results["tune"]
-        absolute.append(f"- Tune to me: {t['fit_s']:.1f} s for a {t['items']}-item history "
-                        f"({t['ratio']:.1f}x one 64-token answer of {t['answer_64_tokens_s']:.1f} s).")
-    if "cold_start" in results:
-        c = results["cold_start"]
-        absolute.append(f"- Cold start: {c['first_start_s']:.1f} s with the conversion, {c['later_start_s']:.1f} s "
-                        f"after it; peak memory {c['peak_rss_mb']:.0f} MB.")
-    if "rows" in results:
-        r = results["rows"]
-        absolute.append("- Shared loop, tokens/s by rows per step ({} new tokens): {}.".format(
-            r["new_tokens"], ", ".join(f"{b} rows {v['tokens_per_s']:.0f} ({v['step_ms']:.0f} ms/step)"
-                                       for b, v in r["rows"].items())))
-    if "compute_sharing" in results:
-        c = results["compute_sharing"]
-        absolute.append(f"- Profile of {c['items']} items: {c['compute_alone_s']:.1f} s alone, "
-                        f"{c['compute_during_generation_s']:.1f} s beside generation; a {c['new_tokens']}-token pair "
-                        f"{c['generation_alone_s']:.1f} s alone, {c['generation_during_compute_s']:.1f} s during the "
-                        f"computation (with one queue it waited up to {c['one_queue_wait_s']:.1f} s first).")
     if "serving" in results:
         lines += ["", serving_table(results["serving"])]
     if "know_me" in results:
-        k = results["know_me"]
-        absolute.append(f"- Does it know me? (8 held-back items): at most {k['max_wall_s']:.2f} s wall, "
-                        f"{k['max_cpu_s']:.2f} s CPU per profile (goal <= 3 s on CPU).")
         lines += ["", markdown_table(
             [(name, f"{r['vs_stranger']:+.1%} [{r['interval'][0]:+.1%}, {r['interval'][1]:+.1%}]",
               f"{r['items_better']} of {r['items']}", r["verdict"], f"{r['vs_generic']:+.1%}",
               f"{r['vs_stranger_fp32']:+.1%} ({r['verdict_fp32']})", f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}")
-             for name, r in k["personas"].items()],
+             for name, r in results["know_me"]["personas"].items()],
             ["persona", "own vs stranger, per word [90% CI]", "items better", "verdict", "vs no plug",
              "own vs stranger in fp32", "wall (s)", "CPU (s)"])]
+    absolute = [line(results[section]) for section, line in LINES.items() if section in results]
     m = results["machine"]
     head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']}"
             f"{', GPU ' + m['gpu'] if 'gpu' in m else ''}; dtype {results['dtype']}; "
