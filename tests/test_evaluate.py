@@ -149,6 +149,12 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     # a plug trained on from the keyword plug names the parts it kept
     assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
+    # ... and, with a shift head distilled onto it after the training, says that head is the new one
+    config = json.loads((root / "plug-headed" / "config.json").read_text())
+    config["made"]["distill"] = {"users": {"tweets": 5, "blog_posts": 2}}
+    (root / "plug-headed" / "config.json").write_text(json.dumps(config))
+    summary = evaluate_cli.record_in_plug(results, root / "plug-headed")
+    assert "bank words in place; its shift head distilled afterwards from 7 train users" in summary
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert re.search(r"^\| pplug\+rag +\|", md, re.M) and "fit MRR" in md

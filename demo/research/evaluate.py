@@ -387,15 +387,20 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     made["dev_results"] = {"split": results["split"], "limit": results["settings"].get("limit"), "tasks": dev}
     steps = f"{made.get('selected_step', '?')} of {made.get('steps', '?')} steps"
     tasks = "+".join(made.get("data", {})) or "LaMP-format"
-    parts = made.get("init_from", made)  # a plug trained on from another: the start's parts
-    head = parts.get("distill")
-    head = (f", with a shift head distilled from {sum(head['users'].values())} train users' fitted shifts"
-            if head else "")
+    start = made.get("init_from")  # a plug trained on from another: the start's parts, kept in place
+    parts = start or made
+    redistilled = start is not None and "distill" in made  # a new shift head, distilled after the training
+    said = []
+    if "distill" in parts and not redistilled:
+        said.append(f"a shift head distilled from {sum(parts['distill']['users'].values())} train users' "
+                    "fitted shifts")
     if "keywords" in parts:
-        head += (f", and a keyword token from the {parts['keywords']['k']} nearest of "
-                 f"{parts['keywords']['bank']:,} bank words")
-    if "init_from" in made and head:
-        head += " in place"
+        said.append(f"a keyword token from the {parts['keywords']['k']} nearest of "
+                    f"{parts['keywords']['bank']:,} bank words")
+    head = (", with " + ", and ".join(said) + (" in place" if start else "")) if said else ""
+    if redistilled:
+        head += (f"; its shift head distilled afterwards from {sum(made['distill']['users'].values())} "
+                 "train users' shifts fitted on its own P")
     made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")
     path.write_text(json.dumps(config, indent=2) + "\n")
