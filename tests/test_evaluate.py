@@ -114,8 +114,9 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     on = PPlug.load(root / "plug-on")
     assert on.n_soft == 3 and on.keyword_words == keyed.keyword_words
     assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
-    # with a shift head kept frozen: the head stays, the rest trains
-    keyed.rebuilt(shift_head=True).save(root / "plug-head")
+    # with a shift head kept frozen: the head stays, the rest trains; the record of K carries through
+    # a second training on
+    on.rebuilt(shift_head=True).save(root / "plug-head")
     assert train_cli.main([*common(root), "--run-dir", str(root / "run-head"), "--out", str(root / "plug-headed"),
                            "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
                            "--lr", "1e-2", "--warmup", "0", "--init-from", str(root / "plug-head"),

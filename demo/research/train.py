@@ -211,9 +211,10 @@ class Trainer(FrozenModels):
             plug.attach_input_encoder(copy.deepcopy(self.encoder).train().requires_grad_(True))
         plug.config.origin = "trained"
         plug.config.made = {}
-        if self.args.init_from:  # what the start was made of stays on record
+        if self.args.init_from:  # what the start was made of stays on record, its own start's parts included
+            made = {**start.config.made.get("init_from", {}), **start.config.made}
             plug.config.made["init_from"] = {"plug": start.plug_id, **{
-                k: start.config.made[k] for k in ("distill", "keywords") if k in start.config.made}}
+                k: made[k] for k in ("distill", "keywords") if k in made}}
         return plug
 
     def examples(self, splits) -> list[Example]:
