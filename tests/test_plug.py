@@ -87,10 +87,13 @@ def test_loading_against_other_models_fails_clearly(tmp_path):
         PPlug.load(tmp_path / "missing")
 
 
-def test_untrained_plug_is_seeded_and_ids_differ_by_weights():
+def test_untrained_plug_is_seeded_and_ids_differ_by_weights_and_behaviour():
     a, b, c = make_plug(seed=1), make_plug(seed=1), make_plug(seed=2)
     assert a.plug_id == b.plug_id != c.plug_id
     assert a.plug_id.startswith("untrained-")
+    # Another temperature is another plug (a stored "tune to me" token fits one P), a description is not.
+    assert a.rebuilt(tau=a.config.tau / 2).plug_id != a.plug_id
+    assert a.rebuilt(made={"summary": "described"}).plug_id == a.plug_id
 
 
 def test_cosine_spread():

@@ -254,8 +254,11 @@ class PPlug(nn.Module):
 
     @property
     def plug_id(self) -> str:
-        """Stable id of these exact weights: origin plus a hash of the parameters."""
+        """Stable id of what the plug computes: origin plus a hash of its parameters and of the config
+        fields that change its soft tokens (tau, k, ...), but not of ``made``, its description."""
         digest = hashlib.sha256()
+        behaviour = {k: v for k, v in asdict(self.config).items() if k not in ("made", "seed")}
+        digest.update(json.dumps(behaviour, sort_keys=True).encode())
         state = dict(self.state_dict())
         if self.input_encoder is not None:
             state.update({f"{INPUT_ENCODER_DIR}.{k}": v for k, v in self.input_encoder.state_dict().items()})
