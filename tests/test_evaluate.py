@@ -144,6 +144,15 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert "pplug - pplug-other-user" in task["comparisons"]
     lines = (results_dir / "per_query.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(m in json.loads(lines[0]) for m in evaluate_cli.METHODS)
+    # each query's own and other NLL, which the diagnostics sum up: two plugs compare paired on them
+    nll = [json.loads(line)["pplug:nll"] for line in lines]
+    assert sum(r["own"] for r in nll) / 4 == pytest.approx(diag["nll_own"], abs=1e-4)
+    assert sum(r["other"] for r in nll) / 4 == pytest.approx(diag["nll_other"], abs=1e-4)
+    # ... and so does a diagnostics-only run, the same numbers without generating
+    assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out), "--methods",
+                              "pplug", "--bootstrap", "50", "--diagnostics-only", "--out", str(root / "diag")]) == 0
+    only = [json.loads(line) for line in (root / "diag" / "per_query.jsonl").read_text().splitlines()]
+    assert [r["pplug:nll"] for r in only] == nll and "pplug" not in only[0]
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
     assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]

@@ -18,7 +18,10 @@ greedy decoding; they differ only in what goes into the prompt:
   self-supervised examples from their own history (``demo.core.tuning``; per-user optimisation, a
   reference for what one personal token can carry, not the amortized plug).
 
-Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``.
+Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``. ``per_query.jsonl``
+holds every query's outputs and scores, and each plug method's teacher-forced NLL of the gold output
+with the own and the other user's history (``"<method>:nll": {"own", "other"}``, also with
+``--diagnostics-only``): two runs on the same queries compare paired, plug against plug.
 """
 from __future__ import annotations
 
@@ -181,9 +184,13 @@ class Evaluation(FrozenModels):
         queries = split.queries
         examples = build_examples([split], self.cache, self.history_cap())
         others = other_user_order([q.user_id for q in queries])
+        recs = [{"task": task.name, "id": q.id, "user_id": q.user_id, "gold": q.output,
+                 "other_user": queries[others[i]].user_id} for i, q in enumerate(queries)]
         if args.diagnostics_only:  # teacher-forced measures only: no generation, no ROUGE
+            diagnostics = self.diagnostics(split, examples, others, methods, recs)
+            records.extend(recs)
             return {"task": task.name, "kind": task.kind, "n_queries": len(queries), "n_users": len(split.users),
-                    "methods": {}, "comparisons": {}, "diagnostics": self.diagnostics(split, examples, others, methods)}
+                    "methods": {}, "comparisons": {}, "diagnostics": diagnostics}
         refs = [q.output for q in queries]
         n_new = args.max_new_tokens or task.max_new_tokens
         plain = [self.generator.fit_prompt(q.input, args.max_prompt_tokens) for q in queries]
@@ -227,15 +234,14 @@ class Evaluation(FrozenModels):
             log.info("%s %s %s", task.name, method, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
         if task.kind == "generation" and len(split.users) > 2:
             self.personal_fit(split, methods, outputs, results, per_query)
-        for i, q in enumerate(queries):
-            rec = {"task": task.name, "id": q.id, "user_id": q.user_id, "gold": q.output,
-                   "rag_items": rag_items[i], "other_user": queries[others[i]].user_id}
+        for i, rec in enumerate(recs):
+            rec["rag_items"] = rag_items[i]
             for method in methods:
                 rec[method] = outputs[method][i]
                 rec[f"{method}:score"] = {k: round(v[i], 4) for k, v in per_query[method].items()}
-            records.append(rec)
         comparisons = paired_comparisons(per_query, main_metric(task), args.bootstrap, args.seed)
-        diagnostics = self.diagnostics(split, examples, others, methods)
+        diagnostics = self.diagnostics(split, examples, others, methods, recs)
+        records.extend(recs)
         return {"task": task.name, "kind": task.kind, "n_queries": len(queries), "n_users": len(split.users),
                 "max_new_tokens": n_new, "methods": results, "comparisons": comparisons,
                 "diagnostics": diagnostics}
@@ -276,14 +282,15 @@ class Evaluation(FrozenModels):
         self.tuned_tokens[key] = tokens
         return tokens
 
-    def diagnostics(self, split, examples, others, methods) -> dict:
+    def diagnostics(self, split, examples, others, methods, recs: list[dict]) -> dict:
         if "pplug-tuned" in methods:
             self.tuned(split, examples, self.plug("pplug-tuned"))
         with torch.inference_mode():
-            return self._diagnostics(split, examples, others, methods)
+            return self._diagnostics(split, examples, others, methods, recs)
 
-    def _diagnostics(self, split, examples, others, methods) -> dict:
-        """Spread of P across users and the paired teacher-forced NLL own vs other user's history."""
+    def _diagnostics(self, split, examples, others, methods, recs: list[dict]) -> dict:
+        """Spread of P across users and the paired teacher-forced NLL own vs other user's history
+        (summed up in the result; each query's pair goes into its record in ``recs``)."""
         out = {}
         queries = split.queries
         prompts = [self.generator.fit_prompt(q.input, self.args.max_prompt_tokens) for q in queries]
@@ -314,6 +321,8 @@ class Evaluation(FrozenModels):
                     logits, tgt, tmask = teacher_forced_logits(self.generator, prompts[sl], list(soft[sl]),
                                                                targets[sl])
                     acc.extend(nll_per_row(logits, tgt, tmask).tolist())
+            for rec, a, b in zip(recs, own, other):
+                rec[f"{method}:nll"] = {"own": round(a, 5), "other": round(b, 5)}
             entropy = weight_entropy(weights)
             n_items = torch.tensor([max(e.items.shape[0], 1) for e in examples], dtype=torch.float)
             out[method] = {
