@@ -236,7 +236,7 @@ BAD_UPLOADS = [
 @pytest.mark.parametrize("name,content,expected", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
 def test_bad_upload_is_explained_in_the_preview_and_refused_by_compute(page, tmp_path, name, content, expected):
     files = [_upload(tmp_path, name, content)]
-    shown, _users, compute = handler(page, "show_preview")("", files, "text", None)
+    shown, _users, compute = handler(page, "show_preview")(TOKEN, "", files, "text", None)
     assert shown.startswith("⚠️") and expected in _text_of(shown), shown
     assert compute["interactive"] is False  # Compute stays off for a history that cannot be read
     message, *rest = handler(page, "on_compute")(TOKEN, "", files, "text", None, "upload")
@@ -254,7 +254,7 @@ BAD_PASTES = [
 
 @pytest.mark.parametrize("text,expected", BAD_PASTES)
 def test_bad_paste_is_explained_and_the_page_stays_usable(page, text, expected):
-    shown, _, compute = handler(page, "show_preview")(text, None, "text", None)
+    shown, _, compute = handler(page, "show_preview")(TOKEN, text, None, "text", None)
     assert compute["interactive"] is False
     assert expected in _text_of(shown) if text.strip() else shown.startswith("Paste or upload")  # blank: a hint
     message, *_ = handler(page, "on_compute")(TOKEN, text, None, "text", None, "")
@@ -266,7 +266,7 @@ def test_bad_paste_is_explained_and_the_page_stays_usable(page, text, expected):
 
 def test_huge_item_and_control_characters_are_repaired_with_notes(page, studio):
     text = "A" * 5000 + "\n\nclean\x00 te\x1b[31mxt\x07 with\ttab\n\n" + "B" * 300
-    shown, _, _ = handler(page, "show_preview")(text, None, "text", None)
+    shown, _, _ = handler(page, "show_preview")(TOKEN, text, None, "text", None)
     assert "2 items cut to 200 characters" in shown and "clean te\\[31mxt with" in shown
     _, status, _, profile_id, _ = handler(page, "on_compute")(TOKEN, text, None, "text", None, "huge\x00 name\x1b")
     assert "**huge name**: 3 items" in status

@@ -103,11 +103,12 @@ def _page(browser):
 
 
 def _wait_or_report(page, locator, timeout_ms: float | None = None) -> None:
-    """Wait for ``locator``; on a timeout, fail with the messages the page shows (error toasts)."""
+    """Wait for ``locator``; on a timeout, fail with the messages the page shows (message area, toasts)."""
     try:
         locator.wait_for(timeout=timeout_ms)
     except playwright_api.TimeoutError:
         shown = page.evaluate("""() => ({
+            message: document.querySelector('#message')?.innerText ?? '',
             toasts: [...document.querySelectorAll('.toast-body')].map(e => e.innerText),
             trackers: [...document.querySelectorAll('[data-testid=status-tracker]')].map(e => e.innerText.trim())
                       .filter(t => t),

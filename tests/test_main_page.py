@@ -53,12 +53,15 @@ def test_the_first_screen_speaks_plainly_and_the_plug_details_are_in_about(page,
 
 
 def test_compute_is_off_until_there_is_a_history_and_generate_until_there_is_a_profile(page, studio, owner):
-    preview = handler(page, "show_preview")
-    assert preview("", None, "text", None)[2]["interactive"] is False
-    assert preview("My first post.\n\nMy second post.", None, "text", None)[2]["interactive"] is True
+    preview, two_posts = handler(page, "show_preview"), "My first post.\n\nMy second post."
+    assert preview(owner, "", None, "text", None)[2]["interactive"] is False
+    assert preview(owner, two_posts, None, "text", None)[2]["interactive"] is True
+    assert preview(None, two_posts, None, "text", None)[2]["interactive"] is False  # the page has no owner yet
     compute, generate = (next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == label)
                          for label in ("Compute my PPlug embedding", "Generate"))
     assert compute.interactive is False and generate.interactive is False  # as the page opens
+    labels = {personas.persona_label(n) for n in personas.persona_names()}
+    assert all(not b.interactive for b in page.blocks.values() if isinstance(b, gr.Button) and b.value in labels)
     assert handler(page, "profile_choices")(owner)[2]["interactive"] is False  # no profile yet
     message, status, profiles, profile_id, generate_on = handler(page, "on_compute")(
         owner, "Post one about bread.\n\nPost two about rain.", None, "text", None, "mine")
@@ -164,11 +167,11 @@ def test_the_why_charts_and_the_know_me_panel_are_hidden_until_there_is_a_result
     assert hidden == {"why", "know-me"}
 
 
-def test_lamp_user_picker_shows_item_counts_largest_first(page, tmp_path):
+def test_lamp_user_picker_shows_item_counts_largest_first(page, tmp_path, owner):
     path = tmp_path / "dev_questions.json"
     path.write_text(json.dumps([{"user_id": "few", "profile": [{"text": "a"}]},
                                 {"user_id": "many", "profile": [{"text": f"t{i}"} for i in range(4)]}]))
-    _, users, _ = handler(page, "show_preview")("", [str(path)], "text", None)
+    _, users, _ = handler(page, "show_preview")(owner, "", [str(path)], "text", None)
     assert users["choices"] == [("many · 4 items", "many"), ("few · 1 item", "few")] and users["value"] == "many"
 
 

@@ -222,7 +222,7 @@ def test_files_go_through_the_api_and_are_parsed_like_the_pages_uploads(client, 
     binary.write_bytes(bytes(range(1, 256)) * 4)  # no NUL byte
     with pytest.raises(Exception) as caught:
         client.predict(files=[handle_file(str(binary))], owner_token=TOKEN, api_name="/compute_profile_from_files")
-    shown, _, _ = handler(app, "show_preview")("", [str(binary)], "text", None)
+    shown, _, _ = handler(app, "show_preview")(TOKEN, "", [str(binary)], "text", None)
     assert "notes.txt looks like a binary file" in str(caught.value) and "looks like a binary file" in shown
 
     with pytest.raises(Exception, match='has no "text" column'):

@@ -84,8 +84,9 @@ def _parse(studio: Studio, text: str, files: list | None, column: str, user: str
     return parse_history(studio.settings.limits, text, files, column, user)
 
 
-def show_preview(studio: Studio, text, files, column, user):
-    """-> (preview, LaMP user picker, Compute button): Compute only once there is a history."""
+def show_preview(studio: Studio, owner, text, files, column, user):
+    """-> (preview, LaMP user picker, Compute button): Compute only once there is a history and the page's
+    load event has given this browser its owner (a click before then would have nowhere to store)."""
     if not (text or "").strip() and not files:
         return "Paste or upload a history to see its items here.", gr.update(visible=False), gr.update(interactive=False)
     try:
@@ -97,7 +98,7 @@ def show_preview(studio: Studio, text, files, column, user):
                for u in parsed.users]
     users = gr.update(choices=choices, value=user if user in parsed.users else (parsed.users or [None])[0],
                       visible=bool(parsed.users))
-    return preview(parsed, n=3), users, gr.update(interactive=True)
+    return preview(parsed, n=3), users, gr.update(interactive=bool(owner))
 
 
 def profile_choices(studio: Studio, owner: str | None, selected: str | None = None):
@@ -273,7 +274,9 @@ def _writing_column() -> SimpleNamespace:
         gr.Markdown("Try an example person: one click fills in their writing, computes their embedding and "
                     "answers a request.")
         with gr.Row():
-            persona_buttons = [gr.Button(personas.persona_label(n), size="md") for n in personas.persona_names()]
+            # On once the page knows its visitor (see _wire): a click before then would have nowhere to store.
+            persona_buttons = [gr.Button(personas.persona_label(n), size="md", interactive=False)
+                               for n in personas.persona_names()]
         history = gr.Textbox(label="Your writing history", lines=9, max_lines=20,
                              placeholder="…or paste your own posts, e-mails or essays here: one item per paragraph "
                                          "(separate items with a blank line).")
@@ -430,8 +433,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
         chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
         tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
-    for trigger in (ui.history.change, ui.files.change, ui.column.submit, ui.lamp_user.change):
-        trigger(bind(show_preview, studio), [ui.history, ui.files, ui.column, ui.lamp_user],
+    for trigger in (ui.owner.change, ui.history.change, ui.files.change, ui.column.submit, ui.lamp_user.change):
+        trigger(bind(show_preview, studio), [ui.owner, ui.history, ui.files, ui.column, ui.lamp_user],
                 [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
     ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
         tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
@@ -443,6 +446,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     generate = bind(on_generate, studio, gpu_seconds=60)
     for trigger in (ui.generate_btn.click, ui.request.submit):
         trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic], **answers)
+    ui.owner.change(lambda owner: [gr.update(interactive=bool(owner))] * len(ui.persona_buttons), ui.owner,
+                    ui.persona_buttons, show_progress="hidden", **PRIVATE)
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
         button.click(use_persona, [button, ui.request],
                      [ui.history, ui.files, ui.name, ui.request, ui.profile_id], **PRIVATE).then(
