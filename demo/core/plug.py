@@ -334,7 +334,7 @@ def weight_entropy(weights: torch.Tensor) -> torch.Tensor:
 
 def cosine_spread(vectors: torch.Tensor) -> float:
     """Mean pairwise cosine similarity of vectors [m, d] (1.0 = all the same direction)."""
-    v = F.normalize(vectors.float(), dim=-1)
+    v = F.normalize(vectors.detach().float(), dim=-1)  # a measure, never part of a loss
     sims = v @ v.T
     m = v.shape[0]
     return float((sims.sum() - sims.diagonal().sum()) / max(m * (m - 1), 1)) if m > 1 else math.nan
