@@ -65,6 +65,8 @@ def _check(name: str, page) -> None:
             assert page.get_by_text(word).filter(visible=True).count() == 0, word
         expect(page.get_by_role("button", name="Compute my PPlug embedding")).to_be_disabled()
         expect(page.get_by_role("button", name="Generate", exact=True)).to_be_disabled()
+        for label in (personas.persona_label(n) for n in personas.persona_names()):  # on once the page knows its visitor
+            expect(page.get_by_role("button", name=label, exact=True)).to_be_enabled()
         assert page.locator("#why").filter(visible=True).count() == 0  # no empty chart before a result
     elif name == "persona-answers":
         personalized, generic = _answers(page)

@@ -76,6 +76,9 @@ def visit(page, url: str, out: Path, persona: str = "Food Blogger", study: str =
 
     page.goto(url)
     page.get_by_role("button", name="Compute my PPlug embedding").wait_for()
+    # The persona buttons come on once the page knows its visitor: the first screen as a visitor uses it.
+    page.wait_for_function("name => [...document.querySelectorAll('button')]"
+                           ".some(b => b.innerText.trim() === name && !b.disabled)", arg=persona)
     shoot("first-screen")
 
     page.get_by_role("button", name=persona, exact=True).click()  # the one click: fill, compute, answer, measure
