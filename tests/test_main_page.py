@@ -61,7 +61,7 @@ def test_compute_is_off_until_there_is_a_history_and_generate_until_there_is_a_p
                          for label in ("Compute my PPlug embedding", "Generate"))
     assert compute.interactive is False and generate.interactive is False  # as the page opens
     labels = {personas.persona_label(n) for n in personas.persona_names()}
-    assert all(not b.interactive for b in page.blocks.values() if isinstance(b, gr.Button) and b.value in labels)
+    assert [b.interactive for b in page.blocks.values() if isinstance(b, gr.Button) and b.value in labels] == [False] * 4
     assert handler(page, "profile_choices")(owner)[2]["interactive"] is False  # no profile yet
     message, status, profiles, profile_id, generate_on = handler(page, "on_compute")(
         owner, "Post one about bread.\n\nPost two about rain.", None, "text", None, "mine")
