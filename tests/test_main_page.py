@@ -118,6 +118,27 @@ def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_s
                                 ("pplug", "pplug-other")))[-1].other == "Food Blogger"  # never the visitor's own
 
 
+def test_an_empty_request_answers_the_example_and_says_so(page, studio, owner):
+    profile_id = studio.compute_profile(owner, "blog", personas.persona_items("food_blogger")).profile_id
+    *_, last = handler(page, "on_generate")(owner, profile_id, "  ", False, 2, "Greedy", 0.7, 0.95, 0)
+    assert last[1]["value"] and f'answered the example "{ui.EXAMPLE_REQUESTS[0]}"' in last[4]
+    *_, typed = handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 2, "Greedy", 0.7, 0.95, 0)
+    assert "example" not in typed[4]
+
+
+def test_delete_my_data_waits_for_a_tick_and_untick_after(page):
+    button = next(b for b in page.blocks.values() if getattr(b, "value", None) == "Delete my data")
+    assert button.interactive is False
+    sure = next(f for f in page.fns.values() if f.inputs and f.inputs[0].label and
+                f.inputs[0].label.startswith("Yes, delete all my profiles") and f.outputs == [button])
+    assert sure.fn(True)["interactive"] is True and sure.fn(False)["interactive"] is False
+    chain, fn = [], next(f for f in page.fns.values() if f.fn.__name__ == "on_delete")
+    while fn is not None:
+        chain.append(fn)
+        fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
+    assert chain[-1].outputs == sure.inputs and chain[-1].fn() is False  # the tick goes once done
+
+
 def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_token(page, studio, owner):
     tune, state = handler(page, "on_tune"), handler(page, "tune_state")
     off = {"value": False, "interactive": False}

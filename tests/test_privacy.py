@@ -125,11 +125,11 @@ def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     owner = secrets.token_urlsafe(24)
     _, _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
     _, message, choices, selected, generate, know_me = handler(app, "on_delete")(owner)
-    assert message.startswith("Deleted: ") and "1 profiles" in message
+    assert message.startswith("Deleted: 1 profile, 3 items, 0 tuned tokens") and "history_items" not in message
     assert choices["choices"] == [] and selected is None
     assert generate["interactive"] is False and know_me["visible"] is False
     assert studio.store.get_profile(profile_id, owner) is None
-    assert handler(app, "on_delete")(owner)[1] == "Deleted: nothing."
+    assert handler(app, "on_delete")(owner)[1] == "Deleted: nothing was stored for you."
 
 
 def test_compute_before_the_page_knows_its_visitor_stores_nothing(app, studio):

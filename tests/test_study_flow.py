@@ -36,6 +36,9 @@ def app(app, studio):
     StudyStore(studio.store).register(parse_definition(FLOW), source="test")
     StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-ui", "prompts": "participant",
                                                         "reveal_conditions": False}), source="test")
+    StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-persona", "trials_per_participant": 1,
+                                                        "history": {"mode": "persona", "personas": ["food_blogger"]}}),
+                                      source="test")
     return app
 
 
@@ -132,6 +135,19 @@ def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
     rows = StudyStore(studio.store).export_rows("flow-ui")
     assert [(r["request"], r["request_source"], r["voted"]) for r in rows] == [
         ("Write a tweet about rain.", "participant", True)]
+
+
+def test_a_persona_trial_names_the_persona_as_the_main_page_does(app):
+    on_load, on_consent = (_handler(app, n) for n in ("on_load", "on_consent"))
+    out = on_load({}, SimpleNamespace(query_params={"study": "flow-persona", "PROLIFIC_PID": "UI-P"}))
+    ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
+    out = on_consent(ctx, {}, True)
+    shown = " ".join(str(v) for v in out.values())
+    assert "Assigning you a persona" in shown and "your own writing" not in shown  # not asked for a history
+    ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
+    saved = next(v for k, v in out.items() if type(k).__name__ == "BrowserState")
+    shown = " ".join(str(v) for v in _handler(app, "advance")(ctx, saved).values())
+    assert "You judge for the persona **Food Blogger**." in shown
 
 
 def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, tmp_path):

@@ -19,6 +19,7 @@ import spaces
 import yaml
 
 from ..core.history import HistoryError
+from ..core.personas import persona_label
 from ..core.text import markdown_text
 from ..study import stats as study_stats
 from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_items, read_study_text
@@ -155,6 +156,9 @@ def _render(v: SimpleNamespace, status: dict, c: dict, s: dict, note: str = "") 
         if status.get("redirect_url"):
             lines.append(f"[Return to the study platform]({status['redirect_url']})")
         return _show(v, "done", c, s, {v.message: note, v.done_md: "\n\n".join(lines)})
+    if stage == "history" and status["history_mode"] == "persona":  # assigned next, with the first trial
+        return _show(v, None, c, s, {v.message: note or "Assigning you a persona and writing your first trial "
+                                                         "(a few seconds)…"})
     if stage == "history":
         text = ("Paste or upload some of your own writing (posts, e-mails, essays), at least a few "
                 "paragraphs. The answers in the study will be personalized with it.")
@@ -165,7 +169,7 @@ def _render(v: SimpleNamespace, status: dict, c: dict, s: dict, note: str = "") 
               v.instructions_md: info.get("instructions", "")}
     if status.get("persona"):
         common[v.instructions_md] = (info.get("instructions", "") +
-                                     f"\n\nYou judge for the persona **{status['persona'].replace('_', ' ')}**.")
+                                     f"\n\nYou judge for the persona **{persona_label(status['persona'])}**.")
         examples = persona_items(status["persona"])[:5]
         common[v.persona_acc] = gr.update(visible=True)
         common[v.persona_md] = "\n\n".join(f"> {markdown_text(t[:500])}{'…' if len(t) > 500 else ''}"

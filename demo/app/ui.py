@@ -196,9 +196,12 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             top_p=float(top_p), seed=int(seed or 0))
         conditions = ("pplug", "generic", "pplug-other") if control else ("pplug", "generic")
         label = TUNED_LABEL if tuned else PERSONALIZED_LABEL
-        for result in studio.generate(owner, profile_id, request or EXAMPLE_REQUESTS[0], params, conditions,
-                                      tuned=bool(tuned)):
-            notes = " ".join(result.notes)
+        # An empty box shows the first example request as its placeholder: that is what gets answered.
+        used_example = not (isinstance(request, str) and request.strip())
+        for result in studio.generate(owner, profile_id, EXAMPLE_REQUESTS[0] if used_example else request, params,
+                                      conditions, tuned=bool(tuned)):
+            notes = " ".join(([f"No request typed: answered the example \"{EXAMPLE_REQUESTS[0]}\"."]
+                              if used_example else []) + result.notes)
             if result.done:
                 notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
                          f"(first token after {result.timings['first_token_s']:.2f} s).").strip()
@@ -235,8 +238,21 @@ def on_delete(studio: Studio, owner):
         counts = studio.delete_my_data(owner)
     except ServiceError as err:
         return _warn(err), *[gr.skip()] * 5
-    removed = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "nothing"
-    return _message(), f"Deleted: {removed}.", *profile_choices(studio, owner), gr.update(visible=False)
+    return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
+def deleted_note(counts: dict[str, int]) -> str:
+    """Rows removed per table (``Store.delete_owner_data``) -> one plain sentence for the page."""
+    if not any(counts.values()):
+        return "Deleted: nothing was stored for you."
+    kept = [_count(counts.get(table, 0), thing) for table, thing in
+            (("profiles", "profile"), ("history_items", "item"), ("personal_tokens", "tuned token"),
+             ("generations", "stored answer"))]
+    return f"Deleted: {', '.join(kept)}, and every embedding made from them."
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,9 +397,11 @@ def _footer(studio: Studio) -> SimpleNamespace:
                     f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
                     "are visible only from this browser" + (" (or, signed in, from your Hugging Face account)."
                                                              if studio.settings.hf_login else "."))
-        delete_btn = gr.Button("Delete my data", variant="stop")
+        sure = gr.Checkbox(label="Yes, delete all my profiles, their writing and answers (this cannot be undone)",
+                           value=False)
+        delete_btn = gr.Button("Delete my data", variant="stop", interactive=False)
         deleted = gr.Markdown()
-    return SimpleNamespace(delete_btn=delete_btn, deleted=deleted)
+    return SimpleNamespace(delete_btn=delete_btn, deleted=deleted, delete_sure=sure)
 
 
 def _layout(studio: Studio, identity: Identity) -> SimpleNamespace:
@@ -455,9 +473,13 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
             tuned, *tune_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
+    # Deleting everything takes a tick first; the tick goes again once it is done.
+    ui.delete_sure.change(lambda sure: gr.update(interactive=bool(sure)), ui.delete_sure, ui.delete_btn,
+                          show_progress="hidden", **PRIVATE)
     ui.delete_btn.click(bind(on_delete, studio), ui.owner,
                         [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me],
-                        **PRIVATE).then(tuned, *tune_io, **PRIVATE)
+                        **PRIVATE).then(tuned, *tune_io, **PRIVATE).then(
+        lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
