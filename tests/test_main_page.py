@@ -9,6 +9,7 @@ import pytest
 
 from demo.app import charts, ui
 from demo.core import personas
+from demo.core.generation import GenerationParams
 from demo.core.know_me import KnowMe
 from demo.core.studio import Comparison, TopItem
 
@@ -107,8 +108,6 @@ def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_s
     off = list(handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 6, "Greedy", 0.7, 0.95, 0))
     assert off[-1][3]["visible"] is False
     # One batch: every step of the stream carries all three rows.
-    from demo.core.generation import GenerationParams
-
     stream = list(studio.generate(owner, profile_id, "Write a tweet.", GenerationParams(max_new_tokens=4),
                                   ("pplug", "generic", "pplug-other")))
     assert all(set(r.outputs) == {"pplug", "generic", "pplug-other"} for r in stream)
@@ -122,6 +121,9 @@ def test_an_empty_request_answers_the_example_and_says_so(page, studio, owner):
     profile_id = studio.compute_profile(owner, "blog", personas.persona_items("food_blogger")).profile_id
     *_, last = handler(page, "on_generate")(owner, profile_id, "  ", False, 2, "Greedy", 0.7, 0.95, 0)
     assert last[1]["value"] and f'answered the example "{ui.EXAMPLE_REQUESTS[0]}"' in last[4]
+    assert "reached the limit of 2 new tokens" in last[4]  # cut answers say so
+    *_, whole = studio.generate(owner, profile_id, "Write a tweet about my weekend.", GenerationParams(max_new_tokens=200))
+    assert not [n for n in whole.notes if "reached the limit" in n]  # answers that ended by themselves do not
     *_, typed = handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 2, "Greedy", 0.7, 0.95, 0)
     assert "example" not in typed[4]
 

@@ -481,6 +481,12 @@ class Studio:
             stream.close()  # a consumer that left (cancelled, disconnected) frees its rows now
         end = time.perf_counter()
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
+        # A row stops at an end token or at the limit; an answer as long as the limit most likely met it.
+        limit = params.max_new_tokens
+        if params.stop_at_eos and any(len(self.tokenizer(text, add_special_tokens=False).input_ids) >= limit - 1
+                                      for text in result.outputs.values()):
+            result.notes.append(f"An answer reached the limit of {limit} new tokens and may stop mid-sentence "
+                                "(raise Max new tokens to read more).")
         if log:
             result.generation_id = self.store.log_generation(
                 owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=result.request,
