@@ -55,7 +55,8 @@ def test_the_first_screen_speaks_plainly_and_the_plug_details_are_in_about(page,
 
 def test_compute_is_off_until_there_is_a_history_and_generate_until_there_is_a_profile(page, studio, owner):
     preview, two_posts = handler(page, "show_preview"), "My first post.\n\nMy second post."
-    assert preview(owner, "", None, "text", None)[2]["interactive"] is False
+    empty = preview(owner, "  \n ", None, "text", None)
+    assert empty[2]["interactive"] is False and "turns on once there is some" in empty[0]  # says why it is off
     assert preview(owner, two_posts, None, "text", None)[2]["interactive"] is True
     assert preview(None, two_posts, None, "text", None)[2]["interactive"] is False  # the page has no owner yet
     compute, generate = (next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == label)

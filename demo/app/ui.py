@@ -45,6 +45,7 @@ never changed.**
 3. **Ask**: the same model answers with your embedding and without it, side by side.
 """
 CONTROL_LABEL = "Same plug, someone else's writing"
+NO_HISTORY = "Paste or upload some writing to see its items here: *Compute my PPlug embedding* turns on once there is some."
 PERSONALIZED_LABEL = "Personalized (PPlug, your writing)"
 TUNED_LABEL = "Personalized (PPlug + your tuned token)"
 TUNE_NOTE = ("<small>Optional: optimises one extra token for you alone, on your own writing (a few seconds on a "
@@ -88,7 +89,7 @@ def show_preview(studio: Studio, owner, text, files, column, user):
     """-> (preview, LaMP user picker, Compute button): Compute only once there is a history and the page's
     load event has given this browser its owner (a click before then would have nowhere to store)."""
     if not (text or "").strip() and not files:
-        return "Paste or upload a history to see its items here.", gr.update(visible=False), gr.update(interactive=False)
+        return NO_HISTORY, gr.update(visible=False), gr.update(interactive=False)
     try:
         parsed = _parse(studio, text, files, column, user)
     except HistoryError as err:  # said in the preview, where the visitor is looking
@@ -303,7 +304,7 @@ def _writing_column() -> SimpleNamespace:
                 column = gr.Textbox(label="CSV text column", value="text", scale=1)
                 lamp_user = gr.Dropdown(label="LaMP user (largest histories first)", choices=[], visible=False,
                                         scale=1)
-        parsed_preview = gr.Markdown("Paste or upload a history to see its items here.")
+        parsed_preview = gr.Markdown(NO_HISTORY)
     return SimpleNamespace(history=history, persona_buttons=persona_buttons, files=files, column=column,
                            lamp_user=lamp_user, parsed_preview=parsed_preview)
 
