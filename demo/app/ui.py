@@ -250,10 +250,10 @@ def deleted_note(counts: dict[str, int]) -> str:
     """Rows removed per table (``Store.delete_owner_data``) -> one plain sentence for the page."""
     if not any(counts.values()):
         return "Deleted: nothing was stored for you."
-    kept = [_count(counts.get(table, 0), thing) for table, thing in
+    parts = [_count(counts.get(table, 0), thing) for table, thing in
             (("profiles", "profile"), ("history_items", "item"), ("personal_tokens", "tuned token"),
              ("generations", "stored answer"))]
-    return f"Deleted: {', '.join(kept)}, and every embedding made from them."
+    return f"Deleted: {', '.join(parts)}, and every embedding made from them."
 
 
 # ---------------------------------------------------------------------------------------
