@@ -177,7 +177,7 @@ def test_profiles_stay_with_their_browser(browser, app):
         page.get_by_role("option", name="kept-in-this-browser", exact=False).wait_for()
 
         other_page.goto(app)  # another browser: a token of its own, no profiles
-        other_page.get_by_text("Compute my PPlug embedding").wait_for()
+        other_page.get_by_role("button", name="Compute my PPlug embedding").wait_for()
         other_page.get_by_label("Your profiles").click()
         other_page.wait_for_timeout(500)
         assert other_page.get_by_role("option", name="kept-in-this-browser", exact=False).count() == 0
@@ -374,7 +374,7 @@ def test_a_csv_header_is_shown_as_text_in_the_preview_and_compute_stays_off(brow
     with _page(browser) as (page, dialogs):
         fetched = _requests_to(page, "header.png")
         page.goto(app)
-        page.get_by_text("Compute my PPlug embedding").wait_for()
+        page.get_by_role("button", name="Compute my PPlug embedding").wait_for()
         page.get_by_text("Upload files instead").click()
         page.locator("input[type=file]").first.set_input_files(str(table))
         shown = page.get_by_text('has no "text" column', exact=False).first  # the preview
