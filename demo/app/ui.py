@@ -21,7 +21,7 @@ from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import REPO_ROOT
 from ..core.studio import ServiceError, Studio, TuneResult
-from ..core.text import markdown_text
+from ..core.text import markdown_text, plural
 from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
 from .binding import PRIVATE, bind
@@ -95,7 +95,7 @@ def show_preview(studio: Studio, owner, text, files, column, user):
     except HistoryError as err:  # said in the preview, where the visitor is looking
         return f"⚠️ {markdown_text(str(err))}", gr.skip(), gr.update(interactive=False)
     counts = parsed.user_items
-    choices = [(f"{u} · {counts[u]:,} item{'' if counts[u] == 1 else 's'}" if u in counts else u, u)
+    choices = [(f"{u} · {plural(counts[u], 'item')}" if u in counts else u, u)
                for u in parsed.users]
     users = gr.update(choices=choices, value=user if user in parsed.users else (parsed.users or [None])[0],
                       visible=bool(parsed.users))
@@ -242,15 +242,11 @@ def on_delete(studio: Studio, owner):
     return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False)
 
 
-def _count(n: int, thing: str) -> str:
-    return f"{n:,} {thing}{'' if n == 1 else 's'}"
-
-
 def deleted_note(counts: dict[str, int]) -> str:
     """Rows removed per table (``Store.delete_owner_data``) -> one plain sentence for the page."""
     if not any(counts.values()):
         return "Deleted: nothing was stored for you."
-    parts = [_count(counts.get(table, 0), thing) for table, thing in
+    parts = [plural(counts.get(table, 0), thing) for table, thing in
             (("profiles", "profile"), ("history_items", "item"), ("personal_tokens", "tuned token"),
              ("generations", "stored answer"))]
     return f"Deleted: {', '.join(parts)}, and every embedding made from them."

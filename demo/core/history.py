@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .settings import Limits
-from .text import clean_text, has_visible_text, markdown_text
+from .text import clean_text, has_visible_text, markdown_text, plural
 
 log = logging.getLogger(__name__)
 
@@ -521,9 +521,9 @@ def _finish(
         )
     notes = list(notes)
     if duplicates:
-        notes.append(f"dropped {_plural(duplicates, 'duplicate item')}")
+        notes.append(f"dropped {plural(duplicates, 'duplicate item')}")
     if cut:
-        notes.append(f"{_plural(cut, 'item')} cut to {max_item_chars:,} characters")
+        notes.append(f"{plural(cut, 'item')} cut to {max_item_chars:,} characters")
     return ParsedHistory(items=items, source=source, notes=notes)
 
 
@@ -552,10 +552,6 @@ def _describe(value) -> str:
     if isinstance(value, dict):
         return "an object"
     return "a string" if isinstance(value, str) else type(value).__name__
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def _join_names(names: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Small truths that several wings share, each kept once: the conditions an answer can be made
 under, what a visitor's text is cleaned of, whether any of it is visible, how it is shown in
-Markdown as typed, the content hash, the timestamp format, the markdown table writer and a free
-local port."""
+Markdown as typed, the content hash, the timestamp format, the markdown table writer, a count with
+its noun and a free local port."""
 from __future__ import annotations
 
 import hashlib
@@ -77,3 +77,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "item")`` -> "1 item", ``plural(1200, "item")`` -> "1,200 items"."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
