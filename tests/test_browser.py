@@ -175,6 +175,10 @@ def test_profiles_stay_with_their_browser(browser, app):
         page.reload()  # the owner token survives a reload: the profile is listed again
         page.get_by_label("Your profiles").click()
         page.get_by_role("option", name="kept-in-this-browser", exact=False).wait_for()
+        page.keyboard.press("Escape")
+        page.get_by_text("The writing in this profile (3 items)").click()  # its writing, shown again, as text
+        page.get_by_text("Ramen broth takes twelve hours <svg", exact=False).wait_for()
+        assert page.evaluate("() => window.__pwned") is None
 
         other_page.goto(app)  # another browser: a token of its own, no profiles
         other_page.get_by_role("button", name="Compute my PPlug embedding").wait_for()

@@ -91,7 +91,7 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     while fn is not None:
         chain.append(fn.fn.__name__)
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
-    assert chain == ["use_persona", "on_compute", "tune_state", "generate_example", "on_know_me"]
+    assert chain == ["use_persona", "on_compute", "profile_state", "generate_example", "on_know_me"]
     _, _, _, profile_id, _ = handler(page, "on_compute")(owner, history, None, "text", None, name)
     *_, last = handler(page, "generate_example")(owner, profile_id, request, False, 6, "Greedy", 0.7, 0.95, 0)
     assert last[1]["value"] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
@@ -143,7 +143,11 @@ def test_delete_my_data_waits_for_a_tick_and_untick_after(page):
 
 
 def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_token(page, studio, owner):
-    tune, state = handler(page, "on_tune"), handler(page, "tune_state")
+    tune = handler(page, "on_tune")
+
+    def state(*args):  # the selected profile's "Tune to me" part
+        return handler(page, "profile_state")(*args)[:3]
+
     off = {"value": False, "interactive": False}
     short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
     message, status, use_tuned = tune(owner, short)  # too few texts that make an example
@@ -170,6 +174,21 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     *_, plain = handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, False)
     assert plain[1]["label"] == ui.PERSONALIZED_LABEL
     assert plain[1]["value"] == last[1]["value"]  # a zero shift: the same answer
+    # A fit that kept no step stores a zero token: the box stays off, and the line says why.
+    studio.store.put_personal_token(short, studio.plug_id, [0.0] * studio.plug.config.d_llm, {**meta, "steps": 0})
+    button, status, use_tuned = state(owner, short)
+    assert {k: use_tuned[k] for k in off} == off and "token stays at zero" in status
+
+
+def test_a_saved_profile_shows_its_writing_to_its_owner_only(page, studio, owner):
+    items = ["First post, about *bread* <b>and</b> rain.", "Second post about the sea."]
+    profile_id = studio.compute_profile(owner, "two posts", items).profile_id
+    state = handler(page, "profile_state")
+    *_, box, writing = state(owner, profile_id)
+    assert box["visible"] is True and box["label"] == "The writing in this profile (2 items)"
+    assert "2. Second post about the sea" in writing and "<b>" not in writing and "\\*bread\\*" in writing  # as text
+    assert state("someone-else-entirely-0123456789", profile_id)[3]["visible"] is False
+    assert state(owner, None)[3]["visible"] is False and state(owner, "never-made")[4] == ""
 
 
 def test_charts_start_at_zero_with_one_scale_rule_and_keep_the_whole_text():

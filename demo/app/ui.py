@@ -45,6 +45,7 @@ never changed.**
 3. **Ask**: the same model answers with your embedding and without it, side by side.
 """
 CONTROL_LABEL = "Same plug, someone else's writing"
+WRITING_SHOWN = 50  # items of a saved profile listed under it
 NO_HISTORY = "Paste or upload some writing to see its items here: *Compute my PPlug embedding* turns on once there is some."
 PERSONALIZED_LABEL = "Personalized (PPlug, your writing)"
 TUNED_LABEL = "Personalized (PPlug + your tuned token)"
@@ -55,6 +56,9 @@ CSS = """
 #message { position: sticky; top: 0; z-index: 20; }
 #message .prose { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft); }
 .why-table * { font-family: var(--font) !important; }
+/* "Tune to me" shows a step counter over its short status: the counter goes below the bar, not on it. */
+#tune-status { min-height: 5.5em; }
+#tune-status .progress-text { position: static; transform: none; order: 2; }
 """
 
 
@@ -151,8 +155,28 @@ def tune_state(studio: Studio, owner, profile_id):
         result = studio.tune_result(owner, profile_id) if owner and profile_id else None
     except ServiceError:  # no valid owner yet: nothing to show
         result = None
+    kept = result is not None and result.steps > 0  # a fit that kept no step leaves the token at zero
     return (gr.update(interactive=bool(owner and profile_id)), _tune_text(result) if result else "",
-            gr.update(value=result is not None, interactive=result is not None))
+            gr.update(value=kept, interactive=kept))
+
+
+def writing_state(studio: Studio, owner, profile_id):
+    """The selected profile's writing -> (its accordion, the items): the writing box above is empty after a
+    reload or once another profile is picked, and the visitor should still see what their embedding is made of."""
+    try:
+        parsed = studio.profile_writing(owner, profile_id) if owner and profile_id else None
+    except ServiceError:  # no valid owner yet, or deleted meanwhile: nothing to show
+        parsed = None
+    if parsed is None:
+        return gr.update(visible=False), ""
+    label = f"The writing in this profile ({plural(len(parsed.items), 'item')})"
+    return gr.update(visible=True, label=label), preview(parsed, n=WRITING_SHOWN, width=400)
+
+
+def profile_state(studio: Studio, owner, profile_id):
+    """Everything shown for the selected profile but its "does it know me?": its "Tune to me" (Tune button, how
+    its token was fitted, "Use my tuned token") and its writing (accordion, items)."""
+    return (*tune_state(studio, owner, profile_id), *writing_state(studio, owner, profile_id))
 
 
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
@@ -165,7 +189,8 @@ def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
             (done, total), desc="Tuning your token", unit="steps"))
     except ServiceError as err:  # too few usable texts, a profile deleted meanwhile, ...
         return _warn(err), *tune_state(studio, owner, profile_id)[1:]
-    return _message(), _tune_text(result, now=True), gr.update(value=True, interactive=True)
+    kept = result.steps > 0
+    return _message(), _tune_text(result, now=True), gr.update(value=kept, interactive=kept)
 
 
 def on_know_me(studio: Studio, owner, profile_id):
@@ -312,6 +337,8 @@ def _embedding_column() -> SimpleNamespace:
         compute_btn = gr.Button("Compute my PPlug embedding", variant="primary", interactive=False)
         status = gr.Markdown()
         profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
+        with gr.Accordion("The writing in this profile", open=False, visible=False) as writing_box:
+            profile_writing = gr.Markdown()
         tune = _tune_block()
         with gr.Column(visible=False, elem_id="know-me") as know_me:
             gr.Markdown("#### Does it know me?")
@@ -319,7 +346,8 @@ def _embedding_column() -> SimpleNamespace:
             know_me_plot = gr.BarPlot(x="condition", y="likelihood", sort=None, height=220, visible=False,
                                       title="Your held-back writing, per-word likelihood (no plug = 100)",
                                       x_title=" ", y_title="likelihood")
-    return SimpleNamespace(name=name, compute_btn=compute_btn, status=status, profiles=profiles, know_me=know_me,
+    return SimpleNamespace(name=name, compute_btn=compute_btn, status=status, profiles=profiles,
+                           writing_box=writing_box, profile_writing=profile_writing, know_me=know_me,
                            know_me_md=know_me_md, know_me_plot=know_me_plot, **vars(tune))
 
 
@@ -328,7 +356,7 @@ def _tune_block() -> SimpleNamespace:
     with gr.Column(elem_id="tune"):
         tune_btn = gr.Button("Tune to me", interactive=False, size="md")
         gr.Markdown(TUNE_NOTE)
-        tune_status = gr.Markdown()
+        tune_status = gr.Markdown(elem_id="tune-status")
         use_tuned = gr.Checkbox(label="Use my tuned token", value=False, interactive=False,
                                 info="Adds it to the personalized answer (step 3); on once this profile is tuned.")
     return SimpleNamespace(tune_btn=tune_btn, tune_status=tune_status, use_tuned=use_tuned)
@@ -438,8 +466,9 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
                   [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
     know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
-    tuned = bind(tune_state, studio)  # the selected profile's "Tune to me": after every change of profile
-    tune_io = ([ui.owner, ui.profile_id], [ui.tune_btn, ui.tune_status, ui.use_tuned])
+    tuned = bind(profile_state, studio)  # the selected profile's "Tune to me" and writing: after every change
+    tune_io = ([ui.owner, ui.profile_id],
+               [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing])
     gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
@@ -456,7 +485,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
         tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
     ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
-                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=[ui.tune_status, ui.use_tuned],
+                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status,
                       **profile_work)
     generate = bind(on_generate, studio, gpu_seconds=60)
     for trigger in (ui.generate_btn.click, ui.request.submit):

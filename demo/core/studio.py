@@ -31,6 +31,7 @@ from sentence_transformers import SentenceTransformer
 
 from . import know_me, personas
 from .generation import GenerationParams, Generator, PromptIds
+from .history import ParsedHistory
 from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug, add_shift
@@ -313,6 +314,15 @@ class Studio:
     def list_profiles(self, owner: str) -> list[dict]:
         self._check_owner(owner)
         return self.store.list_profiles(owner)
+
+    def profile_writing(self, owner: str, profile_id: str) -> ParsedHistory:
+        """A stored profile's items, as they were computed, and where they came from."""
+        self._check_owner(owner)
+        profile = self.store.get_profile(profile_id, owner) if profile_id else None
+        if profile is None:
+            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+        texts = [row["text"] for row in self.store.profile_items(profile_id)]
+        return ParsedHistory(texts, profile.get("source") or "pasted text", notes=[])
 
     def delete_my_data(self, owner: str) -> dict[str, int]:
         """Remove every row that belongs to ``owner``."""
