@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from demo.core.generation import GenerationParams, Generator, apply_policy
+from demo.core.generation import GenerationParams, Generator, Request, apply_policy
 from demo.research.runtime import generate as research_generate
 
 REQUEST = "Write a tweet using these words: coffee, morning, rain"
@@ -52,7 +52,9 @@ def test_each_row_stops_at_its_own_end_token(gen):
     short = gen.prompt_ids("Answer with one word: what colour is the sky?")
     long = gen.prompt_ids("Write a long story about a dragon.")
     embeds, mask = gen.embed([short, long], [None, None])
-    steps = list(gen.stream(embeds, mask, GenerationParams(max_new_tokens=24)))
+    request = Request(embeds, mask, GenerationParams(max_new_tokens=24))
+    steps = list(gen.run(request))
+    assert request.cut == [False, True]  # the short row ended by itself, the long one at the limit
     short_len = len(gen.tokenizer(steps[-1][0])["input_ids"])
     assert short_len < 15
     # the short answer stops growing while the long one goes on to the token limit

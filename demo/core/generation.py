@@ -155,7 +155,10 @@ class Generator:
         when all rows have stopped or after ``params.max_new_tokens`` steps. (The app shares one
         such loop between requests: ``demo.core.scheduler``.)
         """
-        request = Request(embeds, mask, params)
+        yield from self.run(Request(embeds, mask, params))
+
+    def run(self, request: "Request") -> Iterator[list[str]]:
+        """``stream`` for a request made by the caller, who can read its rows (e.g. ``cut``) after."""
         batch = DecodeBatch(self)
         batch.join([request])
         while not request.finished:
@@ -215,6 +218,11 @@ class Request:
         self.finished = False  # every row ended, or the request was cancelled
         self.cancelled = False
         self.rng = torch.Generator(device="cpu").manual_seed(params.seed)
+
+    @property
+    def cut(self) -> list[bool]:
+        """Per row: it stopped at the token limit, not at an end token (its text may stop mid-sentence)."""
+        return [len(tokens) >= self.params.max_new_tokens for tokens in self.tokens]
 
     def cancel(self) -> None:
         """Leave the loop at its next step."""

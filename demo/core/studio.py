@@ -30,7 +30,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from . import know_me, personas
-from .generation import GenerationParams, Generator, PromptIds
+from .generation import GenerationParams, Generator, PromptIds, Request
 from .history import ParsedHistory
 from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
@@ -479,8 +479,11 @@ class Studio:
         t_prep = time.perf_counter()
         first = None
         # On ZeroGPU only this call holds the GPU: decode here; elsewhere join the shared loop.
-        rows = (self._decode_here(embeds, mask, params) if self.settings.zero_gpu
-                else self.scheduler.submit(embeds, mask, params))
+        if self.settings.zero_gpu:
+            decoding = Request(embeds, mask, params)
+            rows = self._decode_here(decoding)
+        else:
+            rows = decoding = self.scheduler.submit(embeds, mask, params)
         stream = iter(rows)
         try:
             for texts in stream:
@@ -491,12 +494,9 @@ class Studio:
             stream.close()  # a consumer that left (cancelled, disconnected) frees its rows now
         end = time.perf_counter()
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
-        # A row stops at an end token or at the limit; an answer as long as the limit most likely met it.
-        limit = params.max_new_tokens
-        if params.stop_at_eos and any(len(self.tokenizer(text, add_special_tokens=False).input_ids) >= limit - 1
-                                      for text in result.outputs.values()):
-            result.notes.append(f"An answer reached the limit of {limit} new tokens and may stop mid-sentence "
-                                "(raise Max new tokens to read more).")
+        if params.stop_at_eos and any(decoding.cut):
+            result.notes.append(f"An answer reached the limit of {params.max_new_tokens} new tokens and may stop "
+                                "mid-sentence (raise Max new tokens to read more).")
         if log:
             result.generation_id = self.store.log_generation(
                 owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=result.request,
@@ -506,10 +506,10 @@ class Studio:
         result.done = True
         yield result
 
-    def _decode_here(self, embeds: torch.Tensor, mask: torch.Tensor, params: GenerationParams) -> Iterator[list[str]]:
+    def _decode_here(self, request: Request) -> Iterator[list[str]]:
         """Decode the rows in this thread, counted as work in flight until the last step."""
         with _counted(self.in_flight):
-            yield from self.generator.stream(embeds, mask, params)
+            yield from self.generator.run(request)
 
     @_in_flight
     def _prepare(self, owner: str, profile_id: str, request: str, params: GenerationParams,
