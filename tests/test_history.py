@@ -434,6 +434,18 @@ def test_parse_files_total_limit_and_errors(tmp_path):
         parse_files([a, write(tmp_path, "x.pdf", "%PDF")])
 
 
+def test_an_empty_file_among_several_is_left_out_with_a_note(tmp_path):
+    notes = write(tmp_path, "notes.txt", "one\n\ntwo")
+    empty = write(tmp_path, "empty.txt", " \n\n ")
+    parsed = parse_files([notes, empty])
+    assert parsed.items == ["one", "two"] and parsed.source == "notes.txt"
+    assert parsed.notes == ["empty.txt: no text was found in it, so it was left out."]
+    with pytest.raises(HistoryError, match="no text was found in any of the files"):
+        parse_files([empty, write(tmp_path, "blank.md", "")])
+    with pytest.raises(HistoryError, match="no text was found in empty.txt"):
+        parse_files([empty])
+
+
 def test_parse_files_keeps_users_and_passes_user(tmp_path):
     q = write_json(tmp_path, "dev_questions.json", lamp_questions())
     a = write(tmp_path, "a.txt", "mine")

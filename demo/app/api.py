@@ -32,8 +32,11 @@ def parse_history(limits: Limits, text: str | None, files: list | None, column: 
     """A pasted history or uploaded files (paths), parsed within the app's limits: the pages and the API."""
     sizes = dict(max_items=limits.max_items, max_item_chars=limits.max_item_chars)
     if files:
-        return parse_files([getattr(f, "name", f) for f in files], text_column=column or "text", user=user or None,
-                           max_bytes=int(limits.max_upload_mb * 2**20), **sizes)
+        parsed = parse_files([getattr(f, "name", f) for f in files], text_column=column or "text", user=user or None,
+                             max_bytes=int(limits.max_upload_mb * 2**20), **sizes)
+        if (text or "").strip():  # both given: the files win, and the visitor is told
+            parsed.notes.append("The pasted text is not used while files are uploaded; remove the files to use it.")
+        return parsed
     return parse_text(text or "", **sizes)
 
 

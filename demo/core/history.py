@@ -58,6 +58,10 @@ class HistoryError(ValueError):
     """Bad history input; its message is shown to the user as is (clear, one or two sentences, says what to do)."""
 
 
+class EmptyHistoryError(HistoryError):
+    """No text at all: among several uploads, that file is left out rather than the whole upload refused."""
+
+
 @dataclass
 class ParsedHistory:
     """The cleaned items of one history, where they came from, and what was changed."""
@@ -149,12 +153,22 @@ def parse_files(
         max_item_chars=max_item_chars,
         max_bytes=max_bytes,
     )
-    parts = [parse_file(p, **options) for p in paths]
-    if len(parts) == 1:
+    parts: list[ParsedHistory] = []
+    notes: list[str] = []
+    for path in paths:
+        try:
+            parts.append(parse_file(path, **options))
+        except EmptyHistoryError:
+            if len(paths) == 1:
+                raise
+            notes.append(f"{_as_path(path).name}: no text was found in it, so it was left out.")
+    if not parts:
+        raise EmptyHistoryError("The history is empty: no text was found in any of the files. "
+                                "Upload files with some of your writing.")
+    if len(parts) == 1 and not notes:
         return parts[0]
 
     items: list[str] = []
-    notes: list[str] = []
     users: list[str] = []
     user_items: dict[str, int] = {}
     for part in parts:
@@ -513,7 +527,7 @@ def _finish(
         cut += too_long
 
     if not items:
-        raise HistoryError(f"The history is empty: {empty_hint}")
+        raise EmptyHistoryError(f"The history is empty: {empty_hint}")
     if len(items) > max_items:
         raise HistoryError(
             f"Too many items: found {len(items):,}, the limit is {max_items:,}. "
