@@ -214,7 +214,7 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         page.get_by_role("button", name="Tune to me").click()
         _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
         shown = page.locator("#tune").inner_text()
-        assert "held-back texts" in shown and ("likelier per token" in shown or "stays at zero" in shown), shown
+        assert "held-back texts" in shown and ("likelier per word" in shown or "stays at zero" in shown), shown
         expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)
         expect(use_tuned).to_be_enabled(timeout=TIMEOUT_MS)
         page.get_by_label("Request").fill("Write a tweet about my morning.")
@@ -277,11 +277,11 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
         page.get_by_role("button", name="Use my writing").click()
         page.get_by_text("Trial 1 of 2").wait_for()
         _wait_for_answers(page)
-        page.get_by_role("button", name="A is better").click()
+        page.get_by_role("button", name="Choose A").click()
         page.get_by_text("Trial 2 of 2").wait_for()
         _wait_for_answers(page)
         page.get_by_label("Why? (optional)").fill("Sounds like me.")
-        page.get_by_role("button", name="B is better").click()
+        page.get_by_role("button", name="Choose B").click()
         page.get_by_text("BROWSER-OK").wait_for()
         assert "You have finished all 2 trials" in page.content()
         assert dialogs == []

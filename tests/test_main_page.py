@@ -218,6 +218,19 @@ def test_lamp_user_picker_shows_item_counts_largest_first(page, tmp_path, owner)
     assert users["choices"] == [("many · 4 items", "many"), ("few · 1 item", "few")] and users["value"] == "many"
 
 
+def test_pasted_text_beside_uploads_is_said_to_be_unused_and_the_csv_column_counts_on_leaving_it(page, tmp_path,
+                                                                                                   owner):
+    path = tmp_path / "posts.csv"
+    path.write_text("body\nFirst post.\nSecond post.\n")
+    shown, _, compute = handler(page, "show_preview")(owner, "My pasted post.", [str(path)], "body", None)
+    assert "2 items" in shown and "pasted text is not used while files are uploaded" in shown
+    assert compute["interactive"] is True
+    column = next(b for b in page.blocks.values() if getattr(b, "label", None) == "CSV text column")
+    events = {t[1] for f in page.fns.values() if getattr(f.fn, "__name__", "") == "show_preview" for t in f.targets
+              if t[0] == column._id}
+    assert events == {"submit", "blur"}  # typing a column name and clicking elsewhere is enough
+
+
 def test_the_readme_shows_a_committed_screenshot_of_the_visit_near_the_top():
     import re
     from pathlib import Path

@@ -197,7 +197,7 @@ def test_page_events_through_gradio_processing(app, studio):
     data, comps = run("advance", None, saved, "")
     shown_a = label(data, comps, "A")
     shown_b = label(data, comps, "B")
-    data, comps = run("on_vote", None, saved, "a reason", nth=1)  # "B is better"
+    data, comps = run("on_vote", None, saved, "a reason", nth=1)  # "Choose B"
     assert any("Vote saved" in str(v) for v in data.values())  # the study reveals the conditions
     [row] = [r for r in StudyStore(studio.store).export_rows("flow-test") if r["participant_id"] == "GRADIO-1"]
     assert (row["output_a"], row["output_b"], row["choice"]) == (shown_a, shown_b, "B")

@@ -107,7 +107,7 @@ def visit(page, url: str, out: Path, persona: str = "Food Blogger", study: str =
     page.wait_for_function(
         """() => [...document.querySelectorAll('textarea')].filter(t => t.disabled || t.readOnly)
                 .filter(t => t.value.trim().length > 0).length >= 2""")
-    page.get_by_role("button", name="A is better").click()
+    page.get_by_role("button", name="Choose A").click()
     page.get_by_text("Trial 2 of").wait_for()  # the vote is saved and the next trial is shown
     _settled(page)
     page.wait_for_function(

@@ -56,9 +56,10 @@ CSS = """
 #message { position: sticky; top: 0; z-index: 20; }
 #message .prose { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft); }
 .why-table * { font-family: var(--font) !important; }
-/* "Tune to me" shows a step counter over its short status: the counter goes below the bar, not on it. */
-#tune-status { min-height: 5.5em; }
+/* "Tune to me" shows a step counter over its short status: room for it while it runs, below the bar. */
+#tune-status:has(.progress-bar-wrap) { min-height: 5.5em; }
 #tune-status .progress-text { position: static; transform: none; order: 2; }
+#profile-writing { max-height: 24em; overflow-y: auto; }
 """
 
 
@@ -109,7 +110,7 @@ def show_preview(studio: Studio, owner, text, files, column, user):
 def profile_choices(studio: Studio, owner: str | None, selected: str | None = None):
     """-> (profile list, selected profile id, Generate button)."""
     profiles = studio.list_profiles(owner) if owner else []
-    choices = [(f"{p['name']} · {p['n_items']} items · {p['created_at'][:16]}", p["id"]) for p in profiles]
+    choices = [(f"{p['name']} · {plural(p['n_items'], 'item')} · {p['created_at'][:16]}", p["id"]) for p in profiles]
     ids = [c[1] for c in choices]
     value = selected if selected in ids else (ids[0] if ids else None)
     return gr.update(choices=choices, value=value), value, gr.update(interactive=value is not None)
@@ -129,7 +130,7 @@ def on_compute(studio: Studio, owner, text, files, column, user, name, progress=
     except (HistoryError, ServiceError) as err:
         return _warn(err), *[gr.skip()] * 4
     cached = result.n_items - result.n_encoded
-    status = (f"✅ **{markdown_text(result.name)}**: {result.n_items} items, {result.n_encoded} encoded now"
+    status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded} encoded now"
               f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
     return _message(), status, *profile_choices(studio, owner, result.profile_id)
 
@@ -145,7 +146,7 @@ def _tune_text(result: TuneResult, now: bool = False) -> str:
     if result.steps == 0:
         return (f"{when}: no step made your {result.n_held} held-back texts likelier, so your token stays at "
                 "zero and answers with it are the same as without.")
-    return (f"{when}: your {result.n_held} held-back texts became {result.gain:.1%} likelier per token "
+    return (f"{when}: your {result.n_held} held-back texts became {result.gain:.1%} likelier per word "
             f"(kept step {result.steps}, fitted on {result.n_fit} of your texts).")
 
 
@@ -170,7 +171,7 @@ def writing_state(studio: Studio, owner, profile_id):
     if parsed is None:
         return gr.update(visible=False), ""
     label = f"The writing in this profile ({plural(len(parsed.items), 'item')})"
-    return gr.update(visible=True, label=label), preview(parsed, n=WRITING_SHOWN, width=400)
+    return gr.update(visible=True, label=label), preview(parsed, n=WRITING_SHOWN, width=200)
 
 
 def profile_state(studio: Studio, owner, profile_id):
@@ -230,7 +231,7 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
                               if used_example else []) + result.notes)
             if result.done:
                 notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
-                         f"(first token after {result.timings['first_token_s']:.2f} s).").strip()
+                         f"(first token after {result.timings['first_token_s']:.1f} s).").strip()
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
@@ -259,12 +260,14 @@ def use_persona(label: str, request: str):
 
 
 def on_delete(studio: Studio, owner):
-    """-> (message, deleted note, profile list, profile id, Generate button, know-me panel)."""
+    """-> (message, deleted note, profile list, profile id, Generate button, know-me panel, then what the page
+    still shows of the deleted data: status, writing, files, profile name, the answer columns, notes, "why")."""
     try:
         counts = studio.delete_my_data(owner)
     except ServiceError as err:
-        return _warn(err), *[gr.skip()] * 5
-    return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False)
+        return _warn(err), *[gr.skip()] * 14
+    cleared = ("", "", None, "", gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False))
+    return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False), *cleared
 
 
 def deleted_note(counts: dict[str, int]) -> str:
@@ -286,20 +289,20 @@ def plug_report(studio: Studio) -> str:
     """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
     config = studio.plug.config
     lines = [studio.plug_description, "",
-             f"**Plug** `{studio.plug_id}` ({config.origin}), made for `{config.encoder_id}` and `{config.llm_id}`; "
-             f"aggregator temperature {config.tau:g}. Under the hood: a frozen sentence encoder embeds each item of "
-             "your writing, the items are weighed by how related they are to the request, and a small projector "
-             "turns them into a soft token that the frozen language model reads next to a learned instruction "
-             "token."
+             f"Made for `{config.encoder_id}` and `{config.llm_id}`; aggregator temperature {config.tau:g}. Under the "
+             "hood: a frozen sentence encoder embeds each item of your writing, the items are weighed by how related "
+             "they are to the request, and a small projector turns them into a soft token that the frozen language "
+             "model reads next to a learned instruction token."
              + (f" A third token, the keyword token, is the language model's own embedding of the "
                 f"{config.keywords} words (of {config.keyword_bank:,}) nearest to your weighed writing in the "
                 "encoder's space: what it is about." if config.keywords else "")]
-    made = config.made
-    # Scalar facts and the training settings; the per-evaluation history stays in config.json.
-    facts = {k: v for k, v in made.items() if isinstance(v, (int, float, str)) and k not in ("summary", "data_dir")}
-    facts.update(made.get("settings", {}))
-    if facts:
-        lines.append("Details: " + ", ".join(f"{k} = {v}" for k, v in facts.items()) + ".")
+    settings = config.made.get("settings", {})
+    if config.made.get("steps") and settings:  # a trained plug: the figures a reader asks for first
+        lines += ["", f"Trained for {config.made['steps']} steps of {settings.get('batch_size', '?')} examples on "
+                      f"{str(settings.get('tasks', '?')).replace(',', ', ')}, learning rate {settings.get('lr', '?')}, "
+                      f"at most {settings.get('history_cap', '?')} history items per example"
+                      + (f", in {config.made['train_seconds'] / 60:.0f} min" if config.made.get("train_seconds") else "")
+                      + ". Every setting is in the plug's `config.json`."]
     for path in RESULTS_FILES:
         if path.is_file():
             lines += ["", f"From `assets/results/{path.name}`:", "", path.read_text(encoding="utf-8")]
@@ -338,7 +341,7 @@ def _embedding_column() -> SimpleNamespace:
         status = gr.Markdown()
         profiles = gr.Dropdown(label="Your profiles", choices=[], interactive=True)
         with gr.Accordion("The writing in this profile", open=False, visible=False) as writing_box:
-            profile_writing = gr.Markdown()
+            profile_writing = gr.Markdown(elem_id="profile-writing")
         tune = _tune_block()
         with gr.Column(visible=False, elem_id="know-me") as know_me:
             gr.Markdown("#### Does it know me?")
@@ -477,7 +480,9 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
         chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
         tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
-    for trigger in (ui.owner.change, ui.history.change, ui.files.change, ui.column.submit, ui.lamp_user.change):
+    # The CSV column counts once typed: on Enter or on leaving the box.
+    for trigger in (ui.owner.change, ui.history.change, ui.files.change, ui.column.submit, ui.column.blur,
+                    ui.lamp_user.change):
         trigger(bind(show_preview, studio), [ui.owner, ui.history, ui.files, ui.column, ui.lamp_user],
                 [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
     ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
@@ -503,7 +508,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     ui.delete_sure.change(lambda sure: gr.update(interactive=bool(sure)), ui.delete_sure, ui.delete_btn,
                           show_progress="hidden", **PRIVATE)
     ui.delete_btn.click(bind(on_delete, studio), ui.owner,
-                        [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me],
+                        [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me, ui.status,
+                         ui.history, ui.files, ui.name, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
                         **PRIVATE).then(tuned, *tune_io, **PRIVATE).then(
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
 

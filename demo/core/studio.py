@@ -39,7 +39,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
 from .storage import Store
-from .text import CONDITIONS, clean_text, has_visible_text, only_visible, sha256_text
+from .text import CONDITIONS, clean_text, has_visible_text, only_visible, plural, sha256_text
 from .tuning import FitSettings, fit_shift
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class Studio:
             return ("**Untrained plug** (random projector): the personalized side shows the mechanism, "
                     "not learned personalization.")
         what = (made.get("summary") or f"{self.plug.config.origin} plug").rstrip(". ")
-        return f"Plug `{self.plug_id}`: {what}. Its measured results are under *About the plug* below."
+        return f"Plug `{self.plug_id}`: {what}."
 
     # --- encoding ------------------------------------------------------------------------
 
@@ -370,7 +370,8 @@ class Studio:
         need = settings.fit_examples + settings.held_back
         if len(made) < settings.held_back + 2:
             raise ServiceError(f"Tuning needs at least {settings.held_back + 2} items of a sentence or more "
-                               f"(this history has {len(made)}): add more of your writing.")
+                               f"(this history has {plural(len(profile.texts), 'item')}, {len(made)} of them long "
+                               "enough): add more of your writing.")
         k = min(need, len(made))
         spread = [made[round(i * (len(made) - 1) / max(k - 1, 1))] for i in range(k)]
         spread = list({e.index: e for e in spread}.values())  # evenly over the history, no repeats
@@ -495,8 +496,8 @@ class Studio:
         end = time.perf_counter()
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
         if params.stop_at_eos and any(decoding.cut):
-            result.notes.append(f"An answer reached the limit of {params.max_new_tokens} new tokens and may stop "
-                                "mid-sentence (raise Max new tokens to read more).")
+            result.notes.append(f"An answer reached the limit of {plural(params.max_new_tokens, 'new token')} and may "
+                                "stop mid-sentence (raise Max new tokens to read more).")
         if log:
             result.generation_id = self.store.log_generation(
                 owner=owner, profile_id=profile_id, plug_id=self.plug_id, prompt=result.request,

@@ -337,10 +337,12 @@ class Evaluation(FrozenModels):
 
 
 def markdown(results: dict) -> str:
+    settings = results["settings"]
+    rag = any(m.startswith("rag") or m.endswith("+rag") for t in results["tasks"] for m in t["methods"])
+    retrieval = f"{settings['k']} retrieved items ({settings['retriever']}) for rag; " if rag else ""
     lines = [f"# Results on the {results['split']} splits", "",
-             f"Greedy decoding; {results['settings']['k']} retrieved items ({results['settings']['retriever']}) "
-             f"for rag; plug `{results['plug_id']}`. Personal fit: rank of the true author among "
-             f"{results['settings']['candidates']} candidate users (or all the split's users if fewer) by "
+             f"Greedy decoding; {retrieval}plug `{results['plug_id']}`. Personal fit: rank of the true author among "
+             f"{settings['candidates']} candidate users (or all the split's users if fewer) by "
              "character 2-4-gram TF-IDF cosine of the output to each user's history.", ""]
     for t in results["tasks"]:
         gen = t["kind"] == "generation"

@@ -27,7 +27,8 @@ CONDITION_LABELS = {
     "pplug+rag": "PPlug + retrieval",
     "pplug-other": "Same plug, someone else's writing",
 }
-CHOICES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
+# Neutral labels: a study's own instructions say what to choose by (e.g. "sounds more like you", not "better").
+CHOICES = {"A": "Choose A", "B": "Choose B", "tie": "Tie", "both_bad": "Both are bad"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 HISTORY_MODES = ("participant", "persona", "either")
