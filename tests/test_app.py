@@ -59,7 +59,7 @@ def test_short_owner_tokens_are_refused(client):
 
 def test_tune_to_me_through_the_api_says_what_it_needs(client, owner):
     profile = client.predict(history=HISTORY, owner_token=owner, name="hiker", api_name="/compute_profile")
-    with pytest.raises(Exception, match="at least 4 items"):
+    with pytest.raises(Exception, match="at least 6 items"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], api_name="/tune_profile")
     with pytest.raises(Exception, match="Tune to me"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], request="hi", max_new_tokens=4,

@@ -189,7 +189,7 @@ def test_profiles_stay_with_their_browser(browser, app):
         assert tokens[0] != tokens[1]
 
 
-# Six tweet-like posts, each with three content words: six examples to fit on (two held back).
+# Six tweet-like posts, each with three content words: six examples (four held back, two to fit on).
 TUNE_HISTORY = "\n\n".join([
     "Rainy mornings call for strong coffee and a long novel by the window.",
     "Tried the new espresso blend today, chocolate notes everywhere.",

@@ -151,7 +151,7 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     off = {"value": False, "interactive": False}
     short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
     message, status, use_tuned = tune(owner, short)  # too few texts that make an example
-    assert message["visible"] and "Tuning needs at least 4 items" in message["value"]
+    assert message["visible"] and "Tuning needs at least 6 items" in message["value"]
     assert "Traceback" not in message["value"] and status == "" and {k: use_tuned[k] for k in off} == off
     button, status, use_tuned = state(owner, short)
     assert button["interactive"] is True and status == "" and {k: use_tuned[k] for k in off} == off

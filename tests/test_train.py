@@ -195,6 +195,10 @@ def test_a_tune_to_me_shift_makes_held_back_items_likelier(tiny):
     assert torch.allclose(add_shift(soft[:2], per_row)[1, 1], soft[1, 1] - token.shift)
     nothing = fit_shift(tiny, soft_fn, examples, FitSettings(steps=2, lr=0.0, fit_examples=4, held_back=2))
     assert nothing.steps == 0 and nothing.shift.norm() == 0  # no step helped: no shift is kept
+    ran = []  # early stopping waits for min_steps: a noisy start on few held-back items is not the verdict
+    fit_shift(tiny, soft_fn, examples, FitSettings(steps=9, lr=0.0, fit_examples=4, held_back=2, patience=1,
+                                                   min_steps=5), lambda done, total: ran.append(done))
+    assert ran == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="at least"):
         fit_shift(tiny, soft_fn, examples[:3], FitSettings(held_back=2))
     seen = []
