@@ -81,7 +81,7 @@ def test_delete_during_tuning_ends_with_a_clear_message(studio):
             deleted.append(studio.delete_my_data(owner))
 
     with pytest.raises(ServiceError, match="deleted"):
-        studio.tune_profile(owner, profile, progress=progress, settings=FitSettings(steps=2))
+        studio.tune_profile(owner, profile, progress=progress, settings=FitSettings(steps=2, held_back=2))
     assert deleted and _owned_rows(studio, owner) == 0
 
 
@@ -89,5 +89,5 @@ def test_a_short_history_is_tuned_on_every_example_it_makes(studio):
     # Five items make five examples: spreading eight picks over them must not drop any to below four.
     owner = secrets.token_urlsafe(24)
     profile = studio.compute_profile(owner, "short", ITEMS).profile_id
-    tuned = studio.tune_profile(owner, profile, settings=FitSettings(steps=1))
+    tuned = studio.tune_profile(owner, profile, settings=FitSettings(steps=1, held_back=2))
     assert tuned.n_fit + tuned.n_held == len(ITEMS)
