@@ -278,11 +278,17 @@ class Studio:
         summary = self.plug.rescale(loaded.projected.mean(0))  # input-free view of P (uniform weights)
         return loaded, summary.float().cpu().numpy()
 
+    def _owned_profile(self, owner: str, profile_id: str) -> dict:
+        """The profile's row, or a ServiceError unless it exists and belongs to ``owner``."""
+        self._check_owner(owner)
+        profile = self.store.get_profile(profile_id, owner) if profile_id else None
+        if profile is None:
+            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+        return profile
+
     def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
         """A profile's texts, H and Proj(H): from memory, else one read each from the store."""
-        self._check_owner(owner)
-        if not profile_id or self.store.get_profile(profile_id, owner) is None:
-            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+        self._owned_profile(owner, profile_id)
         with self._profiles_lock:
             if profile_id in self._profiles:
                 self._profiles.move_to_end(profile_id)
@@ -317,10 +323,7 @@ class Studio:
 
     def profile_writing(self, owner: str, profile_id: str) -> ParsedHistory:
         """A stored profile's items, as they were computed, and where they came from."""
-        self._check_owner(owner)
-        profile = self.store.get_profile(profile_id, owner) if profile_id else None
-        if profile is None:
-            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+        profile = self._owned_profile(owner, profile_id)
         texts = [row["text"] for row in self.store.profile_items(profile_id)]
         return ParsedHistory(texts, profile.get("source") or "pasted text", notes=[])
 
