@@ -469,9 +469,9 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
                   [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
     know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
-    tuned = bind(profile_state, studio)  # the selected profile's "Tune to me" and writing: after every change
-    tune_io = ([ui.owner, ui.profile_id],
-               [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing])
+    selected = bind(profile_state, studio)  # the selected profile's "Tune to me" and writing: after every change
+    selected_io = ([ui.owner, ui.profile_id],
+                   [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing])
     gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
@@ -479,16 +479,16 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
         chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
+        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
     # The CSV column counts once typed: on Enter or on leaving the box.
     for trigger in (ui.owner.change, ui.history.change, ui.files.change, ui.column.submit, ui.column.blur,
                     ui.lamp_user.change):
         trigger(bind(show_preview, studio), [ui.owner, ui.history, ui.files, ui.column, ui.lamp_user],
                 [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
     ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
-        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
+        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
     ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        tuned, *tune_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
+        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
     ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
                       [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status,
                       **profile_work)
@@ -501,7 +501,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         button.click(use_persona, [button, ui.request],
                      [ui.history, ui.files, ui.name, ui.request, ui.profile_id], **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
-            tuned, *tune_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
+            selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.
@@ -510,7 +510,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     ui.delete_btn.click(bind(on_delete, studio), ui.owner,
                         [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me, ui.status,
                          ui.history, ui.files, ui.name, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
-                        **PRIVATE).then(tuned, *tune_io, **PRIVATE).then(
+                        **PRIVATE).then(selected, *selected_io, **PRIVATE).then(
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
 
 
