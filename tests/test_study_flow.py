@@ -36,6 +36,8 @@ def app(app, studio):
     StudyStore(studio.store).register(parse_definition(FLOW), source="test")
     StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-ui", "prompts": "participant",
                                                         "reveal_conditions": False}), source="test")
+    StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-blind", "reveal_conditions": False}),
+                                      source="test")
     StudyStore(studio.store).register(parse_definition({**FLOW, "name": "flow-persona", "trials_per_participant": 1,
                                                         "history": {"mode": "persona", "personas": ["food_blogger"]}}),
                                       source="test")
@@ -119,7 +121,8 @@ def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
     assert saved["flow-ui"]["participant_id"] == "UI-1"
     out = on_history(ctx, saved, HISTORY, None)
     on_request = _handler(app, "on_request")
-    assert advance(ctx, saved) and values(advance(ctx, saved))["Your request for this trial"] == ""
+    assert values(out)["Your request for this trial"] == ""  # asks for a request; nothing is written yet
+    assert [type(k).__name__ for k in advance(ctx, saved)] == ["State"]
     assert "Write your request first" in str(on_request(ctx, saved, "  "))
     out = on_request(ctx, saved, "Write a tweet about rain.")
     ctx = next(v for k, v in out.items() if type(k).__name__ == "State")
@@ -135,6 +138,32 @@ def test_page_handlers_walk_a_participant_through_and_resume(app, studio):
     rows = StudyStore(studio.store).export_rows("flow-ui")
     assert [(r["request"], r["request_source"], r["voted"]) for r in rows] == [
         ("Write a tweet about rain.", "participant", True)]
+
+
+def test_the_next_trial_keeps_the_vote_saved_line_and_a_vote_error_stays(app, studio):
+    """Each vote button is chained to ``advance``: it must not wipe what the vote said."""
+    on_load, on_consent, on_history, advance = (_handler(app, n) for n in
+                                                ("on_load", "on_consent", "on_history", "advance"))
+    vote_a = _handler(app, "on_vote")
+
+    def state(out):
+        return next(v for k, v in out.items() if type(k).__name__ == "State")
+
+    out = on_load({}, SimpleNamespace(query_params={"study": "flow-blind", "PROLIFIC_PID": "UI-NOTE"}))
+    out = on_consent(state(out), {}, True)
+    ctx, saved = state(out), next(v for k, v in out.items() if type(k).__name__ == "BrowserState")
+    on_history(ctx, saved, HISTORY, None)
+    ctx = state(advance(ctx, saved))
+    assert ctx["trial_id"]
+
+    failed = vote_a({**ctx, "trial_id": ctx["trial_id"] + 10_000}, saved, "")  # a stale page's trial
+    assert any("⚠️" in str(v) for v in failed.values())
+    assert [type(k).__name__ for k in advance(ctx, saved)] == ["State"]  # the page, and its error, stay
+
+    voted = vote_a(ctx, saved, "")
+    after = advance(state(voted), saved)  # writes trial 2
+    assert "Trial 2 of 2" in " ".join(str(v) for v in after.values())
+    assert "Vote saved." in after.values() and "note" not in state(after)
 
 
 def test_a_persona_trial_names_the_persona_as_the_main_page_does(app):

@@ -23,7 +23,7 @@ from ..core.personas import persona_label
 from ..core.text import markdown_text
 from ..study import stats as study_stats
 from ..study.definition import CHOICES, CONDITION_LABELS, StudyError, persona_items, read_study_text
-from ..study.flow import StudyService
+from ..study.flow import REASON_CHARS, StudyService
 from ..study.store import EXPORT_COLUMNS
 from .api import PROFILE_QUEUE, generate_queue, parse_history
 from .binding import PRIVATE, bind
@@ -44,17 +44,20 @@ def add_study(demo: gr.Blocks, studio) -> StudyService:
             if (q.get('study')) { window.location.replace(
                 window.location.pathname.replace(/\\/?$/, '/') + 'study' + window.location.search); } }""")
     with demo.route("User study", "study", show_in_navbar=False):
-        _hide_navbar()  # no link from the blind study to the labelled side-by-side page
+        # No link from the blind study to the labelled side-by-side page, nor to the API page.
+        _hide_navbar(also=".show-api, .show-api-divider")
         _participant_page(demo, service, secret)
     with demo.route("Study admin", "study-admin", show_in_navbar=False):
         _admin_page(service)
     return service
 
 
-def _hide_navbar() -> None:
+def _hide_navbar(also: str = "") -> None:
+    """Hide the navbar (and the elements ``also`` selects) on the page being built."""
     # Gradio 6.31 shows a navbar on every page of a multipage app, and gr.Navbar(visible=False) does
     # not hide it there; a style on the page does.
-    gr.HTML("<style>.nav-holder { display: none !important; }</style>", container=False, padding=False)
+    hidden = ".nav-holder" + (f", {also}" if also else "")
+    gr.HTML(f"<style>{hidden} {{ display: none !important; }}</style>", container=False, padding=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ def _trial_layout(v: SimpleNamespace) -> None:
         with gr.Row() as v.vote_row:
             v.vote_btns = {c: gr.Button(label, variant="primary" if c in ("A", "B") else "secondary")
                            for c, label in CHOICES.items()}
-        v.reason = gr.Textbox(label="Why? (optional)", lines=2, max_lines=6)
+        v.reason = gr.Textbox(label="Why? (optional)", lines=2, max_lines=6, max_length=REASON_CHARS)
         v.reveal_md = gr.Markdown(visible=False)
         v.next_btn = gr.Button("Next trial", visible=False, variant="primary")
 
@@ -250,21 +253,30 @@ def on_persona(service: StudyService, v: SimpleNamespace, c, s):
         return _problem(v, err)
 
 
-def advance(service: StudyService, v: SimpleNamespace, c, s, request_text=""):
-    """Generate the next trial when one is due (not while the conditions of the last are shown)."""
+def _step(service: StudyService, v: SimpleNamespace, c, s, request_text="", redraw=False):
+    """Generate the next trial when one is due. Otherwise the page stays as the last step drew it
+    (with its message, such as a vote's error), unless ``redraw`` asks for the current screen."""
+    note = c.get("note", "")  # a message the step before left for this one ("Vote saved.")
+    c = {k: val for k, val in c.items() if k != "note"}
     if not c.get("token") or c.get("paused"):
         return {v.ctx: c}  # nothing to do (an empty dict would read as one value to Gradio)
     try:
         status = service.status(*_ids(c))
-        if status["stage"] == "next" or (status["stage"] == "history" and status["history_mode"] == "persona"):
+        stage, asked = status["stage"], (request_text or "").strip()
+        if stage == "next" or (stage == "history" and status["history_mode"] == "persona"):
             status = service.next_trial(*_ids(c))
-        elif status["stage"] == "request" and (request_text or "").strip():
+        elif stage == "request" and asked:
             status = service.next_trial(*_ids(c), request=request_text)
-        elif status["stage"] not in ("trial", "done", "request"):
+        elif not redraw:
             return {v.ctx: c}
     except StudyError as err:
         return _problem(v, err)
-    return _render(v, status, c, s)
+    return _render(v, status, c, s, note)
+
+
+def advance(service: StudyService, v: SimpleNamespace, c, s):
+    """Chained after every step that draws the page: writes the next trial when one is due."""
+    return _step(service, v, c, s)
 
 
 def on_vote(service: StudyService, v: SimpleNamespace, choice: str, c, s, why):
@@ -280,17 +292,17 @@ def on_vote(service: StudyService, v: SimpleNamespace, choice: str, c, s, why):
         return _show(v, "trial", {**c, "paused": True}, s, {
             v.vote_row: gr.update(visible=False), v.reason: gr.update(visible=False),
             v.reveal_md: gr.update(visible=True, value=f"Vote saved. {text}."), v.next_btn: gr.update(visible=True)})
-    return _render(v, status, c, s, "Vote saved.")
+    return _render(v, status, {**c, "note": "Vote saved."}, s, "Vote saved.")  # the next trial keeps the note
 
 
 def on_request(service: StudyService, v: SimpleNamespace, c, s, text):
     if not (text or "").strip():
         return _problem(v, "Write your request first.")
-    return advance(service, v, c, s, text)
+    return _step(service, v, c, s, text, redraw=True)
 
 
 def on_next(service: StudyService, v: SimpleNamespace, c, s):
-    return advance(service, v, {**c, "paused": False}, s)
+    return _step(service, v, {**c, "paused": False}, s, redraw=True)
 
 
 def on_withdraw(service: StudyService, v: SimpleNamespace, c, s, sure):

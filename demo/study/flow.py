@@ -30,6 +30,7 @@ def _owner_for(token: str) -> str:
     return "study:" + sha256_text("owner:" + token)[:40]
 
 
+REASON_CHARS = 2000  # a vote's free-text reason is kept up to this length
 PREFETCH_KEPT_S = 3600  # a prepared trial nobody came back for is forgotten after an hour
 
 
@@ -354,7 +355,7 @@ class StudyService:
         participant, d = self._participant(name, participant_id, token)
         if type(trial_id) is not int or not 0 < trial_id < 2**63:  # 1.5 or "1" must not become trial 1
             raise StudyError("This trial id is not valid (a whole number from 1): reload the study page.")
-        recorded = self.db.vote(participant["id"], trial_id, choice, (reason or "").strip()[:2000],
+        recorded = self.db.vote(participant["id"], trial_id, choice, (reason or "").strip()[:REASON_CHARS],
                                 d.trials_per_participant, d.completion.code)
         out = self.status(name, participant_id, token)
         if d.reveal_conditions:
