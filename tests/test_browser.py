@@ -189,6 +189,22 @@ def test_profiles_stay_with_their_browser(browser, app):
         assert tokens[0] != tokens[1]
 
 
+def test_a_persona_click_keeps_the_visitors_writing_to_put_back(browser, app):
+    expect = playwright_api.expect
+    with _page(browser) as (page, dialogs):
+        page.goto(app)
+        box = page.get_by_label("Your writing history")
+        box.fill(HISTORY)
+        page.get_by_role("button", name="FDR", exact=True).click()
+        back = page.get_by_role("button", name="Put my own writing back")
+        _wait_or_report(page, back)
+        expect(box).not_to_have_value(HISTORY)  # the persona's writing is shown...
+        back.click()
+        expect(box).to_have_value(HISTORY)  # ...and the visitor's comes back
+        expect(back).to_be_hidden()
+        assert dialogs == []
+
+
 # Six tweet-like posts, each with three content words: six examples (four held back, two to fit on).
 TUNE_HISTORY = "\n\n".join([
     "Rainy mornings call for strong coffee and a long novel by the window.",
@@ -271,6 +287,7 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
         page.goto(study_app + "study?study=browser-flow&PROLIFIC_PID=BRW-1&STUDY_ID=S1&SESSION_ID=X1")
         page.get_by_text("Consent (version 2)").wait_for()
         assert StudyStore(studio.store).export_rows("browser-flow") == []  # nothing stored before consent
+        assert page.get_by_text("Use via API").filter(visible=True).count() == 0  # a blind study has no API link
         page.get_by_label("I have read the information above and agree to take part.").check()
         page.get_by_role("button", name="Continue").click()
         page.get_by_label("Your writing").fill("I bake bread on Sundays.\n\nI run by the river.\n\nI read sci-fi.")
@@ -279,12 +296,15 @@ def test_study_flow_consent_vote_completion_code(browser, study_app, studio):
         _wait_for_answers(page)
         page.get_by_role("button", name="Choose A").click()
         page.get_by_text("Trial 2 of 2").wait_for()
+        page.get_by_text("Vote saved.").wait_for()  # the next trial keeps the vote's note
         _wait_for_answers(page)
         page.get_by_label("Why? (optional)").fill("Sounds like me.")
         page.get_by_role("button", name="Choose B").click()
         page.get_by_text("BROWSER-OK").wait_for()
         assert "You have finished all 2 trials" in page.content()
         assert dialogs == []
+        page.goto(study_app)  # control: the main page does show the link
+        page.get_by_text("Use via API").first.wait_for()
     rows = [r for r in StudyStore(studio.store).export_rows("browser-flow") if r["participant_id"] == "BRW-1"]
     assert [(r["trial_index"], r["choice"], r["voted"]) for r in rows] == [(1, "A", True), (2, "B", True)]
     assert rows[1]["reason"] == "Sounds like me." and rows[0]["consent_version"] == "2"

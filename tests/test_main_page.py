@@ -81,10 +81,11 @@ def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(p
 
 
 def test_one_persona_click_fills_computes_answers_and_measures(page, studio, owner):
-    history, files, name, request, profile_id = ui.use_persona("Food Blogger", "")
+    history, files, name, request, profile_id, kept, restore = ui.use_persona("Food Blogger", "", "", None, "", None)
     assert history == personas.persona_text("food_blogger") and request == ui.EXAMPLE_REQUESTS[0]
     assert name == "Food Blogger" and files is None and profile_id is None
-    assert ui.use_persona("Lincoln", "My own request")[3] == "My own request"
+    assert kept is None and restore["visible"] is False  # nothing of the visitor's to keep aside
+    assert ui.use_persona("Lincoln", "My own request", history, None, name, None)[3] == "My own request"
     # The button's events: fill, then compute, then the answers, then "does it know me?".
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Food Blogger")
     chain, fn = [], next(f for f in page.fns.values() if any(t[0] == button._id for t in f.targets))
@@ -99,6 +100,22 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     panel, sentence, plot = handler(page, "on_know_me")(owner, profile_id)
     assert panel["visible"] and "held back" in sentence and plot.visible
     assert plot.y_lim[0] == 0 and set(plot.value["data"][i][0] for i in range(3)) == set(charts.KNOW_ME_LABELS.values())
+
+
+def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page):
+    mine = "My own post about rain.\n\nAnother of mine about trains."
+    *_, kept, restore = ui.use_persona("Lincoln", "", mine, None, "My blog", None)
+    assert kept == {"history": mine, "files": None, "name": "My blog"} and restore["visible"] is True
+    # Another persona next: the persona's text is not the visitor's, so the first keeps what it kept.
+    lincoln = personas.persona_text("lincoln")
+    assert ui.use_persona("FDR", "", lincoln, None, "Lincoln", kept)[5] == kept
+    uploads = ["/tmp/gradio/a.txt"]  # uploaded files are the visitor's too, even with a persona's text
+    assert ui.use_persona("FDR", "", lincoln, uploads, "Lincoln", kept)[5]["files"] == uploads
+    history, files, name, kept_after, button = ui.restore_writing(kept)
+    assert (history, files, name, kept_after, button["visible"]) == (mine, None, "My blog", None, False)
+    button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Put my own writing back")
+    assert button.visible is False and any(f.fn.__name__ == "restore_writing" and f.targets[0][0] == button._id
+                                           for f in page.fns.values())
 
 
 def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_same_batch(page, studio, owner):

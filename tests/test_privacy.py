@@ -124,12 +124,12 @@ def test_delete_my_data_leaves_no_row(client, studio):
 def test_delete_button_in_the_page_removes_the_visitors_data(app, studio):
     owner = secrets.token_urlsafe(24)
     _, _, _, profile_id, _ = handler(app, "on_compute")(owner, _history("page"), None, "text", None, "page")
-    _, message, choices, selected, generate, know_me, status, *shown, why = handler(app, "on_delete")(owner)
+    _, message, choices, selected, generate, know_me, status, *shown, why, kept, restore = handler(app, "on_delete")(owner)
     assert message.startswith("Deleted: 1 profile, 3 items, 0 tuned tokens") and "history_items" not in message
     assert choices["choices"] == [] and selected is None
     assert generate["interactive"] is False and know_me["visible"] is False
     # Nothing of it stays on the page: status, writing, files, name, answers and the "why" charts go too.
-    assert status == "" and why["visible"] is False
+    assert status == "" and why["visible"] is False and kept is None and restore["visible"] is False
     assert [v["value"] if isinstance(v, dict) else v for v in shown] == ["", None, "", "", "", "", ""]
     assert studio.store.get_profile(profile_id, owner) is None
     assert handler(app, "on_delete")(owner)[1] == "Deleted: nothing was stored for you."

@@ -253,20 +253,34 @@ def show_control(on: bool):
     return gr.update(visible=on)
 
 
-def use_persona(label: str, request: str):
-    """A persona's button -> (history, files, profile name, request, profile id): its text, an example request."""
-    name = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
-    return personas.persona_text(name), None, label, request or EXAMPLE_REQUESTS[0], None
+def use_persona(label: str, request: str, history: str, files, name: str, kept):
+    """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
+    "Put my own writing back"): the persona's text and an example request. What the visitor wrote or
+    uploaded is kept aside, not lost; a click on another persona keeps what was kept before."""
+    persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
+    theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
+    if (history or "").strip() not in theirs | {""} or files:
+        kept = {"history": history, "files": files, "name": name}
+    return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
+            gr.update(visible=bool(kept)))
+
+
+def restore_writing(kept):
+    """"Put my own writing back" -> (history, files, profile name, kept, the button): as before the persona."""
+    kept = kept or {}
+    return kept.get("history", ""), kept.get("files"), kept.get("name", ""), None, gr.update(visible=False)
 
 
 def on_delete(studio: Studio, owner):
     """-> (message, deleted note, profile list, profile id, Generate button, know-me panel, then what the page
-    still shows of the deleted data: status, writing, files, profile name, the answer columns, notes, "why")."""
+    still shows of the deleted data: status, writing, files, profile name, the answer columns, notes, "why", the
+    writing kept aside while a persona's was shown, and its button)."""
     try:
         counts = studio.delete_my_data(owner)
     except ServiceError as err:
-        return _warn(err), *[gr.skip()] * 14
-    cleared = ("", "", None, "", gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False))
+        return _warn(err), *[gr.skip()] * 16
+    cleared = ("", "", None, "", gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False),
+               None, gr.update(visible=False))
     return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False), *cleared
 
 
@@ -329,8 +343,10 @@ def _writing_column() -> SimpleNamespace:
                 lamp_user = gr.Dropdown(label="LaMP user (largest histories first)", choices=[], visible=False,
                                         scale=1)
         parsed_preview = gr.Markdown(NO_HISTORY)
+        restore_btn = gr.Button("Put my own writing back", size="sm", visible=False)
     return SimpleNamespace(history=history, persona_buttons=persona_buttons, files=files, column=column,
-                           lamp_user=lamp_user, parsed_preview=parsed_preview)
+                           lamp_user=lamp_user, parsed_preview=parsed_preview, restore_btn=restore_btn,
+                           kept=gr.State(None))  # the visitor's own writing while a persona's is shown
 
 
 def _embedding_column() -> SimpleNamespace:
@@ -498,18 +514,22 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     ui.owner.change(lambda owner: [gr.update(interactive=bool(owner))] * len(ui.persona_buttons), ui.owner,
                     ui.persona_buttons, show_progress="hidden", **PRIVATE)
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
-        button.click(use_persona, [button, ui.request],
-                     [ui.history, ui.files, ui.name, ui.request, ui.profile_id], **PRIVATE).then(
+        button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.kept],
+                     [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn],
+                     **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
             selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
+    ui.restore_btn.click(restore_writing, ui.kept, [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn],
+                         **PRIVATE)
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.
     ui.delete_sure.change(lambda sure: gr.update(interactive=bool(sure)), ui.delete_sure, ui.delete_btn,
                           show_progress="hidden", **PRIVATE)
     ui.delete_btn.click(bind(on_delete, studio), ui.owner,
                         [ui.message, ui.deleted, ui.profiles, ui.profile_id, ui.generate_btn, ui.know_me, ui.status,
-                         ui.history, ui.files, ui.name, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
+                         ui.history, ui.files, ui.name, ui.personalized, ui.generic, ui.other, ui.notes, ui.why,
+                         ui.kept, ui.restore_btn],
                         **PRIVATE).then(selected, *selected_io, **PRIVATE).then(
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
 
