@@ -201,7 +201,8 @@ def test_a_saved_profile_shows_its_writing_to_its_owner_only(page, studio, owner
     items = ["First post, about *bread* <b>and</b> rain.", "Second post about the sea."]
     profile_id = studio.compute_profile(owner, "two posts", items).profile_id
     state = handler(page, "profile_state")
-    *_, box, writing = state(owner, profile_id)
+    box, writing, know_me = state(owner, profile_id)[3:]
+    assert know_me["visible"] is False  # the panel waits for this profile's own measurement
     assert box["visible"] is True and box["label"] == "The writing in this profile (2 items)"
     assert "2. Second post about the sea" in writing and "<b>" not in writing and "\\*bread\\*" in writing  # as text
     assert state("someone-else-entirely-0123456789", profile_id)[3]["visible"] is False

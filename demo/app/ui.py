@@ -175,9 +175,11 @@ def writing_state(studio: Studio, owner, profile_id):
 
 
 def profile_state(studio: Studio, owner, profile_id):
-    """Everything shown for the selected profile but its "does it know me?": its "Tune to me" (Tune button, how
-    its token was fitted, "Use my tuned token") and its writing (accordion, items)."""
-    return (*tune_state(studio, owner, profile_id), *writing_state(studio, owner, profile_id))
+    """Everything shown for the selected profile: its "Tune to me" (Tune button, how its token was fitted, "Use my
+    tuned token"), its writing (accordion, items), and its "does it know me?" panel, hidden until ``on_know_me``
+    has measured this profile (it still shows the profile before)."""
+    return (*tune_state(studio, owner, profile_id), *writing_state(studio, owner, profile_id),
+            gr.update(visible=False))
 
 
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
@@ -485,9 +487,9 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
                   [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
     know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
-    selected = bind(profile_state, studio)  # the selected profile's "Tune to me" and writing: after every change
+    selected = bind(profile_state, studio)  # the selected profile's panels: after every change
     selected_io = ([ui.owner, ui.profile_id],
-                   [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing])
+                   [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing, ui.know_me])
     gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
