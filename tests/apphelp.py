@@ -2,6 +2,8 @@
 exported CSV cells."""
 from __future__ import annotations
 
+import re
+
 import csv
 import io
 import json
@@ -34,6 +36,14 @@ def studio_with(studio: Studio, *, max_context: int | None = None, **changes) ->
 def handler(demo, name: str):
     """The function behind one of the page's events, by its name."""
     return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def said(shown: dict | str) -> str:
+    """What a Markdown value (or a message area's update) shows: without the backslash escapes that keep
+    user text as text (every ASCII punctuation character is escaped); "" for a hidden message area."""
+    if isinstance(shown, dict):
+        shown = shown["value"] if shown.get("visible", True) else ""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", shown)
 
 
 def logged_generations(store, owner: str) -> list[dict]:

@@ -12,7 +12,7 @@ from gradio_client import Client
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
-from apphelp import as_cells, csv_cells, logged_generations, studio_with
+from apphelp import as_cells, csv_cells, logged_generations, said, studio_with
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
@@ -180,8 +180,7 @@ def test_a_persona_trial_names_the_persona_as_the_main_page_does(app):
 
 
 def test_admin_page_refuses_without_the_token_and_reports_with_it(app, studio, tmp_path):
-    with pytest.raises(Exception, match="PPLUG_ADMIN_TOKEN"):
-        _handler(app, "on_results")("", "flow-test", False)
+    assert "PPLUG_ADMIN_TOKEN" in said(_handler(app, "on_results")("", "flow-test", False)[0])
     from demo.study.flow import StudyService
 
     admin = StudyService(studio, admin_token="a-long-admin-token", studies_dir=None)
@@ -252,22 +251,22 @@ def test_admin_events_through_gradio_processing(app, studio):
         return asyncio.run(demo.process_api(fns[name], list(inputs), state=session))["data"]
 
     token = "admin-token-for-tests"
-    choices, table = run("on_refresh", token, None)
+    _, choices, table = run("on_refresh", token, None)
     assert "flow-test" in str(choices) and "flow-test" in str(table)
     definition = "name: admin-made\nconsent: {version: '1', text: ok}\nconditions: [pplug, rag]\n" \
                  "prompts: [hi]\ntrials_per_participant: 1\n"
-    assert "version 1" in run("on_save", token, definition, None)[0]
-    assert "unchanged" in run("on_save", token, definition, None)[0]
-    assert "admin-made" in run("on_show", token, "admin-made")[0]
-    results_md, plot, participants = run("on_results", token, "flow-test", False)
+    assert "version 1" in run("on_save", token, definition, None)[1]
+    assert "unchanged" in run("on_save", token, definition, None)[1]
+    assert "admin-made" in run("on_show", token, "admin-made")[1]
+    _, results_md, plot, participants = run("on_results", token, "flow-test", False)
     assert "Study `flow-test`" in results_md
     if any(r["voted"] for r in StudyStore(studio.store).export_rows("flow-test")):  # after the flow tests
         assert "pplug (X) vs generic (Y)" in results_md and "<svg" in plot
-    files, preview = run("on_export", token, "flow-test")
+    _, files, preview = run("on_export", token, "flow-test")
     assert [f["orig_name"].rsplit(".", 1)[1] for f in files] == ["csv", "jsonl"]
     assert "condition_a" in str(preview)
-    with pytest.raises(Exception, match="Wrong admin token"):
-        run("on_results", "wrong", "flow-test", False)
+    message, *rest = run("on_results", "wrong", "flow-test", False)  # said in the message area
+    assert "Wrong admin token" in said(message)
 
 
 def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app, studio):

@@ -28,7 +28,7 @@ from ..study.store import EXPORT_COLUMNS
 from .api import PROFILE_QUEUE, generate_queue, parse_history
 from .binding import PRIVATE, bind
 from .identity import browser_secret
-from .validation import api_error, checked, page_error
+from .validation import api_error, checked, message, warning
 
 
 
@@ -145,7 +145,7 @@ def _show(v: SimpleNamespace, screen: str | None, c: dict, s: dict, updates: dic
 
 def _problem(v: SimpleNamespace, err: Exception | str) -> dict:
     """A message above the page; nothing else changes, so the page stays usable."""
-    return {v.message: f"⚠️ {markdown_text(str(err))}"}  # a message may quote a study name from the link
+    return {v.message: warning(err)}  # a message may quote a study name from the link
 
 
 def _render(v: SimpleNamespace, status: dict, c: dict, s: dict, note: str = "") -> dict:
@@ -206,7 +206,7 @@ def on_load(service: StudyService, v: SimpleNamespace, s, request: gr.Request):
     try:
         info = service.info(name)
     except StudyError as err:  # quotes the study name from the link: shown as text
-        return _show(v, None, c, s, {v.message: f"⚠️ {markdown_text(str(err))}"})
+        return _show(v, None, c, s, _problem(v, err))
     c["info"] = info
     head = {v.title: f"# {info['title']}"}
     if info["problem"]:
@@ -442,32 +442,34 @@ completion: {code: ABC123, redirect_url: "https://app.prolific.com/submissions/c
 def _admin_layout(service: StudyService) -> SimpleNamespace:
     gr.Markdown("# Study admin\nResearchers only: every action needs the admin token (`PPLUG_ADMIN_TOKEN`). "
                 "Participants open `/study?study=NAME` (Prolific appends `&PROLIFIC_PID=...`).")
-    if not service.admin_token:
-        gr.Markdown("⚠️ `PPLUG_ADMIN_TOKEN` is not set: the admin functions are off.")
+    on = bool(service.admin_token)  # without one, every button is off and this says why
+    if not on:
+        gr.Markdown("⚠️ `PPLUG_ADMIN_TOKEN` is not set in the app's environment: the admin functions are off.")
     if service.load_errors:
         errors = "\n\n".join(map(markdown_text, service.load_errors))
         gr.Markdown("⚠️ Study files that could not be loaded:\n\n" + errors)
-    a = SimpleNamespace(token=gr.Textbox(label="Admin token", type="password"))
+    a = SimpleNamespace(token=gr.Textbox(label="Admin token", type="password", interactive=on),
+                        message=gr.Markdown(visible=False))  # the page's one place for problems
     with gr.Row():
         a.study = gr.Dropdown(label="Study", choices=[], interactive=True, allow_custom_value=True)
-        a.refresh_btn = gr.Button("Refresh studies", scale=0)
-    a.studies_table = gr.Dataframe(label="Studies", interactive=False)
+        a.refresh_btn = gr.Button("Refresh studies", scale=0, interactive=on)
+    a.studies_table = gr.Dataframe(label="Studies", interactive=False, visible=False)  # shown once filled
     with gr.Tabs():
         with gr.Tab("Results"):
             a.completed_only = gr.Checkbox(label="Only participants who finished")
-            a.results_btn = gr.Button("Compute results", variant="primary")
+            a.results_btn = gr.Button("Compute results", variant="primary", interactive=on)
             a.results_md = gr.Markdown()
             a.plot = gr.HTML()
-            a.participants = gr.Dataframe(label="Per participant", interactive=False)
+            a.participants = gr.Dataframe(label="Per participant", interactive=False, visible=False)
         with gr.Tab("Export"):
-            a.export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary")
+            a.export_btn = gr.Button("Export trials with votes (CSV and JSONL)", variant="primary", interactive=on)
             a.export_files = gr.File(label="Export files", file_count="multiple")
-            a.export_preview = gr.Dataframe(label="First rows", interactive=False)
+            a.export_preview = gr.Dataframe(label="First rows", interactive=False, visible=False)
         with gr.Tab("Withdraw a participant"):
             gr.Markdown("For a participant who asks you to remove their data. What happens to their votes follows "
                         "the consent they agreed to (`consent.on_withdraw`).")
             a.withdraw_pid = gr.Textbox(label="Participant id")
-            a.withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop")
+            a.withdraw_btn = gr.Button("Withdraw and delete their data", variant="stop", interactive=on)
             a.withdraw_md = gr.Markdown()
         with gr.Tab("Define a study"):
             gr.Markdown("Paste a study definition (YAML or JSON; see `assets/studies/` and docs/studies.md) or upload "
@@ -476,32 +478,41 @@ def _admin_layout(service: StudyService) -> SimpleNamespace:
             a.definition = gr.Code(EXAMPLE_DEFINITION, language="yaml", label="Definition")
             a.definition_file = gr.File(label="…or upload a study file", file_types=[".json", ".yaml", ".yml"])
             with gr.Row():
-                a.show_btn = gr.Button("Load the selected study's definition")
-                a.save_btn = gr.Button("Validate and save", variant="primary")
+                a.show_btn = gr.Button("Load the selected study's definition", interactive=on)
+                a.save_btn = gr.Button("Validate and save", variant="primary", interactive=on)
             a.save_md = gr.Markdown()
     return a
 
 
-def _guard(fn):
-    """An admin handler whose ``StudyError`` becomes a message (the researcher's page may show it as an error)."""
-    @functools.wraps(fn)
-    def inner(*args):
-        try:
-            return fn(*args)
-        except StudyError as err:
-            raise page_error(err) from None
-    return inner
+def _table(frame: pd.DataFrame):
+    return gr.update(value=frame, visible=not frame.empty)  # an empty one would show made-up headers "1 2 3"
 
 
-@_guard
+def _guard(n_outputs: int):
+    """An admin handler -> one whose first output is the page's message area: hidden when the handler
+    succeeds, its ``StudyError`` (a wrong token, an unknown study, a bad definition) when it fails,
+    with the handler's ``n_outputs`` other outputs left as they are."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args):
+            try:
+                out = fn(*args)
+            except StudyError as err:
+                return warning(err), *[gr.skip()] * n_outputs
+            return message(), *(out if isinstance(out, tuple) else (out,))
+        return inner
+    return wrap
+
+
+@_guard(2)
 def on_refresh(service: StudyService, t, current):
     rows = service.admin_studies(t)
     names = [r["study"] for r in rows]
     return (gr.update(choices=names, value=current if current in names else (names[0] if names else None)),
-            pd.DataFrame(rows))
+            _table(pd.DataFrame(rows)))
 
 
-@_guard
+@_guard(3)
 def on_results(service: StudyService, t, name, only):
     results = service.admin_results(t, name, bool(only))
     svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0.0, 1.0,
@@ -513,25 +524,25 @@ def on_results(service: StudyService, t, name, only):
                                       -span, span, "Bradley–Terry score (95% bootstrap CI)")
     note = ("\n\nWin rate = (wins + ½·(ties + both bad)) / votes; intervals resample participants. "
             "Bradley–Terry scores are log-strengths (mean 0).")
-    return results.markdown() + note, svg or "No votes yet.", pd.DataFrame(results.participants)
+    return results.markdown() + note, svg or "No votes yet.", _table(pd.DataFrame(results.participants))
 
 
-@_guard
+@_guard(2)
 def on_export(service: StudyService, t, name):
     folder = Path(tempfile.mkdtemp(prefix="pplug-export-"))
     paths = service.admin_export(t, name, folder)
     frame = pd.read_csv(paths[0], nrows=20) if paths else pd.DataFrame(columns=list(EXPORT_COLUMNS))
-    return [str(p) for p in paths], frame
+    return [str(p) for p in paths], _table(frame)
 
 
-@_guard
+@_guard(1)
 def on_save(service: StudyService, t, text, file):
     if file:
         text = read_study_text(getattr(file, "name", file))
     return service.admin_register(t, text or "", source="admin")
 
 
-@_guard
+@_guard(1)
 def on_show(service: StudyService, t, name):
     service.check_admin(t)
     found = service.db.definition(name or "")
@@ -540,7 +551,7 @@ def on_show(service: StudyService, t, name):
     return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
 
 
-@_guard
+@_guard(1)
 def on_admin_withdraw(service: StudyService, t, name, pid):
     out = service.admin_withdraw(t, name or "", pid or "")
     return f"Participant {markdown_text(pid.strip())} withdrawn ({out['mode']}). {out['message']}"
@@ -548,14 +559,15 @@ def on_admin_withdraw(service: StudyService, t, name, pid):
 
 def _admin_page(service: StudyService) -> None:
     a = _admin_layout(service)
-    refresh = (bind(on_refresh, service), [a.token, a.study], [a.study, a.studies_table])
+    refresh = (bind(on_refresh, service), [a.token, a.study], [a.message, a.study, a.studies_table])
     a.refresh_btn.click(*refresh, **PRIVATE)
     a.token.submit(*refresh, **PRIVATE)
-    a.withdraw_btn.click(bind(on_admin_withdraw, service), [a.token, a.study, a.withdraw_pid], a.withdraw_md,
-                         **PRIVATE).then(*refresh, **PRIVATE)
+    a.withdraw_btn.click(bind(on_admin_withdraw, service), [a.token, a.study, a.withdraw_pid],
+                         [a.message, a.withdraw_md], **PRIVATE).then(*refresh, **PRIVATE)
     a.results_btn.click(bind(on_results, service), [a.token, a.study, a.completed_only],
-                        [a.results_md, a.plot, a.participants], **PRIVATE)
-    a.export_btn.click(bind(on_export, service), [a.token, a.study], [a.export_files, a.export_preview], **PRIVATE)
-    a.save_btn.click(bind(on_save, service), [a.token, a.definition, a.definition_file], a.save_md, **PRIVATE).then(
-        *refresh, **PRIVATE)
-    a.show_btn.click(bind(on_show, service), [a.token, a.study], a.definition, **PRIVATE)
+                        [a.message, a.results_md, a.plot, a.participants], **PRIVATE)
+    a.export_btn.click(bind(on_export, service), [a.token, a.study],
+                       [a.message, a.export_files, a.export_preview], **PRIVATE)
+    a.save_btn.click(bind(on_save, service), [a.token, a.definition, a.definition_file], [a.message, a.save_md],
+                     **PRIVATE).then(*refresh, **PRIVATE)
+    a.show_btn.click(bind(on_show, service), [a.token, a.study], [a.message, a.definition], **PRIVATE)

@@ -27,7 +27,7 @@ from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
 from .binding import PRIVATE, bind
 from .identity import Identity
 from .study_pages import add_study
-from .validation import guard_inputs
+from .validation import guard_inputs, message, warning
 
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
 EXAMPLE_REQUESTS = [
@@ -61,15 +61,6 @@ CSS = """
 #tune-status .progress-text { position: static; transform: none; order: 2; }
 #profile-writing { max-height: 24em; overflow-y: auto; }
 """
-
-
-def _message(text: str = ""):
-    """The page's one message area: shown with ``text``, hidden without."""
-    return gr.update(value=text, visible=bool(text))
-
-
-def _warn(err: Exception | str):
-    return _message(f"⚠️ {markdown_text(str(err))}")  # messages may quote a file name or a CSV header
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,7 +110,7 @@ def profile_choices(studio: Studio, owner: str | None, selected: str | None = No
 def on_compute(studio: Studio, owner, text, files, column, user, name, progress=gr.Progress()):
     """-> (message, status, profile list, profile id, Generate button)."""
     if not owner:  # the page's load event has not given this browser its token yet
-        return _warn("The page is still loading; try again in a moment."), *[gr.skip()] * 4
+        return warning("The page is still loading; try again in a moment."), *[gr.skip()] * 4
     try:
         parsed = _parse(studio, text, files, column, user)
         progress((0, len(parsed.items)), desc="Encoding history items", unit="items")
@@ -128,11 +119,11 @@ def on_compute(studio: Studio, owner, text, files, column, user, name, progress=
             progress=lambda done, total: progress((done, total), desc="Encoding history items", unit="items"),
         )
     except (HistoryError, ServiceError) as err:
-        return _warn(err), *[gr.skip()] * 4
+        return warning(err), *[gr.skip()] * 4
     cached = result.n_items - result.n_encoded
     status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded} encoded now"
               f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
-    return _message(), status, *profile_choices(studio, owner, result.profile_id)
+    return message(), status, *profile_choices(studio, owner, result.profile_id)
 
 
 def select_profile(profile_id):
@@ -185,15 +176,15 @@ def profile_state(studio: Studio, owner, profile_id):
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
     """Fit the selected profile's personal token -> (message, how the fit went, "Use my tuned token")."""
     if not owner or not profile_id:
-        return _warn("Compute your PPlug embedding first (step 2)."), gr.skip(), gr.skip()
+        return warning("Compute your PPlug embedding first (step 2)."), gr.skip(), gr.skip()
     progress(0, desc="Tuning your token")
     try:
         result = studio.tune_profile(owner, profile_id, progress=lambda done, total: progress(
             (done, total), desc="Tuning your token", unit="steps"))
     except ServiceError as err:  # too few usable texts, a profile deleted meanwhile, ...
-        return _warn(err), *tune_state(studio, owner, profile_id)[1:]
+        return warning(err), *tune_state(studio, owner, profile_id)[1:]
     kept = result.steps > 0
-    return _message(), _tune_text(result, now=True), gr.update(value=kept, interactive=kept)
+    return message(), _tune_text(result, now=True), gr.update(value=kept, interactive=kept)
 
 
 def on_know_me(studio: Studio, owner, profile_id):
@@ -217,7 +208,7 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
 
     ``tuned``: the personalized column adds the profile's "tune to me" token."""
     if not profile_id:
-        yield _warn("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 8
+        yield warning("Compute your PPlug embedding first (step 2)."), *[gr.skip()] * 8
         return
     try:
         params = GenerationParams(
@@ -237,10 +228,10 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
-            yield (_message(), gr.update(value=result.personalized, label=label), result.generic, other, notes,
+            yield (message(), gr.update(value=result.personalized, label=label), result.generic, other, notes,
                    gr.update(visible=True), keywords_text(result.keywords), charts.weights_plot(frame), frame)
     except (ServiceError, TypeError, ValueError, OverflowError) as err:
-        yield _warn(err), *[gr.skip()] * 8
+        yield warning(err), *[gr.skip()] * 8
 
 
 def generate_example(studio: Studio, owner, profile_id, request, control, max_new_tokens, decoding, temperature,
@@ -280,10 +271,10 @@ def on_delete(studio: Studio, owner):
     try:
         counts = studio.delete_my_data(owner)
     except ServiceError as err:
-        return _warn(err), *[gr.skip()] * 16
+        return warning(err), *[gr.skip()] * 16
     cleared = ("", "", None, "", gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False),
                None, gr.update(visible=False))
-    return _message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False), *cleared
+    return message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False), *cleared
 
 
 def deleted_note(counts: dict[str, int]) -> str:
@@ -465,11 +456,11 @@ def _layout(studio: Studio, identity: Identity) -> SimpleNamespace:
                         "profiles made before signing in stay with this browser.")
     gr.HTML(f"<style>{CSS}</style>", container=False, padding=False)
     gr.Markdown(INTRO)
-    message = gr.Markdown(visible=False, elem_id="message")  # the one place for errors
+    message_area = gr.Markdown(visible=False, elem_id="message")  # the one place for errors
     with gr.Row():
         writing = _writing_column()
         embedding = _embedding_column()
-    return SimpleNamespace(**vars(state), message=message, **vars(writing), **vars(embedding),
+    return SimpleNamespace(**vars(state), message=message_area, **vars(writing), **vars(embedding),
                            **vars(_ask_section(studio)), **vars(_why_section()), **vars(_footer(studio)))
 
 

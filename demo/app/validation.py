@@ -1,5 +1,5 @@
 """What crosses the boundary: every argument of every named API endpoint, checked with pydantic;
-and error messages going out, to API callers as text and to pages HTML-escaped.
+and error messages going out: to API callers as text, to a page's message area as Markdown-escaped text.
 
 An endpoint is wrapped in :func:`checked`; its parameters are looked up by name in
 :data:`ARGUMENTS` (one declaration per argument name, shared by all endpoints), so an endpoint with
@@ -17,7 +17,6 @@ Gradio touches them.
 from __future__ import annotations
 
 import functools
-import html
 import inspect
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -27,6 +26,7 @@ from gradio import utils as gradio_utils
 from gradio_client import utils as client_utils
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, create_model
 
+from ..core.text import markdown_text
 from .identity import caller_token
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
@@ -110,13 +110,17 @@ def api_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
 
-def page_error(err: Exception | str) -> gr.Error:
-    """An error shown in the page's pop-up, which renders HTML: the message (which may quote a file
-    name, a CSV header or a study name) is escaped so it shows as text."""
-    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
+def message(text: str = ""):
+    """A page's one message area: shown with ``text``, hidden without."""
+    return gr.update(value=text, visible=bool(text))
 
 
-def _message(err: ValidationError, arguments: dict[str, Argument]) -> str:
+def warning(err: Exception | str):
+    """A problem for the message area, as text (it may quote a file name, a CSV header or a study name)."""
+    return message(f"⚠️ {markdown_text(str(err))}")
+
+
+def _first_problem(err: ValidationError, arguments: dict[str, Argument]) -> str:
     """One sentence for the first problem: the argument's name and what it must be."""
     problem = err.errors(include_input=False)[0]
     name = str(problem["loc"][0]) if problem["loc"] else "arguments"
@@ -144,7 +148,7 @@ def checked(fn=None, **overrides: Argument):
         try:
             values = model.model_validate(given)
         except ValidationError as err:
-            raise gr.Error(_message(err, arguments), print_exception=False) from None
+            raise gr.Error(_first_problem(err, arguments), print_exception=False) from None
         return {name: getattr(values, name) for name in arguments}
 
     if inspect.isgeneratorfunction(fn):  # Gradio streams generator functions: stay one
