@@ -142,6 +142,7 @@ def test_an_empty_request_answers_the_example_and_says_so(page, studio, owner):
     assert "reached the limit of 2 new tokens" in last[4]  # cut answers say so
     *_, whole = studio.generate(owner, profile_id, "Write a tweet about my weekend.", GenerationParams(max_new_tokens=200))
     assert not [n for n in whole.notes if "reached the limit" in n]  # answers that ended by themselves do not
+    assert whole.cut == {"pplug": False, "generic": False}
     *_, typed = handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 2, "Greedy", 0.7, 0.95, 0)
     assert "example" not in typed[4]
 

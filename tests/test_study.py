@@ -17,6 +17,7 @@ import pytest
 
 from demo.core.settings import STUDIES_DIR, Limits
 from demo.core.studio import Comparison, ProfileResult
+from demo.core.text import to_last_sentence
 from demo.study import stats as study_stats
 from demo.study.__main__ import main
 from demo.study.assign import schedule, side_order
@@ -46,6 +47,10 @@ class FakeStudio:
         self.store = store
         self.settings = SimpleNamespace(limits=Limits(), plug="", study_prefetch=False)
         self.generated: list[tuple[str, ...]] = []
+        self.cut: set[str] = set()  # conditions whose answer reaches the token limit
+
+    def answer(self, condition: str) -> str:
+        return f"output of {condition}" + (". Then mi" if condition in self.cut else "")
 
     def compute_profile(self, owner, name, items, source="", progress=None):
         profile_id = self.store.create_profile(owner, name, items, source=source)
@@ -57,7 +62,8 @@ class FakeStudio:
     def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4, log=True):
         assert self.store.get_profile(profile_id, owner) is not None
         self.generated.append(tuple(conditions))
-        yield Comparison(outputs={c: f"output of {c}" for c in conditions}, done=True, timings={"total_s": 0.01})
+        yield Comparison(outputs={c: self.answer(c) for c in conditions}, done=True, timings={"total_s": 0.01},
+                         cut={c: c in self.cut for c in conditions})
 
 
 def make_service(store, **changes) -> StudyService:
@@ -139,6 +145,28 @@ def test_stored_order_matches_what_was_shown_and_both_orders_occur(store):
 
 
 # --- the participant's rules -----------------------------------------------------------
+
+
+def test_an_answer_cut_at_the_token_limit_is_shown_to_its_last_whole_sentence(store):
+    service = make_service(store)
+    service.studio.cut = {"pplug"}
+    shown = service.next_trial(*join(service))["trial"]
+    [row] = service.db.export_rows("unit")
+    texts = {row["condition_a"]: shown["A"], row["condition_b"]: shown["B"]}
+    assert texts == {"pplug": "output of pplug.", "generic": "output of generic"}  # the cut one, trimmed
+    assert (row["output_a"], row["output_b"]) == (shown["A"], shown["B"])  # stored as shown
+
+
+@pytest.mark.parametrize("answer,shown", [
+    ("I love bread. Today I baked a loaf and then we", "I love bread. Today I baked a loaf and then…"),
+    ('Great day! "Nice," she said. And then', 'Great day! "Nice," she said.'),
+    ("on top of their classic b", "on top of their classic…"),
+    ("It was (fine.) and", "It was (fine.)"),
+    ("Hello world.", "Hello world."),
+    ("word", "word…"),
+])
+def test_to_last_sentence_ends_at_a_sentence_or_a_whole_word(answer, shown):
+    assert to_last_sentence(answer) == shown and to_last_sentence(shown) == shown
 
 
 def test_nothing_is_stored_before_consent(store):

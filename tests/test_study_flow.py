@@ -9,6 +9,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from demo.core.text import to_last_sentence
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
@@ -57,6 +58,8 @@ def test_vote_flow_through_the_client_resumes_and_counts_once(app, studio):
     assert client.predict(**ids, history=HISTORY, api_name="/study_history")["stage"] == "next"
     first = client.predict(**ids, api_name="/study_next")["trial"]
     assert first["index"] == 1 and first["A"] and first["B"] and "condition" not in str(first)
+    # Four tokens reach the limit: each side ends at a whole sentence or a whole word and "…", never mid-word.
+    assert all(first[side] == to_last_sentence(first[side]) for side in "AB"), first
 
     # A dropped connection: a new client with the same id and token finds the same trial.
     again = Client(app.local_url, verbose=False)
@@ -324,14 +327,18 @@ def test_the_next_trial_is_prepared_ahead_and_stored_only_when_reached(studio):
     first = service.next_trial(*ids)["trial"]
     stored = service.db.trials(row)
     assert len(stored) == 1 and stored[0]["order_seed"] == job.plan.order_seed
-    assert (first["A"], first["B"]) == (job.result.outputs[job.plan.condition_a],
-                                        job.result.outputs[job.plan.condition_b])
+    def shown(result, condition):  # an answer that reached the token limit ends at a whole sentence
+        text = result.outputs[condition]
+        return to_last_sentence(text) if result.cut[condition] else text
+
+    assert (first["A"], first["B"]) == (shown(job.result, job.plan.condition_a),
+                                        shown(job.result, job.plan.condition_b))
     second_job = service._prefetched[row]  # trial 2 starts while trial 1 is read
     assert second_job.plan.index == 2
     service.vote(*ids, first["trial_id"], "A")
     second_job.ready.wait(120)
     second = service.next_trial(*ids)["trial"]
-    assert second["index"] == 2 and second["A"] == second_job.result.outputs[second_job.plan.condition_a]
+    assert second["index"] == 2 and second["A"] == shown(second_job.result, second_job.plan.condition_a)
     assert row not in service._prefetched  # nothing after the last trial
 
 

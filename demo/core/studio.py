@@ -109,6 +109,7 @@ class Comparison:
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # condition -> prompt length incl. soft tokens
     request: str = ""  # the request as answered (cleaned, perhaps cut)
     other: str = ""  # whose writing the "pplug-other" row used (a persona's label)
+    cut: dict[str, bool] = field(default_factory=dict)  # condition -> it reached max_new_tokens (once done)
 
     @property
     def personalized(self) -> str:
@@ -498,7 +499,9 @@ class Studio:
             stream.close()  # a consumer that left (cancelled, disconnected) frees its rows now
         end = time.perf_counter()
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
-        if params.stop_at_eos and any(decoding.cut):
+        if params.stop_at_eos:
+            result.cut = dict(zip(conditions, decoding.cut))
+        if any(result.cut.values()):
             result.notes.append(f"An answer reached the limit of {plural(params.max_new_tokens, 'new token')} and may "
                                 "stop mid-sentence (raise Max new tokens to read more).")
         if log:

@@ -1,7 +1,7 @@
 """Small truths that several wings share, each kept once: the conditions an answer can be made
 under, what a visitor's text is cleaned of, whether any of it is visible, how it is shown in
 Markdown as typed, the content hash, the timestamp format, the markdown table writer, a count with
-its noun and a free local port."""
+its noun, an answer cut back to its last sentence and a free local port."""
 from __future__ import annotations
 
 import hashlib
@@ -70,6 +70,21 @@ def markdown_table(rows: Sequence[Sequence], columns: Sequence[str]) -> str:
     # disable_numparse: cells are formatted by the caller ("+0.031", "1,000") and stay as written.
     return pd.DataFrame(list(rows), columns=list(columns)).to_markdown(index=False, tablefmt="pipe",
                                                                        disable_numparse=True)
+
+
+# A sentence's end: . ! ? or … with any closing quotes or brackets, before a space or the end.
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def to_last_sentence(text: str) -> str:
+    """An answer that stopped at its token limit, cut back to the end of its last whole sentence;
+    with no sentence end in its second half, to its last whole word and "…"."""
+    text = text.rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) / 2:
+        return text[:ends[-1]]
+    head = text.rsplit(None, 1)[0] if len(text.split()) > 1 else text
+    return head.rstrip(" ,;:-–—") + "…"
 
 
 def free_port() -> int:

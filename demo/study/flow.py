@@ -15,7 +15,7 @@ from ..core.generation import GenerationParams
 from ..core.plug import PPlug
 from ..core.settings import REPO_ROOT, STUDIES_DIR
 from ..core.studio import ServiceError, Studio
-from ..core.text import sha256_text
+from ..core.text import sha256_text, to_last_sentence
 from .assign import new_seed, schedule, side_order
 from .definition import (CHOICES, PARTICIPANT_RE, StudyDefinition, StudyError, load_definition_file, parse_definition,
                          persona_items)
@@ -32,6 +32,13 @@ def _owner_for(token: str) -> str:
 
 REASON_CHARS = 2000  # a vote's free-text reason is kept up to this length
 PREFETCH_KEPT_S = 3600  # a prepared trial nobody came back for is forgotten after an hour
+
+
+def _shown(result, condition: str) -> str:
+    """What a participant reads: an answer that reached the study's token limit ends at its last whole
+    sentence (either side alike), so that a cut-off mid-word does not tell the answers apart."""
+    text = result.outputs[condition]
+    return to_last_sentence(text) if result.cut.get(condition) else text
 
 
 @dataclass
@@ -258,7 +265,7 @@ class StudyService:
             participant=participant["id"], study=d.name, study_version=participant["study_version"],
             trial_index=plan.index, request=plan.prompt, request_source=plan.request_source,
             condition_a=plan.condition_a, condition_b=plan.condition_b, order_seed=plan.order_seed,
-            output_a=result.outputs[plan.condition_a], output_b=result.outputs[plan.condition_b],
+            output_a=_shown(result, plan.condition_a), output_b=_shown(result, plan.condition_b),
             params=asdict(params), plug_id=self.studio.plug_id, encoder_id=self.studio.encoder_id,
             llm_id=self.studio.llm_id, history=plan.history_id,
             generation_seconds=round(result.timings.get("total_s", 0.0), 3))
