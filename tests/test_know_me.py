@@ -30,6 +30,9 @@ def test_no_better_than_a_stranger_is_said_plainly():
     assert worse.vs_stranger < 0 and worse.verdict == "no"
     assert "does not know you better than a stranger" in worse.sentence()
     assert "*less* likely" in worse.sentence()
+    assert "1 of 3 were likelier with your plug)" in worse.sentence()
+    most = _result([2.0, 2.0, 2.0, 2.9], [2.1, 2.1, 2.1, 2.0])  # three small gains, one large loss
+    assert most.verdict == "no" and "3 of 4 were likelier with your plug, but the others lost more" in most.sentence()
     same = _result([2.0, 2.0], [2.0, 2.0])
     assert same.verdict == "no" and "does not know you better than a stranger" in same.sentence()
 

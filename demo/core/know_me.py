@@ -105,8 +105,10 @@ class KnowMe:
         items = f"{n} of your own {'text' if n == 1 else 'texts'}, held back"
         better = f"{self.items_better} of {n} were likelier with your plug"
         if self.verdict == "no":
+            if self.items_better * 2 > n:  # most items gained, a few lost more: say both, they do not clash
+                better = f"{self.items_better} of {n} were likelier with your plug, but the others lost more"
             return (f"**Not yet: the plug does not know you better than a stranger.** With {items}, your writing "
-                    f"was {pct:.1f}% *less* likely per word with your plug than with someone else's "
+                    f"was on average {pct:.1f}% *less* likely per word with your plug than with someone else's "
                     f"({better}).")
         head = ("**Yes, measurably.**" if self.verdict == "yes"
                 else "**Not clearly: a small difference that could be chance.**")
