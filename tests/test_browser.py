@@ -230,7 +230,7 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         page.get_by_role("button", name="Tune to me").click()
         _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
         shown = page.locator("#tune").inner_text()
-        assert "held-back texts" in shown and ("likelier per word" in shown or "stays at zero" in shown), shown
+        assert "kept out of the fit" in shown and ("likelier per word" in shown or "stays at zero" in shown), shown
         expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)
         expect(use_tuned).to_be_enabled(timeout=TIMEOUT_MS)
         page.get_by_label("Request").fill("Write a tweet about my morning.")

@@ -170,9 +170,10 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
     message, status, use_tuned = tune(owner, short)  # too few texts that make an example
     assert message["visible"] and "Tuning needs at least 6 items" in message["value"]
-    assert "Traceback" not in message["value"] and status == "" and {k: use_tuned[k] for k in off} == off
-    button, status, use_tuned = state(owner, short)
-    assert button["interactive"] is True and status == "" and {k: use_tuned[k] for k in off} == off
+    assert "Traceback" not in message["value"] and status.startswith("Tuning needs") and {k: use_tuned[k] for k in off} == off
+    button, status, use_tuned = state(owner, short)  # the button is off, and the line says why
+    assert button["interactive"] is False and status.startswith("Tuning needs at least 6 items")
+    assert {k: use_tuned[k] for k in off} == off
     assert "No such profile" in tune(owner, "deleted-or-never-made")[0]["value"]
     assert "Compute your PPlug embedding first" in tune(owner, None)[0]["value"]
     assert state(owner, None)[0]["interactive"] is False

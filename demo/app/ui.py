@@ -134,21 +134,25 @@ def select_profile(profile_id):
 def _tune_text(result: TuneResult, now: bool = False) -> str:
     """One line on how a "tune to me" fit went (numbers only)."""
     when = f"✅ Tuned in {result.seconds:.1f} s" if now else f"Tuned earlier (in {result.seconds:.1f} s)"
+    # "Kept out of the fit", not "held back": "does it know me?" below holds back texts of its own.
     if result.steps == 0:
-        return (f"{when}: no step made your {result.n_held} held-back texts likelier, so your token stays at "
-                "zero and answers with it are the same as without.")
-    return (f"{when}: your {result.n_held} held-back texts became {result.gain:.1%} likelier per word "
-            f"(kept step {result.steps}, fitted on {result.n_fit} of your texts).")
+        return (f"{when}: no step made the {result.n_held} texts of yours kept out of the fit likelier, so your "
+                "token stays at zero and answers with it are the same as without.")
+    return (f"{when}: {result.n_held} texts of yours kept out of the fit became {result.gain:.1%} likelier per "
+            f"word (kept step {result.steps}, fitted on {result.n_fit} others).")
 
 
 def tune_state(studio: Studio, owner, profile_id):
-    """The selected profile's "Tune to me" -> (Tune button, how its token was fitted, "Use my tuned token")."""
+    """The selected profile's "Tune to me" -> (Tune button, how its token was fitted or why it cannot be,
+    "Use my tuned token")."""
     try:
         result = studio.tune_result(owner, profile_id) if owner and profile_id else None
-    except ServiceError:  # no valid owner yet: nothing to show
-        result = None
+        problem = studio.tune_problem(owner, profile_id) if owner and profile_id else None
+    except ServiceError:  # no valid owner yet, or deleted meanwhile: nothing to show
+        result, problem = None, None
     kept = result is not None and result.steps > 0  # a fit that kept no step leaves the token at zero
-    return (gr.update(interactive=bool(owner and profile_id)), _tune_text(result) if result else "",
+    text = _tune_text(result) if result else (problem or "")
+    return (gr.update(interactive=bool(owner and profile_id) and not problem), text,
             gr.update(value=kept, interactive=kept))
 
 

@@ -371,12 +371,10 @@ class Studio:
         """
         profile = self._profile(owner, profile_id)
         made = examples_from_history(profile.texts)
-        need = settings.fit_examples + settings.held_back
-        if len(made) < settings.held_back + 2:
-            raise ServiceError(f"Tuning needs at least {settings.held_back + 2} items of a sentence or more "
-                               f"(this history has {plural(len(profile.texts), 'item')}, {len(made)} of them long "
-                               "enough): add more of your writing.")
-        k = min(need, len(made))
+        problem = self._tune_problem(profile.texts, made, settings)
+        if problem:
+            raise ServiceError(problem)
+        k = min(settings.fit_examples + settings.held_back, len(made))
         spread = [made[round(i * (len(made) - 1) / max(k - 1, 1))] for i in range(k)]
         spread = list({e.index: e for e in spread}.values())  # evenly over the history, no repeats
         token = fit_shift(self.generator, lambda r, lo: self.soft_without(profile, r, lo), spread, settings,
@@ -387,6 +385,20 @@ class Studio:
         with _profile_deleted_is_a_message():
             self.store.put_personal_token(profile_id, self.plug_id, token.shift.float().cpu().numpy(), meta)
         return TuneResult(profile_id=profile_id, **meta)
+
+    @staticmethod
+    def _tune_problem(texts: list[str], made: list, settings: FitSettings) -> str | None:
+        """Why a history cannot be tuned to (too few items that make an example), or None."""
+        if len(made) >= settings.held_back + 2:
+            return None
+        return (f"Tuning needs at least {settings.held_back + 2} items of a sentence or more (this history has "
+                f"{plural(len(texts), 'item')}, {len(made)} of them long enough): add more of your writing.")
+
+    def tune_problem(self, owner: str, profile_id: str, settings: FitSettings = FitSettings()) -> str | None:
+        """What :meth:`tune_profile` would refuse this profile for, without fitting (the page says it
+        beside a "Tune to me" button that is off)."""
+        texts = self._profile(owner, profile_id).texts
+        return self._tune_problem(texts, examples_from_history(texts), settings)
 
     def tune_result(self, owner: str, profile_id: str) -> TuneResult | None:
         """How the profile's stored "tune to me" token for this plug was fitted, or None when it has
