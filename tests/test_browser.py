@@ -341,7 +341,7 @@ def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio
         _wait_for_answers(page)
         page.get_by_text("Leave the study and delete my data").click()
         page.get_by_role("button", name="Leave the study", exact=True).click()
-        page.get_by_text("Tick the box to confirm").first.wait_for()  # nothing happens without the tick
+        page.get_by_text("Tick the box above to confirm").wait_for()  # nothing happens without the tick
         assert studio.store.connection().execute(
             "SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 1
         page.get_by_label("Yes, I want to leave this study.").check()

@@ -91,11 +91,12 @@ def _participant_layout(secret: str) -> SimpleNamespace:
         v.withdraw_md = gr.Markdown()
         v.withdraw_ok = gr.Checkbox(label="Yes, I want to leave this study.")
         v.withdraw_btn = gr.Button("Leave the study", variant="stop")
+        v.withdraw_note = gr.Markdown()  # a problem with leaving, said where the participant looks
     v.screens = {"consent": v.consent_col, "history": v.history_col, "trial": v.trial_col, "done": v.done_col}
     v.view = [v.title, v.message, *v.screens.values(), v.consent_md, v.participant_md, v.history_md, v.persona_btn,
               v.progress_md, v.instructions_md, v.persona_acc, v.persona_md, v.request_group, v.request_md, v.out_a,
               v.out_b, v.vote_row, v.reason, v.reveal_md, v.next_btn, v.done_md, v.request_box, v.withdraw_acc,
-              v.withdraw_md, v.ctx, v.saved]
+              v.withdraw_md, v.withdraw_note, v.ctx, v.saved]
     return v
 
 
@@ -307,11 +308,11 @@ def on_next(service: StudyService, v: SimpleNamespace, c, s):
 
 def on_withdraw(service: StudyService, v: SimpleNamespace, c, s, sure):
     if not sure:
-        return _problem(v, "Tick the box to confirm that you want to leave.")
+        return {v.withdraw_note: warning("Tick the box above to confirm that you want to leave.")}
     try:
         out = service.withdraw(*_ids(c))
     except StudyError as err:
-        return _problem(v, err)
+        return {v.withdraw_note: warning(err)}
     s = {k: val for k, val in (s or {}).items() if k != c["study"]}
     c = {k: val for k, val in c.items() if k not in ("participant_id", "token", "trial_id")}
     return _show(v, None, c, s, {v.message: f"✅ {out['message']}"})
