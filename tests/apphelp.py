@@ -1,13 +1,12 @@
-"""Helpers shared by the tests: a studio with other settings, the app's handlers, the generation log,
-exported CSV cells."""
+"""Helpers shared by the tests: a studio with other settings, the app's handlers, what a message area
+shows, the generation log, exported CSV cells."""
 from __future__ import annotations
-
-import re
 
 import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import fields, replace

@@ -32,8 +32,11 @@ def test_no_better_than_a_stranger_is_said_plainly():
     assert "*less* likely" in worse.sentence()
     assert "1 of 3 were likelier with your plug)" in worse.sentence()
     most = _result([2.0, 2.0, 2.0, 2.9], [2.1, 2.1, 2.1, 2.0])  # three small gains, one large loss
-    assert most.verdict == "no" and "3 of 4 were likelier with your plug, but the others lost more" in most.sentence()
+    assert most.verdict == "no" and "3 of 4 were likelier with your plug, but the rest were much less likely" in most.sentence()
+    few = _result([2.2, 2.2, 2.2, 1.0], [2.1, 2.1, 2.1, 2.0])  # one large gain, three small losses
+    assert few.vs_stranger > 0 and "only 1 of 4 were likelier with your plug, but by more" in few.sentence()
     same = _result([2.0, 2.0], [2.0, 2.0])
+    assert "about as likely with your plug" in same.sentence() and "0.0%" not in same.sentence()
     assert same.verdict == "no" and "does not know you better than a stranger" in same.sentence()
 
 

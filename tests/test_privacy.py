@@ -297,6 +297,15 @@ def test_admin_functions_are_off_without_a_configured_token(app, name, args, stu
     assert len(buttons) == 6 and not any(b.interactive for b in buttons)  # nothing to click into an error
 
 
+def test_an_admin_error_stays_while_the_study_list_refreshes_after_it(admin_app):
+    save = next(f for f in admin_app.fns.values() if getattr(f.fn, "__name__", "") == "on_save")
+    after = next(f for f in admin_app.fns.values() if f.trigger_after == save._id)
+    assert after.fn.__name__ == "studies_after" and save.outputs[0] not in after.outputs  # the message area
+    message, _ = save.fn(ADMIN, "name: x", None)  # a definition with most of it missing
+    assert "consent" in said(message)
+    assert after.fn("a-wrong-token", None) == (gr.skip(), gr.skip())
+
+
 def test_admin_functions_work_with_the_token(admin_app):
     message, choices, table = handler(admin_app, "on_refresh")(ADMIN, None)
     assert message["visible"] is False and table["visible"] and len(table["value"]) >= 1

@@ -164,6 +164,11 @@ def test_an_answer_cut_at_the_token_limit_is_shown_to_its_last_whole_sentence(st
     ("It was (fine.) and", "It was (fine.)"),
     ("Hello world.", "Hello world."),
     ("word", "word…"),
+    ("Yesterday I went to see Dr. Smith about my", "Yesterday I went to see Dr. Smith about…"),
+    ("Steps:\n1. Mix the flour\n2. Knead it for", "Steps:\n1. Mix the flour\n2. Knead it…"),
+    ("It was **great.** And then the", "It was **great.**"),
+    ("今日は晴れ。散歩した", "今日は晴れ。"),
+    ("   ", ""),
 ])
 def test_to_last_sentence_ends_at_a_sentence_or_a_whole_word(answer, shown):
     assert to_last_sentence(answer) == shown and to_last_sentence(shown) == shown

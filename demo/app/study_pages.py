@@ -139,7 +139,7 @@ def _show(v: SimpleNamespace, screen: str | None, c: dict, s: dict, updates: dic
                                   "you (participant id, your requests, comments and texts made from your "
                                   "writing are removed)." if kept else "so will your votes and every record "
                                   "of your participation.") + " This cannot be undone.")
-    out.update({v.ctx: c, v.saved: s})
+    out.update({v.ctx: c, v.saved: s, v.withdraw_note: ""})
     out.update(updates)
     return out
 
@@ -271,7 +271,7 @@ def _step(service: StudyService, v: SimpleNamespace, c, s, request_text="", redr
         elif not redraw:
             return {v.ctx: c}
     except StudyError as err:
-        return _problem(v, err)
+        return {**_problem(v, err), v.ctx: c}  # the note is spent either way
     return _render(v, status, c, s, note)
 
 
@@ -505,12 +505,24 @@ def _guard(n_outputs: int):
     return wrap
 
 
-@_guard(2)
-def on_refresh(service: StudyService, t, current):
+def _studies(service: StudyService, t, current):
     rows = service.admin_studies(t)
     names = [r["study"] for r in rows]
     return (gr.update(choices=names, value=current if current in names else (names[0] if names else None)),
             _table(pd.DataFrame(rows)))
+
+
+@_guard(2)
+def on_refresh(service: StudyService, t, current):
+    return _studies(service, t, current)
+
+
+def studies_after(service: StudyService, t, current):
+    """The study list again after a save or a withdrawal; the message area keeps what that step said."""
+    try:
+        return _studies(service, t, current)
+    except StudyError:
+        return gr.skip(), gr.skip()
 
 
 @_guard(3)
@@ -563,12 +575,13 @@ def _admin_page(service: StudyService) -> None:
     refresh = (bind(on_refresh, service), [a.token, a.study], [a.message, a.study, a.studies_table])
     a.refresh_btn.click(*refresh, **PRIVATE)
     a.token.submit(*refresh, **PRIVATE)
+    after = (bind(studies_after, service), [a.token, a.study], [a.study, a.studies_table])
     a.withdraw_btn.click(bind(on_admin_withdraw, service), [a.token, a.study, a.withdraw_pid],
-                         [a.message, a.withdraw_md], **PRIVATE).then(*refresh, **PRIVATE)
+                         [a.message, a.withdraw_md], **PRIVATE).then(*after, **PRIVATE)
     a.results_btn.click(bind(on_results, service), [a.token, a.study, a.completed_only],
                         [a.message, a.results_md, a.plot, a.participants], **PRIVATE)
     a.export_btn.click(bind(on_export, service), [a.token, a.study],
                        [a.message, a.export_files, a.export_preview], **PRIVATE)
     a.save_btn.click(bind(on_save, service), [a.token, a.definition, a.definition_file], [a.message, a.save_md],
-                     **PRIVATE).then(*refresh, **PRIVATE)
+                     **PRIVATE).then(*after, **PRIVATE)
     a.show_btn.click(bind(on_show, service), [a.token, a.study], [a.message, a.definition], **PRIVATE)

@@ -11,6 +11,7 @@ Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -139,7 +140,7 @@ def _tune_text(result: TuneResult, now: bool = False) -> str:
         return (f"{when}: no step made the {result.n_held} texts of yours kept out of the fit likelier, so your "
                 "token stays at zero and answers with it are the same as without.")
     return (f"{when}: {result.n_held} texts of yours kept out of the fit became {result.gain:.1%} likelier per "
-            f"word (kept step {result.steps}, fitted on {result.n_fit} others).")
+            f"word (best at step {result.steps}, fitted on {result.n_fit} other texts of yours).")
 
 
 def tune_state(studio: Studio, owner, profile_id):
@@ -263,9 +264,11 @@ def use_persona(label: str, request: str, history: str, files, name: str, kept):
 
 
 def restore_writing(kept):
-    """"Put my own writing back" -> (history, files, profile name, kept, the button): as before the persona."""
+    """"Put my own writing back" -> (history, files, profile name, kept, the button): as before the persona.
+    Uploads that Gradio's cache has deleted since (after an hour) are not put back."""
     kept = kept or {}
-    return kept.get("history", ""), kept.get("files"), kept.get("name", ""), None, gr.update(visible=False)
+    files = [f for f in kept.get("files") or [] if Path(f).is_file()] or None
+    return kept.get("history", ""), files, kept.get("name", ""), None, gr.update(visible=False)
 
 
 def on_delete(studio: Studio, owner):

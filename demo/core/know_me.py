@@ -101,19 +101,23 @@ class KnowMe:
 
     def sentence(self) -> str:
         """The result in plain words, with the item count."""
-        n, pct = self.n_items, abs(self.vs_stranger) * 100
+        n, pct, better = self.n_items, abs(self.vs_stranger) * 100, self.items_better
         items = f"{n} of your own {'text' if n == 1 else 'texts'}, held back"
-        better = f"{self.items_better} of {n} were likelier with your plug"
+        count = f"{better} of {n} were likelier with your plug"
+        # A mean and a majority pointing different ways: say both, so that they do not seem to clash.
+        if self.vs_stranger <= 0 and better * 2 > n:
+            count += ", but the rest were much less likely"
+        elif self.vs_stranger > 0 and better * 2 < n:
+            count = f"only {count}, but by more than the others lost"
         if self.verdict == "no":
-            if self.items_better * 2 > n:  # most items gained, a few lost more: say both, they do not clash
-                better = f"{self.items_better} of {n} were likelier with your plug, but the others lost more"
+            how = (f"on average {pct:.1f}% *less* likely per word with your plug than with someone else's"
+                   if pct >= 0.05 else "about as likely with your plug as with someone else's")
             return (f"**Not yet: the plug does not know you better than a stranger.** With {items}, your writing "
-                    f"was on average {pct:.1f}% *less* likely per word with your plug than with someone else's "
-                    f"({better}).")
+                    f"was {how} ({count}).")
         head = ("**Yes, measurably.**" if self.verdict == "yes"
                 else "**Not clearly: a small difference that could be chance.**")
         return (f"{head} With {items}, your writing was {pct:.1f}% more likely per word with your plug than "
-                f"with someone else's ({better}).")
+                f"with someone else's ({count}).")
 
     def relative_likelihood(self) -> dict[str, float]:
         """Per-word likelihood of the held-back items under each condition, the model without a plug = 100."""

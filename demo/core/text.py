@@ -72,14 +72,18 @@ def markdown_table(rows: Sequence[Sequence], columns: Sequence[str]) -> str:
                                                                        disable_numparse=True)
 
 
-# A sentence's end: . ! ? or … with any closing quotes or brackets, before a space or the end.
-_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+# A sentence's end: . ! ? … with any closing quotes, brackets or emphasis marks, before a space or
+# the end (not the period of a title, "Dr. Smith", or of a list number at a line's start); or 。！？.
+_SENTENCE_END = re.compile(r"(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!^\d)(?<!\n\d)(?<!^\d\d)(?<!\n\d\d)"
+                           r"(?:[.!?…][\"'”’)\]*_]*(?=\s|$)|[。！？][」』）]*)")
 
 
 def to_last_sentence(text: str) -> str:
     """An answer that stopped at its token limit, cut back to the end of its last whole sentence;
-    with no sentence end in its second half, to its last whole word and "…"."""
+    with no sentence end in its second half, to its last whole word and "…" (blank stays blank)."""
     text = text.rstrip()
+    if not has_visible_text(text):
+        return text
     ends = [m.end() for m in _SENTENCE_END.finditer(text)]
     if ends and ends[-1] >= len(text) / 2:
         return text[:ends[-1]]

@@ -24,17 +24,16 @@ from .store import StudyStore
 
 log = logging.getLogger(__name__)
 
+REASON_CHARS = 2000  # a vote's free-text reason is kept up to this length
+PREFETCH_KEPT_S = 3600  # a prepared trial nobody came back for is forgotten after an hour
+
 
 def _owner_for(token: str) -> str:
     """The owner of a participant's profiles: derived from the token, not the token itself."""
     return "study:" + sha256_text("owner:" + token)[:40]
 
 
-REASON_CHARS = 2000  # a vote's free-text reason is kept up to this length
-PREFETCH_KEPT_S = 3600  # a prepared trial nobody came back for is forgotten after an hour
-
-
-def _shown(result, condition: str) -> str:
+def shown_answer(result, condition: str) -> str:
     """What a participant reads: an answer that reached the study's token limit ends at its last whole
     sentence (either side alike), so that a cut-off mid-word does not tell the answers apart."""
     text = result.outputs[condition]
@@ -265,7 +264,7 @@ class StudyService:
             participant=participant["id"], study=d.name, study_version=participant["study_version"],
             trial_index=plan.index, request=plan.prompt, request_source=plan.request_source,
             condition_a=plan.condition_a, condition_b=plan.condition_b, order_seed=plan.order_seed,
-            output_a=_shown(result, plan.condition_a), output_b=_shown(result, plan.condition_b),
+            output_a=shown_answer(result, plan.condition_a), output_b=shown_answer(result, plan.condition_b),
             params=asdict(params), plug_id=self.studio.plug_id, encoder_id=self.studio.encoder_id,
             llm_id=self.studio.llm_id, history=plan.history_id,
             generation_seconds=round(result.timings.get("total_s", 0.0), 3))
