@@ -332,6 +332,8 @@ def _writing_column() -> SimpleNamespace:
             # On once the page knows its visitor (see _wire): a click before then would have nowhere to store.
             persona_buttons = [gr.Button(personas.persona_label(n), size="md", interactive=False)
                                for n in personas.persona_names()]
+        # Beside the buttons that replaced it: the visitor's own writing, kept aside by a persona click.
+        restore_btn = gr.Button("Put my own writing back", size="sm", visible=False)
         history = gr.Textbox(label="Your writing history", lines=9, max_lines=20,
                              placeholder="…or paste your own posts, e-mails or essays here: one item per paragraph "
                                          "(separate items with a blank line).")
@@ -343,7 +345,6 @@ def _writing_column() -> SimpleNamespace:
                 lamp_user = gr.Dropdown(label="LaMP user (largest histories first)", choices=[], visible=False,
                                         scale=1)
         parsed_preview = gr.Markdown(NO_HISTORY)
-        restore_btn = gr.Button("Put my own writing back", size="sm", visible=False)
     return SimpleNamespace(history=history, persona_buttons=persona_buttons, files=files, column=column,
                            lamp_user=lamp_user, parsed_preview=parsed_preview, restore_btn=restore_btn,
                            kept=gr.State(None))  # the visitor's own writing while a persona's is shown
