@@ -347,6 +347,7 @@ def test_a_participant_leaves_the_study_from_the_page(browser, study_app, studio
         page.get_by_label("Yes, I want to leave this study.").check()
         page.get_by_role("button", name="Leave the study", exact=True).click()
         page.get_by_text("You have left the study").wait_for()
+        page.get_by_text("If you came from Prolific, return the study there.", exact=False).wait_for()
         assert dialogs == []
     db = studio.store.connection()
     assert db.execute("SELECT COUNT(*) FROM study_participants WHERE participant_id = 'BRW-LEAVE'").fetchone()[0] == 0

@@ -315,7 +315,8 @@ def on_withdraw(service: StudyService, v: SimpleNamespace, c, s, sure):
         return {v.withdraw_note: warning(err)}
     s = {k: val for k, val in (s or {}).items() if k != c["study"]}
     c = {k: val for k, val in c.items() if k not in ("participant_id", "token", "trial_id")}
-    return _show(v, None, c, s, {v.message: f"✅ {out['message']}"})
+    after = " If you came from Prolific, return the study there." if c.get("query_pid") else ""  # no code comes
+    return _show(v, None, c, s, {v.message: f"✅ {out['message']}{after}"})
 
 
 def on_interact(service: StudyService, c):
