@@ -91,3 +91,29 @@ def test_a_short_history_is_tuned_on_every_example_it_makes(studio):
     profile = studio.compute_profile(owner, "short", ITEMS).profile_id
     tuned = studio.tune_profile(owner, profile, settings=FitSettings(steps=1, held_back=2))
     assert tuned.n_fit + tuned.n_held == len(ITEMS)
+
+
+def test_a_measure_of_a_profile_deleted_while_it_ran_is_not_shown(studio):
+    """"Does it know me?" queued behind a tune, or running, when the visitor deletes their data: the
+    panel must not come back with a verdict on the deleted writing."""
+    from demo.app.ui import on_know_me
+    from demo.core import personas
+    from demo.core.studio import NoSuchProfile
+
+    owner = secrets.token_urlsafe(24)
+    profile_id = studio.compute_profile(owner, "fdr", personas.persona_items("fdr")).profile_id
+    outcome: list = []
+
+    def measure():
+        try:
+            outcome.append(studio.know_me(owner, profile_id))
+        except NoSuchProfile as err:
+            outcome.append(err)
+
+    runner = threading.Thread(target=measure)
+    runner.start()
+    studio.delete_my_data(owner)  # while the measure runs (or before it loads the profile)
+    runner.join(120)
+    assert len(outcome) == 1 and isinstance(outcome[0], NoSuchProfile)
+    panel, sentence, plot = on_know_me(studio, owner, profile_id)  # one that waited in the queue
+    assert panel["visible"] is False and sentence == "" and plot["visible"] is False

@@ -21,7 +21,7 @@ from ..core import personas
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import REPO_ROOT
-from ..core.studio import ServiceError, Studio, TuneResult
+from ..core.studio import NoSuchProfile, ServiceError, Studio, TuneResult
 from ..core.text import markdown_text, plural
 from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
@@ -198,6 +198,8 @@ def on_know_me(studio: Studio, owner, profile_id):
         return gr.update(visible=False), "", gr.skip()
     try:
         result = studio.know_me(owner, profile_id)
+    except NoSuchProfile:  # deleted meanwhile ("Delete my data" while this waited or ran): nothing to show
+        return gr.update(visible=False), "", gr.update(visible=False)
     except ServiceError as err:  # e.g. too few items: said in the panel, it is not the visitor's mistake
         return gr.update(visible=True), str(err), gr.update(visible=False)
     names = ", ".join(dict.fromkeys(result.strangers))

@@ -51,6 +51,10 @@ class ServiceError(ValueError):
     """A request the app cannot serve; the message is shown to the user as is."""
 
 
+class NoSuchProfile(ServiceError):
+    """The profile is not this owner's, or was deleted (perhaps while it was in use)."""
+
+
 PROFILE_DELETED = "This profile was deleted (\"Delete my data\") while it was in use; nothing of it was kept."
 
 
@@ -62,7 +66,7 @@ def _profile_deleted_is_a_message() -> Iterator[None]:
     except sqlite3.IntegrityError as err:
         if "FOREIGN KEY" not in str(err):
             raise
-        raise ServiceError(PROFILE_DELETED) from None
+        raise NoSuchProfile(PROFILE_DELETED) from None
 
 
 @dataclass
@@ -284,7 +288,7 @@ class Studio:
         self._check_owner(owner)
         profile = self.store.get_profile(profile_id, owner) if profile_id else None
         if profile is None:
-            raise ServiceError("No such profile for you: compute your PPlug embedding first.")
+            raise NoSuchProfile("No such profile for you: compute your PPlug embedding first.")
         return profile
 
     def _profile(self, owner: str, profile_id: str) -> _LoadedProfile:
@@ -296,7 +300,7 @@ class Studio:
                 return self._profiles[profile_id]
         texts = [row["text"] for row in self.store.profile_items(profile_id)]
         if not texts:  # deleted since the check above
-            raise ServiceError(PROFILE_DELETED)
+            raise NoSuchProfile(PROFILE_DELETED)
         matrix = self.store.profile_matrix(profile_id, self.encoder_id)
         with _profile_deleted_is_a_message():
             if matrix is None:  # made with another encoder: encode again (cached per item)
@@ -466,7 +470,9 @@ class Studio:
             x = self._request_embeddings(requests)
             yours = self.soft_without(profile, requests, [e.index for e in examples], x)  # leave-one-out
             strangers = {name: self.soft_without(p, requests, [], x) for name, p in others.items()}
-        return know_me.measure(self.generator, examples, yours, strangers, settings)
+        result = know_me.measure(self.generator, examples, yours, strangers, settings)
+        self._owned_profile(owner, profile_id)  # deleted while it was measured: nothing of it goes out
+        return result
 
     # --- generation ----------------------------------------------------------------------
 
