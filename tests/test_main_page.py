@@ -114,8 +114,21 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page):
     history, files, name, kept_after, button = ui.restore_writing(kept)
     assert (history, files, name, kept_after, button["visible"]) == (mine, None, "My blog", None, False)
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Put my own writing back")
-    assert button.visible is False and any(f.fn.__name__ == "restore_writing" and f.targets[0][0] == button._id
+    assert button.visible is False and any(getattr(f.fn, "__name__", "") == "restore_writing" and f.targets[0][0] == button._id
                                            for f in page.fns.values())
+
+
+def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):
+    """Two example persons clicked in a row wrote both answers into the same boxes, turn about."""
+    names = {f._id: getattr(f.fn, "__name__", None) for f in page.fns.values()}
+
+    def stopped_by(label):
+        button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == label)
+        return {names[i] for f in page.fns.values() if f.cancels and f.targets[0][0] == button._id for i in f.cancels}
+
+    for label in (personas.persona_label(n) for n in personas.persona_names()):
+        assert stopped_by(label) == {"on_generate", "generate_example"}
+    assert stopped_by("Generate") == {"generate_example"}  # never itself: its own new answer would stop too
 
 
 def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_same_batch(page, studio, owner):
@@ -153,7 +166,7 @@ def test_delete_my_data_waits_for_a_tick_and_untick_after(page):
     sure = next(f for f in page.fns.values() if f.inputs and f.inputs[0].label and
                 f.inputs[0].label.startswith("Yes, delete all my profiles") and f.outputs == [button])
     assert sure.fn(True)["interactive"] is True and sure.fn(False)["interactive"] is False
-    chain, fn = [], next(f for f in page.fns.values() if f.fn.__name__ == "on_delete")
+    chain, fn = [], next(f for f in page.fns.values() if getattr(f.fn, "__name__", "") == "on_delete")
     while fn is not None:
         chain.append(fn)
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)

@@ -512,17 +512,23 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                       [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status,
                       **profile_work)
     generate = bind(on_generate, studio, gpu_seconds=60)
-    for trigger in (ui.generate_btn.click, ui.request.submit):
-        trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic], **answers)
     ui.owner.change(lambda owner: [gr.update(interactive=bool(owner))] * len(ui.persona_buttons), ui.owner,
                     ui.persona_buttons, show_progress="hidden", **PRIVATE)
+    persona_answers = []
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
-        button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.kept],
-                     [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn],
-                     **PRIVATE).then(
+        answer = button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.kept],
+                              [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn],
+                              **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
             selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
-            show_progress_on=[ui.personalized, ui.generic], **answers).then(know_me, *know_me_io, **profile_work)
+            show_progress_on=[ui.personalized, ui.generic], **answers)
+        answer.then(know_me, *know_me_io, **profile_work)
+        persona_answers.append(answer)
+    # One answer at a time in the columns: a new one (Generate, Enter, an example person) stops one still
+    # streaming, which would otherwise keep writing the previous person's answer into them.
+    answering = [trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic],
+                         cancels=persona_answers, **answers)
+                 for trigger in (ui.generate_btn.click, ui.request.submit)]
     ui.restore_btn.click(restore_writing, ui.kept, [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn],
                          **PRIVATE)
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
@@ -535,6 +541,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                          ui.kept, ui.restore_btn],
                         **PRIVATE).then(selected, *selected_io, **PRIVATE).then(
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
+    for button in ui.persona_buttons:  # its own chain has not reached its answer yet: only earlier ones stop
+        button.click(None, None, None, cancels=answering + persona_answers, **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
