@@ -400,8 +400,8 @@ class Studio:
 
     def tune_problem(self, owner: str, profile_id: str, settings: FitSettings = FitSettings()) -> str | None:
         """What :meth:`tune_profile` would refuse this profile for, without fitting (the page says it
-        beside a "Tune to me" button that is off)."""
-        texts = self._profile(owner, profile_id).texts
+        beside a "Tune to me" button that is off). Reads only the texts: no embedding is loaded for it."""
+        texts = self.profile_writing(owner, profile_id).items
         return self._tune_problem(texts, examples_from_history(texts), settings)
 
     def tune_result(self, owner: str, profile_id: str) -> TuneResult | None:
