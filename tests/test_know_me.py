@@ -47,6 +47,16 @@ def test_a_small_mixed_difference_is_not_called_a_yes():
     assert mixed.to_dict()["verdict"] == "unclear" and mixed.to_dict()["n_items"] == 4
 
 
+def test_too_few_held_back_items_are_never_a_yes():
+    three = _result([2.0, 2.0, 2.0], [2.2, 2.1, 2.15])  # all three likelier: an interval above 0
+    assert three.interval[0] > 0 and three.verdict == "unclear"
+    assert three.sentence().startswith("**Not clearly: too few texts to be sure.**")
+    assert "at least 6 texts" in three.sentence() and "could be chance" not in three.sentence()
+    six = _result([2.0] * 6, [2.2, 2.1, 2.15, 2.2, 2.1, 2.15])
+    assert six.verdict == "yes" and "at least" not in six.sentence()
+    assert KnowMe(nll=three.nll, strangers=three.strangers, seconds=0.1, sure_items=3).verdict == "yes"
+
+
 def test_held_back_items_are_the_last_that_make_an_example():
     texts = [f"Item {i} talks about gardening, tomatoes and sunshine." for i in range(12)] + ["ok"]
     examples = held_back_examples(texts, SignalSettings(held_back=8))

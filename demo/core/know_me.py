@@ -34,6 +34,9 @@ from .selfsup import SelfExample, examples_from_history
 class SignalSettings:
     held_back: int = 8  # items scored at most
     min_items: int = 3  # fewer than this many usable items: no measure
+    # Fewer than this many held-back items: at most "unclear". Three items all a little likelier
+    # made a bootstrap interval above 0, a "yes" on too little to go on.
+    sure_items: int = 6
     # Short rows: the cost is the LLM's forward pass over every row's tokens.
     max_prompt_tokens: int = 80
     max_target_tokens: int = 24
@@ -58,6 +61,7 @@ class KnowMe:
     strangers: list[str]  # whose writing stood in for a stranger's, per item [n]
     seconds: float
     ci_level: float = 0.9
+    sure_items: int = SignalSettings.sure_items  # fewer held-back items than this: never "yes"
 
     @property
     def n_items(self) -> int:
@@ -94,10 +98,11 @@ class KnowMe:
 
     @property
     def verdict(self) -> str:
-        """"yes" (the interval is above 0), "unclear" (better on average, within chance), or "no"."""
+        """"yes" (the interval is above 0, on at least ``sure_items`` items), "unclear" (better on average,
+        within chance or on too few items), or "no"."""
         if self.vs_stranger <= 0:
             return "no"
-        return "yes" if self.interval[0] > 0 else "unclear"
+        return "yes" if self.interval[0] > 0 and self.n_items >= self.sure_items else "unclear"
 
     def sentence(self) -> str:
         """The result in plain words, with the item count."""
@@ -114,10 +119,14 @@ class KnowMe:
                    if pct >= 0.05 else "about as likely with your plug as with someone else's")
             return (f"**Not yet: the plug does not know you better than a stranger.** With {items}, your writing "
                     f"was {how} ({count}).")
+        few = self.verdict == "unclear" and self.interval[0] > 0  # it would be a "yes" on more items
         head = ("**Yes, measurably.**" if self.verdict == "yes"
+                else "**Not clearly: too few texts to be sure.**" if few
                 else "**Not clearly: a small difference that could be chance.**")
+        more = (f" A firm answer needs at least {self.sure_items} texts of a sentence or more: add more of your "
+                "writing." if few else "")
         return (f"{head} With {items}, your writing was {pct:.1f}% more likely per word with your plug than "
-                f"with someone else's ({count}).")
+                f"with someone else's ({count}).{more}")
 
     def relative_likelihood(self) -> dict[str, float]:
         """Per-word likelihood of the held-back items under each condition, the model without a plug = 100."""
@@ -177,4 +186,4 @@ def measure(generator: Generator, examples: list[SelfExample], yours: torch.Tens
     whose = [names[j % len(names)] for j in range(len(examples))]
     stranger = torch.stack([strangers[name][j] for j, name in enumerate(whose)])
     nll = score(generator, examples, {"generic": None, "yours": yours, "stranger": stranger}, settings)
-    return KnowMe(nll=nll, strangers=whose, seconds=time.perf_counter() - t0)
+    return KnowMe(nll=nll, strangers=whose, seconds=time.perf_counter() - t0, sure_items=settings.sure_items)
