@@ -216,12 +216,14 @@ def test_a_saved_profile_shows_its_writing_to_its_owner_only(page, studio, owner
     items = ["First post, about *bread* <b>and</b> rain.", "Second post about the sea."]
     profile_id = studio.compute_profile(owner, "two posts", items).profile_id
     state = handler(page, "profile_state")
-    box, writing, know_me = state(owner, profile_id)[3:]
-    assert know_me["visible"] is False  # the panel waits for this profile's own measurement
+    box, writing, know_me, sentence, plot = state(owner, profile_id)[3:]
+    # the panel says it is measuring (never the previous profile's verdict) until this profile's own is in
+    assert know_me["visible"] is True and sentence == ui.MEASURING and plot["visible"] is False
     assert box["visible"] is True and box["label"] == "The writing in this profile (2 items)"
     assert "2. Second post about the sea" in writing and "<b>" not in writing and "\\*bread\\*" in writing  # as text
     assert state("someone-else-entirely-0123456789", profile_id)[3]["visible"] is False
     assert state(owner, None)[3]["visible"] is False and state(owner, "never-made")[4] == ""
+    assert state(owner, None)[5]["visible"] is False and state(owner, None)[6] == ""  # no profile: no panel
 
 
 def test_charts_start_at_zero_with_one_scale_rule_and_keep_the_whole_text():

@@ -170,12 +170,19 @@ def writing_state(studio: Studio, owner, profile_id):
     return gr.update(visible=True, label=label), preview(parsed, n=WRITING_SHOWN, width=200)
 
 
+# Shown in the "does it know me?" panel from a profile change until its measure is in: a measure waits
+# for the answers and for a running "Tune to me" (up to a minute), and an empty space said nothing.
+MEASURING = ("*Measuring whether the plug knows this writing better than a stranger's… (it waits for the "
+             "answers and for a \"Tune to me\" that is running)*")
+
+
 def profile_state(studio: Studio, owner, profile_id):
     """Everything shown for the selected profile: its "Tune to me" (Tune button, how its token was fitted, "Use my
-    tuned token"), its writing (accordion, items), and its "does it know me?" panel, hidden until ``on_know_me``
-    has measured this profile (it still shows the profile before)."""
+    tuned token"), its writing (accordion, items), and its "does it know me?" panel (panel, sentence, plot), which
+    says it is measuring until ``on_know_me`` has measured this profile (never the previous profile's verdict)."""
+    shown = bool(owner and profile_id)
     return (*tune_state(studio, owner, profile_id), *writing_state(studio, owner, profile_id),
-            gr.update(visible=False))
+            gr.update(visible=shown), MEASURING if shown else "", gr.update(visible=False))
 
 
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
@@ -490,7 +497,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
     selected = bind(profile_state, studio)  # the selected profile's panels: after every change
     selected_io = ([ui.owner, ui.profile_id],
-                   [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing, ui.know_me])
+                   [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing, ui.know_me,
+                    ui.know_me_md, ui.know_me_plot])
     gen_in = [ui.owner, ui.profile_id, ui.request, ui.control, *ui.settings, ui.use_tuned]
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
