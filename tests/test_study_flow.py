@@ -270,6 +270,10 @@ def test_admin_events_through_gradio_processing(app, studio):
     assert "condition_a" in str(preview)
     message, *rest = run("on_results", "wrong", "flow-test", False)  # said in the message area
     assert "Wrong admin token" in said(message)
+    # ... and the results shown before do not stay under it, as if they belonged to the study asked for
+    message, results_md, plot, participants = run("on_results", token, "no-such-study", False)
+    assert "no-such-study" in said(message) and not results_md and not plot
+    assert participants["visible"] is False
 
 
 def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app, studio):

@@ -8,6 +8,7 @@ dropped connection resumes where they were. The same steps are named API endpoin
 """
 from __future__ import annotations
 
+import copy
 import functools
 import tempfile
 from pathlib import Path
@@ -490,17 +491,20 @@ def _table(frame: pd.DataFrame):
     return gr.update(value=frame, visible=not frame.empty)  # an empty one would show made-up headers "1 2 3"
 
 
-def _guard(n_outputs: int):
+def _guard(n_outputs: int, cleared: tuple = (), beside: bool = False):
     """An admin handler -> one whose first output is the page's message area: hidden when the handler
-    succeeds, its ``StudyError`` (a wrong token, an unknown study, a bad definition) when it fails,
-    with the handler's ``n_outputs`` other outputs left as they are."""
+    succeeds, its ``StudyError`` (a wrong token, an unknown study, a bad definition) when it fails. On a
+    failure the handler's ``n_outputs`` other outputs are set to ``cleared`` (results of another study must
+    not stay in view under the error) or left as they are; ``beside`` puts the error in the handler's first
+    output instead, next to its button, far down the page from the message area."""
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args):
             try:
                 out = fn(*args)
             except StudyError as err:
-                return warning(err), *[gr.skip()] * n_outputs
+                rest = [copy.copy(v) for v in cleared] or [gr.skip()] * n_outputs
+                return (message(), warning(err), *rest[1:]) if beside else (warning(err), *rest)
             return message(), *(out if isinstance(out, tuple) else (out,))
         return inner
     return wrap
@@ -526,7 +530,10 @@ def studies_after(service: StudyService, t, current):
         return gr.skip(), gr.skip()
 
 
-@_guard(3)
+_HIDDEN = gr.update(value=None, visible=False)
+
+
+@_guard(3, cleared=("", "", _HIDDEN))
 def on_results(service: StudyService, t, name, only):
     results = service.admin_results(t, name, bool(only))
     svg = study_stats.forest_svg(results.pairs, "pair", "win_rate", "ci_low", "ci_high", 0.5, 0.0, 1.0,
@@ -541,7 +548,7 @@ def on_results(service: StudyService, t, name, only):
     return results.markdown() + note, svg or "No votes yet.", _table(pd.DataFrame(results.participants))
 
 
-@_guard(2)
+@_guard(2, cleared=(None, _HIDDEN))
 def on_export(service: StudyService, t, name):
     folder = Path(tempfile.mkdtemp(prefix="pplug-export-"))
     paths = service.admin_export(t, name, folder)
@@ -549,7 +556,7 @@ def on_export(service: StudyService, t, name):
     return [str(p) for p in paths], _table(frame)
 
 
-@_guard(1)
+@_guard(1, beside=True)
 def on_save(service: StudyService, t, text, file):
     if file:
         text = read_study_text(getattr(file, "name", file))
@@ -565,7 +572,7 @@ def on_show(service: StudyService, t, name):
     return yaml.safe_dump(found[1].to_dict(), sort_keys=False, allow_unicode=True)
 
 
-@_guard(1)
+@_guard(1, beside=True)
 def on_admin_withdraw(service: StudyService, t, name, pid):
     out = service.admin_withdraw(t, name or "", pid or "")
     return f"Participant {markdown_text(pid.strip())} withdrawn ({out['mode']}). {out['message']}"

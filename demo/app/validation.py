@@ -116,8 +116,15 @@ def message(text: str = ""):
 
 
 def warning(err: Exception | str):
-    """A problem for the message area, as text (it may quote a file name, a CSV header or a study name)."""
-    return message(f"⚠️ {markdown_text(str(err))}")
+    """A problem for the message area, as text (it may quote a file name, a CSV header or a study name).
+    Its lines stay lines and its "- " lines a list (a study definition's problems, one per line)."""
+    shown = ""
+    for line in str(err).splitlines() or [""]:
+        item = line.startswith("- ")
+        text = "- " + markdown_text(line[2:]) if item else markdown_text(line)
+        # an item goes on the next line (a list may follow a paragraph at once); anything else is a paragraph
+        shown += ("\n" if item else "\n\n") + text if shown else text
+    return message(f"⚠️ {shown}")
 
 
 def _first_problem(err: ValidationError, arguments: dict[str, Argument]) -> str:
