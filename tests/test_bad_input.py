@@ -529,6 +529,7 @@ def test_bad_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_
     for message, beside in (handler(admin_page, "on_save")(ADMIN, "", str(path)),
                             handler(admin_page, "on_save")(ADMIN, content, None)):
         assert said(message) == "" and expected in said(beside)  # under "Validate and save"
+        assert "\n    " not in beside["value"]  # an indented line (YAML's quote) would show as code, escapes and all
 
 
 def test_binary_study_file_uploaded_on_the_admin_page_is_explained(admin_page, tmp_path):

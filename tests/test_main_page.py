@@ -92,7 +92,7 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     while fn is not None:
         chain.append(fn.fn.__name__)
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
-    assert chain == ["use_persona", "on_compute", "profile_state", "generate_example", "on_know_me"]
+    assert chain == ["use_persona", "on_compute", "profile_state", "generate_example", "on_know_me", "not_measured"]
     _, _, _, profile_id, _ = handler(page, "on_compute")(owner, history, None, "text", None, name)
     *_, last = handler(page, "generate_example")(owner, profile_id, request, False, 6, "Greedy", 0.7, 0.95, 0)
     assert last[1]["value"] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
@@ -129,6 +129,24 @@ def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):
     for label in (personas.persona_label(n) for n in personas.persona_names()):
         assert stopped_by(label) == {"on_generate", "generate_example"}
     assert stopped_by("Generate") == {"generate_example"}  # never itself: its own new answer would stop too
+
+
+def test_every_measure_of_a_profile_ends_in_a_verdict_or_says_it_failed(page):
+    """The panel says "Measuring…" after a profile change: a measure that fails outside ``on_know_me`` (a GPU
+    quota, a full queue) must not leave that for good, and one still waiting when another profile is picked
+    must not put its verdict under that one (nor block the new measure as a repeat)."""
+    fns = list(page.fns.values())
+    measures = [f for f in fns if getattr(f.fn, "__name__", "") == "on_know_me"]
+    assert len(measures) == 3 + len(personas.persona_names())  # page load, compute, a pick, each example person
+    for m in measures:
+        after = next(f for f in fns if f.trigger_after == m._id)
+        assert after.fn.__name__ == "not_measured" and after.trigger_only_on_failure
+        assert ui.NOT_MEASURED in after.fn()[0]
+        before = next(f for f in fns if f._id == m.trigger_after)
+        assert before.fn.__name__ in ("profile_state", "generate_example")  # the panel said "Measuring…" first
+    dropdown = next(b for b in page.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Your profiles")
+    picked = [f for f in fns if f.targets and f.targets[0][0] == dropdown._id and f.cancels]
+    assert len(picked) == 1 and set(picked[0].cancels) == {m._id for m in measures}
 
 
 def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_same_batch(page, studio, owner):

@@ -171,18 +171,26 @@ def writing_state(studio: Studio, owner, profile_id):
 
 
 # Shown in the "does it know me?" panel from a profile change until its measure is in: a measure waits
-# for the answers and for a running "Tune to me" (up to a minute), and an empty space said nothing.
-MEASURING = ("*Measuring whether the plug knows this writing better than a stranger's… (it waits for the "
-             "answers and for a \"Tune to me\" that is running)*")
+# for an answer or a "Tune to me" still running (up to a minute), and an empty space said nothing.
+MEASURING = ("*Measuring whether the plug knows this writing better than a stranger's… This can take up to a "
+             "minute while an answer or \"Tune to me\" is still running.*")
+NOT_MEASURED = "Could not measure this time: choose the profile again in \"Your profiles\" to retry."
 
 
 def profile_state(studio: Studio, owner, profile_id):
     """Everything shown for the selected profile: its "Tune to me" (Tune button, how its token was fitted, "Use my
     tuned token"), its writing (accordion, items), and its "does it know me?" panel (panel, sentence, plot), which
     says it is measuring until ``on_know_me`` has measured this profile (never the previous profile's verdict)."""
-    shown = bool(owner and profile_id)
-    return (*tune_state(studio, owner, profile_id), *writing_state(studio, owner, profile_id),
+    writing = writing_state(studio, owner, profile_id)
+    shown = writing[0]["visible"]  # a profile of this visitor's: it is measured next
+    return (*tune_state(studio, owner, profile_id), *writing,
             gr.update(visible=shown), MEASURING if shown else "", gr.update(visible=False))
+
+
+def not_measured():
+    """The panel when a measure failed outside ``on_know_me`` (a GPU quota, a full queue): not "Measuring…"
+    for ever."""
+    return NOT_MEASURED, gr.update(visible=False)
 
 
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
@@ -503,19 +511,27 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
 
-    demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
+    measures = []  # every "does it know me?" step, each after its profile's panels were redrawn
+
+    def measure(after, **shown):
+        step = after.then(know_me, *know_me_io, **shown, **profile_work)
+        step.failure(not_measured, None, [ui.know_me_md, ui.know_me_plot], **PRIVATE)
+        measures.append(step)
+        return step
+
+    measure(demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
         bind(identify, identity), ui.token, ui.owner, **PRIVATE).then(
         chosen, ui.owner, [ui.profiles, ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, show_progress="hidden", **profile_work)
+        selected, *selected_io, **PRIVATE), show_progress="hidden")
     # The CSV column counts once typed: on Enter or on leaving the box.
     for trigger in (ui.owner.change, ui.history.change, ui.files.change, ui.column.submit, ui.column.blur,
                     ui.lamp_user.change):
         trigger(bind(show_preview, studio), [ui.owner, ui.history, ui.files, ui.column, ui.lamp_user],
                 [ui.parsed_preview, ui.lamp_user, ui.compute_btn], show_progress="hidden", **PRIVATE)
-    ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
-        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
-    ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
-        selected, *selected_io, **PRIVATE).then(know_me, *know_me_io, **profile_work)
+    measure(ui.compute_btn.click(compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
+        selected, *selected_io, **PRIVATE))
+    measure(ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
+        selected, *selected_io, **PRIVATE))
     ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
                       [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status,
                       **profile_work)
@@ -530,7 +546,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
             selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers)
-        answer.then(know_me, *know_me_io, **profile_work)
+        measure(answer)
         persona_answers.append(answer)
     # One answer at a time in the columns: a new one (Generate, Enter, an example person) stops one still
     # streaming, which would otherwise keep writing the previous person's answer into them.
@@ -551,6 +567,9 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
     for button in ui.persona_buttons:  # its own chain has not reached its answer yet: only earlier ones stop
         button.click(None, None, None, cancels=answering + persona_answers, **PRIVATE)
+    # Another profile picked while one is still measured (behind a "Tune to me"): that verdict must not
+    # appear under the new one, and the new one's measure must not be skipped as a repeat of it.
+    ui.profiles.input(None, None, None, cancels=measures, **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:

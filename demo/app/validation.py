@@ -121,7 +121,8 @@ def warning(err: Exception | str):
     shown = ""
     for line in str(err).splitlines() or [""]:
         item = line.startswith("- ")
-        text = "- " + markdown_text(line[2:]) if item else markdown_text(line)
+        # stripped: an indented line (YAML quotes the bad line so) would be a code block showing the escapes
+        text = "- " + markdown_text(line[2:]) if item else markdown_text(line.strip())
         # an item goes on the next line (a list may follow a paragraph at once); anything else is a paragraph
         shown += ("\n" if item else "\n\n") + text if shown else text
     return message(f"⚠️ {shown}")

@@ -43,6 +43,11 @@ class SignalSettings:
     chunk_tokens: int = 1024  # rows of similar length are run together, about this many tokens at once
     bf16: bool = True  # autocast the LLM to bfloat16 (several times faster on CPUs with AMX)
 
+    def __post_init__(self):
+        if not self.min_items <= self.sure_items <= self.held_back:
+            raise ValueError("SignalSettings needs min_items <= sure_items <= held_back (else a \"yes\" could never "
+                             "be given, and the advice to add writing would be wrong).")
+
 
 def held_back_examples(texts: list[str], settings: SignalSettings = SignalSettings()) -> list[SelfExample]:
     """The last ``held_back`` items of a history that make a self-supervised example.

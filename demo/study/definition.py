@@ -57,7 +57,8 @@ _short.maxlevel = 2
 
 def _cut(value, limit: int = 60) -> str:
     """A short repr of what was found, for messages (a file can hold anything)."""
-    text = _short.repr(value) if not isinstance(value, BaseException) else str(value)
+    # an error's own lines (a YAML error quotes the bad line under its position) read as one here
+    text = _short.repr(value) if not isinstance(value, BaseException) else " ".join(str(value).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
