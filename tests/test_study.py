@@ -165,6 +165,8 @@ def test_an_answer_cut_at_the_token_limit_is_shown_to_its_last_whole_sentence(st
     ("Hello world.", "Hello world."),
     ("word", "word…"),
     ("Yesterday I went to see Dr. Smith about my", "Yesterday I went to see Dr. Smith about…"),
+    ("Bake bread, e.g. a rye loaf, or cake, i.e. something sweet, vs. buying it at the",
+     "Bake bread, e.g. a rye loaf, or cake, i.e. something sweet, vs. buying it at…"),
     ("Steps:\n1. Mix the flour\n2. Knead it for", "Steps:\n1. Mix the flour\n2. Knead it…"),
     ("It was **great.** And then the", "It was **great.**"),
     ("今日は晴れ。散歩した", "今日は晴れ。"),

@@ -73,8 +73,11 @@ def markdown_table(rows: Sequence[Sequence], columns: Sequence[str]) -> str:
 
 
 # A sentence's end: . ! ? … with any closing quotes, brackets or emphasis marks, before a space or
-# the end (not the period of a title, "Dr. Smith", or of a list number at a line's start); or 。！？.
-_SENTENCE_END = re.compile(r"(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!^\d)(?<!\n\d)(?<!^\d\d)(?<!\n\d\d)"
+# the end (not the period of a title, "Dr. Smith", of an abbreviation that never ends one, "e.g.", or
+# of a list number at a line's start); or 。！？.
+_NEVER_LAST = ("Mr", "Mrs", "Ms", "Dr", "St", "Prof", "Mt", "vs", "e.g", "i.e", "E.g", "I.e", "cf", "approx")
+_SENTENCE_END = re.compile("".join(rf"(?<!\b{re.escape(w)})" for w in _NEVER_LAST)
+                           + r"(?<!^\d)(?<!\n\d)(?<!^\d\d)(?<!\n\d\d)"
                            r"(?:[.!?…][\"'”’)\]*_]*(?=\s|$)|[。！？][」』）]*)")
 
 
