@@ -92,12 +92,12 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     while fn is not None:
         chain.append(fn.fn.__name__)
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
-    assert chain == ["use_persona", "on_compute", "profile_state", "generate_example", "on_know_me", "not_measured"]
+    assert chain == ["use_persona", "on_compute", "profile_state", "generate_example", "measure_profile", "show_measure"]
     _, _, _, profile_id, _ = handler(page, "on_compute")(owner, history, None, "text", None, name)
     *_, last = handler(page, "generate_example")(owner, profile_id, request, False, 6, "Greedy", 0.7, 0.95, 0)
     assert last[1]["value"] and last[2] and last[5]["visible"] is True  # both answers and the "why" charts
     assert list(handler(page, "generate_example")(owner, None, request, False, 6, "Greedy", 0.7, 0.95, 0)) == []
-    panel, sentence, plot = handler(page, "on_know_me")(owner, profile_id)
+    panel, sentence, plot = handler(page, "measure_profile")(owner, profile_id)["shown"]
     assert panel["visible"] and "held back" in sentence and plot.visible
     assert plot.y_lim[0] == 0 and set(plot.value["data"][i][0] for i in range(3)) == set(charts.KNOW_ME_LABELS.values())
 
@@ -131,22 +131,26 @@ def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):
     assert stopped_by("Generate") == {"generate_example"}  # never itself: its own new answer would stop too
 
 
-def test_every_measure_of_a_profile_ends_in_a_verdict_or_says_it_failed(page):
-    """The panel says "Measuring…" after a profile change: a measure that fails outside ``on_know_me`` (a GPU
-    quota, a full queue) must not leave that for good, and one still waiting when another profile is picked
-    must not put its verdict under that one (nor block the new measure as a repeat)."""
+def test_every_measure_of_a_profile_ends_in_a_verdict_or_says_it_failed(page, studio, owner):
+    """The panel says "Measuring…" after a profile change. A measure that fails outside ``on_know_me`` (a GPU
+    quota, a full queue) must not leave that for good; one that waited behind a tune while the visitor picked
+    another profile must not put its verdict under that one, nor make the new one's measure a skipped repeat."""
     fns = list(page.fns.values())
-    measures = [f for f in fns if getattr(f.fn, "__name__", "") == "on_know_me"]
+    measures = [f for f in fns if getattr(f.fn, "__name__", "") == "measure_profile"]
     assert len(measures) == 3 + len(personas.persona_names())  # page load, compute, a pick, each example person
     for m in measures:
-        after = next(f for f in fns if f.trigger_after == m._id)
-        assert after.fn.__name__ == "not_measured" and after.trigger_only_on_failure
-        assert ui.NOT_MEASURED in after.fn()[0]
+        assert m.trigger_mode == "always_last"
+        after = {f.fn.__name__: f for f in fns if f.trigger_after == m._id}
+        assert set(after) == {"show_measure", "not_measured"} and after["not_measured"].trigger_only_on_failure
+        assert ui.NOT_MEASURED in after["not_measured"].fn()[0]
         before = next(f for f in fns if f._id == m.trigger_after)
         assert before.fn.__name__ in ("profile_state", "generate_example")  # the panel said "Measuring…" first
-    dropdown = next(b for b in page.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Your profiles")
-    picked = [f for f in fns if f.targets and f.targets[0][0] == dropdown._id and f.cancels]
-    assert len(picked) == 1 and set(picked[0].cancels) == {m._id for m in measures}
+    fdr = studio.compute_profile(owner, "fdr", personas.persona_items("fdr")).profile_id
+    measured = handler(page, "measure_profile")(owner, fdr)
+    assert measured["profile_id"] == fdr
+    assert ui.show_measure(measured, fdr) == measured["shown"] and "held back" in measured["shown"][1]
+    assert ui.show_measure(measured, "another-profile") == (gr.skip(),) * 3  # picked meanwhile: not under it
+    assert ui.show_measure(None, fdr) == (gr.skip(),) * 3
 
 
 def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_same_batch(page, studio, owner):
@@ -199,9 +203,9 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
 
     off = {"value": False, "interactive": False}
     short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
-    message, status, use_tuned = tune(owner, short)  # too few texts that make an example
+    message, tuned_for = tune(owner, short)  # too few texts that make an example
     assert message["visible"] and "Tuning needs at least 6 items" in message["value"]
-    assert "Traceback" not in message["value"] and status.startswith("Tuning needs") and {k: use_tuned[k] for k in off} == off
+    assert "Traceback" not in message["value"] and tuned_for is None
     button, status, use_tuned = state(owner, short)  # the button is off, and the line says why
     assert button["interactive"] is False and status.startswith("Tuning needs at least 6 items")
     assert {k: use_tuned[k] for k in off} == off
@@ -218,6 +222,12 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     button, status, use_tuned = state(owner, short)
     assert use_tuned["value"] is True and use_tuned["interactive"] is True
     assert status.startswith("Tuned earlier (in 31.5 s)") and "10.5% likelier" in status and "step 2" in status
+    # After a fit, what shows is the profile selected by then: the fit's line only under the tuned one.
+    shown = handler(page, "show_tuned")
+    assert shown(owner, short, short)[1].startswith("✅ Tuned in 31.5 s") and shown(owner, short, short)[2]["value"]
+    other = studio.compute_profile(owner, "other", ["Another text here, long enough to count."]).profile_id
+    button, status, use_tuned = shown(owner, other, short)  # picked while "short" was tuned
+    assert "Tuned" not in status and {k: use_tuned[k] for k in off} == off
     assert state("someone-else-entirely-0123456789", short)[2]["value"] is False
     *_, last = handler(page, "on_generate")(owner, short, "Hi", False, 2, "Greedy", 0.7, 0.95, 0, True)
     assert last[1]["label"] == ui.TUNED_LABEL and last[1]["value"] and "Generated in" in last[4]

@@ -143,16 +143,16 @@ def _tune_text(result: TuneResult, now: bool = False) -> str:
             f"word (best at step {result.steps}, fitted on {result.n_fit} other texts of yours).")
 
 
-def tune_state(studio: Studio, owner, profile_id):
+def tune_state(studio: Studio, owner, profile_id, just_tuned: bool = False):
     """The selected profile's "Tune to me" -> (Tune button, how its token was fitted or why it cannot be,
-    "Use my tuned token")."""
+    "Use my tuned token"); ``just_tuned``: its fit has just finished on this page."""
     try:
         result = studio.tune_result(owner, profile_id) if owner and profile_id else None
         problem = studio.tune_problem(owner, profile_id) if owner and profile_id else None
     except ServiceError:  # no valid owner yet, or deleted meanwhile: nothing to show
         result, problem = None, None
     kept = result is not None and result.steps > 0  # a fit that kept no step leaves the token at zero
-    text = _tune_text(result) if result else (problem or "")
+    text = _tune_text(result, now=just_tuned) if result else (problem or "")
     return (gr.update(interactive=bool(owner and profile_id) and not problem), text,
             gr.update(value=kept, interactive=kept))
 
@@ -194,17 +194,36 @@ def not_measured():
 
 
 def on_tune(studio: Studio, owner, profile_id, progress=gr.Progress()):
-    """Fit the selected profile's personal token -> (message, how the fit went, "Use my tuned token")."""
+    """Fit the selected profile's personal token -> (message, the profile tuned or None); ``show_tuned``
+    then shows the fit, if that profile is still the selected one."""
     if not owner or not profile_id:
-        return warning("Compute your PPlug embedding first (step 2)."), gr.skip(), gr.skip()
+        return warning("Compute your PPlug embedding first (step 2)."), None
     progress(0, desc="Tuning your token")
     try:
-        result = studio.tune_profile(owner, profile_id, progress=lambda done, total: progress(
+        studio.tune_profile(owner, profile_id, progress=lambda done, total: progress(
             (done, total), desc="Tuning your token", unit="steps"))
     except ServiceError as err:  # too few usable texts, a profile deleted meanwhile, ...
-        return warning(err), *tune_state(studio, owner, profile_id)[1:]
-    kept = result.steps > 0
-    return message(), _tune_text(result, now=True), gr.update(value=kept, interactive=kept)
+        return warning(err), None
+    return message(), profile_id
+
+
+def show_tuned(studio: Studio, owner, profile_id, tuned_for):
+    """The "Tune to me" part after a fit, for the profile selected *now* (the fit takes up to a minute, and the
+    visitor may have picked another): "Tuned in …" under the tuned one, that other one's own state otherwise."""
+    return tune_state(studio, owner, profile_id, just_tuned=bool(profile_id) and tuned_for == profile_id)
+
+
+def measure_profile(studio: Studio, owner, profile_id) -> dict:
+    """What ``on_know_me`` shows, with the profile it is of (kept in a State; ``show_measure`` shows it)."""
+    return {"profile_id": profile_id, "shown": on_know_me(studio, owner, profile_id)}
+
+
+def show_measure(measured, profile_id):
+    """The measure in the panel if it is of the profile selected *now*: one that waited behind a tune while the
+    visitor picked another profile is not shown under that one, whose own measure follows."""
+    if not measured or measured["profile_id"] != profile_id:
+        return gr.skip(), gr.skip(), gr.skip()
+    return measured["shown"]
 
 
 def on_know_me(studio: Studio, owner, profile_id):
@@ -473,6 +492,10 @@ def _layout(studio: Studio, identity: Identity) -> SimpleNamespace:
         token=gr.BrowserState(None, storage_key="pplug_owner", secret=identity.browser_secret),
         owner=gr.State(None),  # who the visitor acts as (see identify)
         profile_id=gr.State(None),
+        # What a tune or a measure just found, with the profile it is of: it may finish after the visitor
+        # picked another profile, and goes on the page only if it is of the one selected then.
+        tuned_for=gr.State(None),
+        measured=gr.State(None),
     )
     if studio.settings.hf_login:
         with gr.Row():
@@ -498,11 +521,11 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     profile_work = dict(**PROFILE_QUEUE, **PRIVATE)  # computing and measuring a profile, one at a time
     answers = dict(**generate_queue(studio), **PRIVATE)  # generations, batched together by the scheduler
     compute = bind(on_compute, studio, gpu_seconds=120)
-    know_me = bind(on_know_me, studio, gpu_seconds=60)
+    know_me = bind(measure_profile, studio, gpu_seconds=60)
     chosen = bind(profile_choices, studio)
     compute_io = ([ui.owner, ui.history, ui.files, ui.column, ui.lamp_user, ui.name],
                   [ui.message, ui.status, ui.profiles, ui.profile_id, ui.generate_btn])
-    know_me_io = ([ui.owner, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot])
+    know_me_io = ([ui.owner, ui.profile_id], ui.measured)
     selected = bind(profile_state, studio)  # the selected profile's panels: after every change
     selected_io = ([ui.owner, ui.profile_id],
                    [ui.tune_btn, ui.tune_status, ui.use_tuned, ui.writing_box, ui.profile_writing, ui.know_me,
@@ -511,12 +534,13 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
 
-    measures = []  # every "does it know me?" step, each after its profile's panels were redrawn
-
     def measure(after, **shown):
-        step = after.then(know_me, *know_me_io, **shown, **profile_work)
-        step.failure(not_measured, None, [ui.know_me_md, ui.know_me_plot], **PRIVATE)
-        measures.append(step)
+        """"Does it know me?" after a profile change (the panel says "Measuring…" by then). A repeat while one
+        is still waiting runs after it (always_last), not never; it is shown only if of the selected profile."""
+        step = after.then(know_me, *know_me_io, trigger_mode="always_last", **shown, **profile_work)
+        step.then(show_measure, [ui.measured, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot],
+                  show_progress="hidden", **PRIVATE)
+        step.failure(not_measured, None, [ui.know_me_md, ui.know_me_plot], **PRIVATE)  # not "Measuring…" for good
         return step
 
     measure(demo.load(bind(ensure_owner, identity), ui.token, ui.token, **PRIVATE).then(
@@ -532,9 +556,10 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         selected, *selected_io, **PRIVATE))
     measure(ui.profiles.input(select_profile, ui.profiles, [ui.profile_id, ui.generate_btn], **PRIVATE).then(
         selected, *selected_io, **PRIVATE))
-    ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id],
-                      [ui.message, ui.tune_status, ui.use_tuned], show_progress_on=ui.tune_status,
-                      **profile_work)
+    ui.tune_btn.click(bind(on_tune, studio, gpu_seconds=120), [ui.owner, ui.profile_id], [ui.message, ui.tuned_for],
+                      show_progress_on=ui.tune_status, **profile_work).then(
+        bind(show_tuned, studio), [ui.owner, ui.profile_id, ui.tuned_for], [ui.tune_btn, ui.tune_status, ui.use_tuned],
+        show_progress="hidden", **PRIVATE)
     generate = bind(on_generate, studio, gpu_seconds=60)
     ui.owner.change(lambda owner: [gr.update(interactive=bool(owner))] * len(ui.persona_buttons), ui.owner,
                     ui.persona_buttons, show_progress="hidden", **PRIVATE)
@@ -567,9 +592,6 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
         lambda: False, None, ui.delete_sure, show_progress="hidden", **PRIVATE)
     for button in ui.persona_buttons:  # its own chain has not reached its answer yet: only earlier ones stop
         button.click(None, None, None, cancels=answering + persona_answers, **PRIVATE)
-    # Another profile picked while one is still measured (behind a "Tune to me"): that verdict must not
-    # appear under the new one, and the new one's measure must not be skipped as a repeat of it.
-    ui.profiles.input(None, None, None, cancels=measures, **PRIVATE)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
