@@ -519,7 +519,7 @@ def _with_admin(studio):
 
 
 @pytest.mark.parametrize("content,expected", [
-    ("name: x\n\tconsent: y", "neither valid JSON nor YAML"),
+    ("name: x\n\tconsent: y", "Line 2 is indented with a tab: indent with spaces."),
     (json.dumps({**_STUDY, "conditions": ["pplug"]}), "conditions"),
     ("", "must be a mapping"),
 ])

@@ -273,6 +273,7 @@ def test_admin_events_through_gradio_processing(app, studio):
     # ... and the results shown before do not stay under it, as if they belonged to the study asked for
     message, results_md, plot, participants = run("on_results", token, "no-such-study", False)
     assert "no-such-study" in said(message) and not results_md and not plot
+    assert "Refresh studies" in said(message) and "link" not in said(message)  # said to the researcher
     assert participants["visible"] is False
 
 

@@ -112,7 +112,7 @@ class KnowMe:
     def sentence(self) -> str:
         """The result in plain words, with the item count."""
         n, pct, better = self.n_items, abs(self.vs_stranger) * 100, self.items_better
-        items = f"{n} of your own {'text' if n == 1 else 'texts'}, held back"
+        items = f"{n} of your own {'text' if n == 1 else 'texts'} held back from your plug"
         count = f"{better} of {n} were likelier with your plug"
         # A mean and a majority pointing different ways: say both, so that they do not seem to clash.
         if self.vs_stranger <= 0 and better * 2 > n:
@@ -128,8 +128,8 @@ class KnowMe:
         head = ("**Yes, measurably.**" if self.verdict == "yes"
                 else "**Not clearly: too few texts to be sure.**" if few
                 else "**Not clearly: a small difference that could be chance.**")
-        more = (f" A firm answer needs at least {self.sure_items} texts of a sentence or more: add more of your "
-                "writing." if few else "")
+        more = (f" A firm answer needs at least {self.sure_items} texts, each a sentence or longer: add more of "
+                "your writing." if few else "")
         return (f"{head} With {items}, your writing was {pct:.1f}% more likely per word with your plug than "
                 f"with someone else's ({count}).{more}")
 

@@ -283,7 +283,11 @@ def parse_definition(source: str | dict, where: str = "the study file") -> Study
         try:
             data = yaml.safe_load(source)  # YAML is a superset of JSON
         except yaml.YAMLError as err:
-            raise StudyError(f"Could not read {where}: it is neither valid JSON nor YAML ({_cut(err, 300)}).") from None
+            mark = getattr(err, "problem_mark", None)
+            tab = "'\\t'" in (getattr(err, "problem", "") or "")  # no tab in YAML's indentation; editors hide it
+            hint = (f" Line {mark.line + 1} is indented with a tab: indent with spaces." if tab and mark else "")
+            raise StudyError(f"Could not read {where}: it is neither valid JSON nor YAML ({_cut(err, 300)}).{hint}") \
+                from None
         except (RecursionError, MemoryError, ValueError):
             raise StudyError(f"Could not read {where}: it is nested too deeply or too large to be a study file."
                              ) from None

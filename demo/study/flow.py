@@ -131,10 +131,11 @@ class StudyService:
         self._validate_for_app(definition)
         return self.db.register(definition, source)
 
-    def _study(self, name: str) -> tuple[int, StudyDefinition]:
+    def _study(self, name: str, admin: bool = False) -> tuple[int, StudyDefinition]:
         found = self.db.definition((name or "").strip())
         if found is None:
-            raise StudyError(f"There is no study called {name!r}. Check the link you were given.")
+            raise StudyError(f"There is no study called {name!r}. " + (
+                "Choose one of the saved studies (Refresh studies)." if admin else "Check the link you were given."))
         return found
 
     # -- participant flow --------------------------------------------------------------
@@ -416,11 +417,11 @@ class StudyService:
 
     def admin_results(self, admin_token: str, name: str, completed_only: bool = False) -> Results:
         self.check_admin(admin_token)
-        _, d = self._study(name)
+        _, d = self._study(name, admin=True)
         return compute_results(self.db.export_rows(d.name), list(d.conditions), completed_only=completed_only,
                                study=d.name)
 
     def admin_export(self, admin_token: str, name: str, folder: str | Path) -> list[Path]:
         self.check_admin(admin_token)
-        _, d = self._study(name)
+        _, d = self._study(name, admin=True)
         return write_export(self.db.export_rows(d.name), folder, d.name)
