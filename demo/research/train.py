@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--selfsup", type=int, default=0,
                    help="also N self-supervised examples per train user, made from their profile items "
                         "(demo.core.selfsup); 0 = LaMP queries only")
+    p.add_argument("--selfsup-tasks", default=None,
+                   help="the tasks whose train users give --selfsup examples (default: every task trained on)")
     p.add_argument("--contrast-weight", type=float, default=0.0,
                    help="weight of the InfoNCE term over the batch's users (0 = off)")
     p.add_argument("--contrast-k", type=int, default=4, help="users scored per gold output by the InfoNCE term")
@@ -307,7 +309,7 @@ class TrainData:
         with t.acc.main_process_first():  # the main process encodes, the others then read its cache
             examples = {s.task.name: t.examples([s]) for s in train_splits}
             if args.selfsup:
-                for s in train_splits:
+                for s in [s for s in train_splits if s.task.name in (args.selfsup_tasks or args.tasks).split(",")]:
                     made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
                     examples[s.task.name] = examples[s.task.name] + made
             for split, (task, queries) in zip(dev_splits, subset):
