@@ -534,10 +534,10 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     gen_out = [ui.message, ui.personalized, ui.generic, ui.other, ui.notes, ui.why, ui.keywords, ui.weights_plot,
                ui.weights_table]
 
-    def measure(after, **shown):
+    def measure(after, **options):
         """"Does it know me?" after a profile change (the panel says "Measuring…" by then). A repeat while one
         is still waiting runs after it (always_last), not never; it is shown only if of the selected profile."""
-        step = after.then(know_me, *know_me_io, trigger_mode="always_last", **shown, **profile_work)
+        step = after.then(know_me, *know_me_io, trigger_mode="always_last", **options, **profile_work)
         step.then(show_measure, [ui.measured, ui.profile_id], [ui.know_me, ui.know_me_md, ui.know_me_plot],
                   show_progress="hidden", **PRIVATE)
         step.failure(not_measured, None, [ui.know_me_md, ui.know_me_plot], **PRIVATE)  # not "Measuring…" for good

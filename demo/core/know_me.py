@@ -17,6 +17,7 @@ over the held-back items; the verdict says plainly when it is not above a strang
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class KnowMe:
         """Held-back items likelier with your plug than with a stranger's."""
         return int((self._diff("stranger") > 0).sum())
 
-    @property
+    @functools.cached_property  # read by the verdict, the sentence and to_dict: one bootstrap per result
     def interval(self) -> tuple[float, float]:
         """Paired bootstrap interval of ``vs_stranger`` over the held-back items (``ci_level``)."""
         diff = self._diff("stranger")

@@ -308,10 +308,10 @@ class TrainData:
         subset = dev_subset(args, dev_splits)
         with t.acc.main_process_first():  # the main process encodes, the others then read its cache
             examples = {s.task.name: t.examples([s]) for s in train_splits}
-            if args.selfsup:
-                for s in [s for s in train_splits if s.task.name in (args.selfsup_tasks or args.tasks).split(",")]:
-                    made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
-                    examples[s.task.name] = examples[s.task.name] + made
+            selfsup_tasks = (args.selfsup_tasks or args.tasks).split(",") if args.selfsup else []
+            for s in [s for s in train_splits if s.task.name in selfsup_tasks]:
+                made = t.examples([self_supervised_split(s, args.selfsup, args.history_cap, args.seed)])
+                examples[s.task.name] = examples[s.task.name] + made
             for split, (task, queries) in zip(dev_splits, subset):
                 t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
         return cls(examples, subset)
