@@ -199,9 +199,16 @@ def test_a_persona_click_keeps_the_visitors_writing_to_put_back(browser, app):
         back = page.get_by_role("button", name="Put my own writing back")
         _wait_or_report(page, back)
         expect(box).not_to_have_value(HISTORY)  # the persona's writing is shown...
+        _wait_or_report(page, page.get_by_text("Generated in"))  # ...computed and answered
+        generate = page.get_by_role("button", name="Generate", exact=True)
+        personalized = page.get_by_label("Personalized (PPlug, your writing)")
+        expect(generate).to_be_enabled()
         back.click()
         expect(box).to_have_value(HISTORY)  # ...and the visitor's comes back
         expect(back).to_be_hidden()
+        # The persona's profile and answer go with it: this visitor has no profile of their own yet.
+        expect(generate).to_be_disabled()
+        expect(personalized).to_have_value("")
         assert dialogs == []
 
 

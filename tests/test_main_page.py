@@ -81,11 +81,11 @@ def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(p
 
 
 def test_one_persona_click_fills_computes_answers_and_measures(page, studio, owner):
-    history, files, name, request, profile_id, kept, restore = ui.use_persona("Food Blogger", "", "", None, "", None)
+    history, files, name, request, profile_id, kept, restore = ui.use_persona("Food Blogger", "", "", None, "", None, None)
     assert history == personas.persona_text("food_blogger") and request == ui.EXAMPLE_REQUESTS[0]
     assert name == "Food Blogger" and files is None and profile_id is None
     assert kept is None and restore["visible"] is False  # nothing of the visitor's to keep aside
-    assert ui.use_persona("Lincoln", "My own request", history, None, name, None)[3] == "My own request"
+    assert ui.use_persona("Lincoln", "My own request", history, None, name, None, None)[3] == "My own request"
     # The button's events: fill, then compute, then the answers, then "does it know me?".
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Food Blogger")
     chain, fn = [], next(f for f in page.fns.values() if any(t[0] == button._id for t in f.targets))
@@ -102,20 +102,35 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
     assert plot.y_lim[0] == 0 and set(plot.value["data"][i][0] for i in range(3)) == set(charts.KNOW_ME_LABELS.values())
 
 
-def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page):
+def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, studio, owner):
     mine = "My own post about rain.\n\nAnother of mine about trains."
-    *_, kept, restore = ui.use_persona("Lincoln", "", mine, None, "My blog", None)
-    assert kept == {"history": mine, "files": None, "name": "My blog"} and restore["visible"] is True
+    own_id = studio.compute_profile(owner, "My blog", mine.split("\n\n")).profile_id
+    *_, kept, restore = ui.use_persona("Lincoln", "", mine, None, "My blog", own_id, None)
+    assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id}
+    assert restore["visible"] is True
     # Another persona next: the persona's text is not the visitor's, so the first keeps what it kept.
     lincoln = personas.persona_text("lincoln")
-    assert ui.use_persona("FDR", "", lincoln, None, "Lincoln", kept)[5] == kept
+    assert ui.use_persona("FDR", "", lincoln, None, "Lincoln", "persona-profile", kept)[5] == kept
     uploads = ["/tmp/gradio/a.txt"]  # uploaded files are the visitor's too, even with a persona's text
-    assert ui.use_persona("FDR", "", lincoln, uploads, "Lincoln", kept)[5]["files"] == uploads
-    history, files, name, kept_after, button = ui.restore_writing(kept)
+    assert ui.use_persona("FDR", "", lincoln, uploads, "Lincoln", "persona-profile", kept)[5]["files"] == uploads
+    # Back: the writing, the profile they had selected, and none of the persona's answers.
+    restore = handler(page, "restore_writing")
+    history, files, name, kept_after, button, profiles, selected, generate, personalized, generic, other, notes, why = \
+        restore(owner, kept)
     assert (history, files, name, kept_after, button["visible"]) == (mine, None, "My blog", None, False)
+    assert profiles["value"] == selected == own_id and generate["interactive"] is True
+    assert personalized["value"] == generic == other == notes == "" and why["visible"] is False
+    # A visitor who had not computed a profile (or deleted it since) is left with none selected.
+    for before in (None, "deleted-since"):
+        *_, profiles, selected, generate, _, _, _, _, _ = restore(owner, {**kept, "profile_id": before})
+        assert profiles["value"] is selected is None and generate["interactive"] is False
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Put my own writing back")
-    assert button.visible is False and any(getattr(f.fn, "__name__", "") == "restore_writing" and f.targets[0][0] == button._id
-                                           for f in page.fns.values())
+    assert button.visible is False
+    chain, fn = [], next(f for f in page.fns.values() if any(t[0] == button._id for t in f.targets))
+    while fn is not None:  # then its profile's tune state, writing and "does it know me?"
+        chain.append(getattr(fn.fn, "__name__", ""))
+        fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
+    assert chain == ["restore_writing", "profile_state", "measure_profile", "show_measure"]
 
 
 def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):

@@ -1,6 +1,7 @@
 """Training pieces on a tiny random LLM with the real tokenizer: the loss goes down, the LLM stays frozen."""
 from __future__ import annotations
 
+import argparse
 import random
 
 import pytest
@@ -16,7 +17,7 @@ from demo.core.tuning import FitSettings, fit_shift
 from demo.research.lamp import LampSplit, Query, task_spec
 from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
                                    stack_histories)
-from demo.research.train import distinct_users, self_supervised_split, thin_history
+from demo.research.train import TrainData, distinct_users, self_supervised_split, task_weights, thin_history
 from demo.research.training_free import set_linear_map
 
 
@@ -166,6 +167,19 @@ def test_self_supervised_queries_never_hold_their_own_answer():
         assert q.output not in [it["text"] for it in q.profile]  # the answer is left out of its history
         assert all(it["text"] in users[q.user_id] for it in q.profile) and len(q.profile) <= 4
     assert self_supervised_split(LampSplit(task_spec("LaMP-1"), "train", split.queries), 3, 4, 0).queries == []
+
+
+def test_task_weights_change_the_task_draw():
+    examples = {"tweets": make_examples(16, 4), "blog_posts": make_examples(16, 4, seed=1)}
+    def share(factors):
+        data, rng = TrainData(examples, [], factors), random.Random(0)
+        return sum(data.batch(rng, 1)[0] == "blog_posts" for _ in range(2000)) / 2000
+    assert 0.45 < share({}) < 0.55  # equal sizes, equal chances
+    assert 0.70 < share(task_weights("blog_posts=3")) < 0.80  # 3 : 1
+    assert task_weights("blog_posts=2, tweets=0.5") == {"blog_posts": 2.0, "tweets": 0.5}
+    for bad in ("blog_posts", "blog_posts=0", "blog_posts=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            task_weights(bad)
 
 
 def test_batches_hold_distinct_users():

@@ -287,24 +287,37 @@ def show_control(on: bool):
     return gr.update(visible=on)
 
 
-def use_persona(label: str, request: str, history: str, files, name: str, kept):
+def answers_cleared() -> tuple:
+    """The answer columns (personalized, generic, control), the notes and "why", emptied."""
+    return gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False)
+
+
+def use_persona(label: str, request: str, history: str, files, name: str, profile_id, kept):
     """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
     "Put my own writing back"): the persona's text and an example request. What the visitor wrote or
-    uploaded is kept aside, not lost; a click on another persona keeps what was kept before."""
+    uploaded, and the profile they had selected, is kept aside, not lost; a click on another persona keeps
+    what was kept before."""
     persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
     theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
     if (history or "").strip() not in theirs | {""} or files:
-        kept = {"history": history, "files": files, "name": name}
+        kept = {"history": history, "files": files, "name": name, "profile_id": profile_id}
     return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
             gr.update(visible=bool(kept)))
 
 
-def restore_writing(kept):
-    """"Put my own writing back" -> (history, files, profile name, kept, the button): as before the persona.
-    Uploads that Gradio's cache has deleted since (after an hour) are not put back."""
+def restore_writing(studio: Studio, owner, kept):
+    """"Put my own writing back" -> (history, files, profile name, kept, the button, profile list, profile id,
+    Generate button, then the answer columns, notes and "why", emptied): the page as before the persona, with
+    the profile the visitor had selected (none if they had not computed one, or deleted it since), and no
+    persona answer left under it. Uploads that Gradio's cache has deleted since (after an hour) are not put
+    back."""
     kept = kept or {}
     files = [f for f in kept.get("files") or [] if Path(f).is_file()] or None
-    return kept.get("history", ""), files, kept.get("name", ""), None, gr.update(visible=False)
+    mine = kept.get("profile_id")
+    if not owner or mine not in [p["id"] for p in studio.list_profiles(owner)]:
+        mine = None
+    return (kept.get("history", ""), files, kept.get("name", ""), None, gr.update(visible=False),
+            gr.update(value=mine), mine, gr.update(interactive=mine is not None), *answers_cleared())
 
 
 def on_delete(studio: Studio, owner):
@@ -315,8 +328,7 @@ def on_delete(studio: Studio, owner):
         counts = studio.delete_my_data(owner)
     except ServiceError as err:
         return warning(err), *[gr.skip()] * 16
-    cleared = ("", "", None, "", gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False),
-               None, gr.update(visible=False))
+    cleared = ("", "", None, "", *answers_cleared(), None, gr.update(visible=False))
     return message(), deleted_note(counts), *profile_choices(studio, owner), gr.update(visible=False), *cleared
 
 
@@ -565,7 +577,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                     ui.persona_buttons, show_progress="hidden", **PRIVATE)
     persona_answers = []
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
-        answer = button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.kept],
+        answer = button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.profile_id, ui.kept],
                               [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn],
                               **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
@@ -578,8 +590,10 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     answering = [trigger(generate, gen_in, gen_out, show_progress_on=[ui.personalized, ui.generic],
                          cancels=persona_answers, **answers)
                  for trigger in (ui.generate_btn.click, ui.request.submit)]
-    ui.restore_btn.click(restore_writing, ui.kept, [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn],
-                         **PRIVATE)
+    measure(ui.restore_btn.click(bind(restore_writing, studio), [ui.owner, ui.kept],
+                                 [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn, ui.profiles, ui.profile_id,
+                                  ui.generate_btn, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
+                                 **PRIVATE).then(selected, *selected_io, **PRIVATE))
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.
     ui.delete_sure.change(lambda sure: gr.update(interactive=bool(sure)), ui.delete_sure, ui.delete_btn,

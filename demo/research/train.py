@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(demo.core.selfsup); 0 = LaMP queries only")
     p.add_argument("--selfsup-tasks", default=None,
                    help="the tasks whose train users give --selfsup examples (default: every task trained on)")
+    p.add_argument("--task-weights", type=task_weights, default={},
+                   help="task=factor,... : multiplies a task's chance in the draw of each batch's task "
+                        "(square root of its size; default 1 for every task)")
     p.add_argument("--contrast-weight", type=float, default=0.0,
                    help="weight of the InfoNCE term over the batch's users (0 = off)")
     p.add_argument("--contrast-k", type=int, default=4, help="users scored per gold output by the InfoNCE term")
@@ -119,6 +122,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster than 2 on a busy 2-core machine)")
     return p.parse_args(argv)
+
+
+def task_weights(text: str) -> dict[str, float]:
+    """"blog_posts=2,tweets=0.5" -> {"blog_posts": 2.0, "tweets": 0.5} (argparse type of --task-weights)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, factor = part.partition("=")
+        try:
+            out[name.strip()] = float(factor)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write task=factor, e.g. blog_posts=2") from None
+        if not out[name.strip()] > 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the factor must be above 0")
+    return out
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -294,6 +311,7 @@ def thin_history(items: torch.Tensor, drop: float, rng: random.Random) -> torch.
 class TrainData:
     examples: dict[str, list[Example]]  # task -> its train examples
     subset: list  # (task, dev queries) for checkpoint selection
+    factors: dict[str, float] = field(default_factory=dict)  # task -> multiplier of its draw weight
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -314,13 +332,16 @@ class TrainData:
                 examples[s.task.name] = examples[s.task.name] + made
             for split, (task, queries) in zip(dev_splits, subset):
                 t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
-        return cls(examples, subset)
+        unknown = set(args.task_weights) - set(examples)
+        if unknown:
+            raise SystemExit(f"--task-weights names tasks not trained on: {', '.join(sorted(unknown))}")
+        return cls(examples, subset, args.task_weights)
 
     def batch(self, sampler: random.Random, size: int) -> tuple[str, list[Example]]:
-        """One task, drawn with probability proportional to the square root of its size, and a batch of
-        its examples from distinct users."""
+        """One task, drawn with probability proportional to the square root of its size (times its
+        --task-weights factor), and a batch of its examples from distinct users."""
         names = list(self.examples)
-        weights = np.sqrt(np.array([len(self.examples[n]) for n in names], dtype=float))
+        weights = np.array([len(self.examples[n]) ** 0.5 * self.factors.get(n, 1.0) for n in names])
         name = sampler.choices(names, (weights / weights.sum()).tolist())[0]
         return name, distinct_users(self.examples[name], size, sampler)
 
