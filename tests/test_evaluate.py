@@ -125,6 +125,13 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert headed.config.shift_head and torch.equal(headed.shift_head.weight, start.shift_head.weight)
     assert headed.config.made["init_from"]["plug"] == start.plug_id
     assert not torch.equal(headed.projector[0].weight, start.projector[0].weight)
+    # started again for one more step with --select last: --out gets the last step's plug, not the best
+    assert train_cli.main([*common(root), "--run-dir", str(root / "run-head"), "--out", str(root / "plug-last"),
+                           "--steps", "2", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
+                           "--lr", "1e-2", "--warmup", "0", "--init-from", str(root / "plug-head"),
+                           "--freeze-shift-head", "--select", "last"]) == 0
+    last = PPlug.load(root / "plug-last")
+    assert last.config.made["selected_step"] == 2 and last.plug_id == PPlug.load(root / "run-head" / "step-2").plug_id
 
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
@@ -165,6 +172,10 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
     summary = evaluate_cli.record_in_plug(results, root / "plug-headed")
     assert "bank words in place; its shift head distilled afterwards from 7 train users" in summary
+    config["made"]["averaged"] = {"weight": 0.5}  # demo.research.average: half way back to where it started
+    (root / "plug-headed" / "config.json").write_text(json.dumps(config))
+    assert "its weights averaged with its starting plug's (50% its own)" in evaluate_cli.record_in_plug(
+        results, root / "plug-headed")
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert re.search(r"^\| pplug\+rag +\|", md, re.M) and "fit MRR" in md

@@ -17,7 +17,9 @@ probability proportional to the square root of its size) and a batch of its exam
 Item embeddings are computed once and kept in a Store file (``--cache``). Checkpoints (plug,
 optimizer, scheduler, step, RNG states) go to ``<run-dir>/last.pt`` and a run resumes from it.
 Every ``--eval-every`` steps the plug generates greedy answers on a small dev subset; the step
-with the best mean ROUGE-L over the tasks is kept in ``<run-dir>/best`` and copied to ``--out``.
+with the best mean ROUGE-L over the tasks is kept in ``<run-dir>/best`` and copied to ``--out``
+(``--select last``: the last step's plug instead; the dev subset is six queries per task, too few to
+tell close steps apart). A finished run started again only writes ``--out`` anew.
 """
 from __future__ import annotations
 
@@ -102,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-per-task", type=int, default=6, help="dev queries per task for checkpoint selection")
     p.add_argument("--eval-max-new-tokens", type=int, default=32)
+    p.add_argument("--select", choices=["best", "last"], default="best",
+                   help="the plug copied to --out: the evaluated step with the best dev-subset ROUGE-L, or the last")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--limit", type=int, default=None, help="use only the first N train queries per task")
     p.add_argument("--selfsup", type=int, default=0,
@@ -499,8 +503,9 @@ def train(args) -> Path:
 
 def finish(args, t: Trainer, state: dict, sizes: dict, run_dir: Path) -> None:
     """Copy the selected plug to ``--out`` with a record of how it was made."""
-    best = state["best"] or state["evals"][-1]
-    plug = PPlug.load(run_dir / "best") if (run_dir / "best" / "config.json").is_file() else None
+    best = state["evals"][-1] if args.select == "last" or not state["best"] else state["best"]
+    folder = run_dir / (f"step-{best['step']}" if args.select == "last" else "best")
+    plug = PPlug.load(folder) if best["step"] > 0 and (folder / "config.json").is_file() else None
     if plug is None:
         raise SystemExit("no checkpoint was evaluated; nothing to ship")
     tasks = "+".join(sizes)
