@@ -18,17 +18,21 @@ def make_plug(seed: int, **kw) -> PPlug:
 
 
 def test_the_average_is_the_weighted_mean_of_every_weight_and_keeps_the_bank(tmp_path):
-    a, b = make_plug(0), make_plug(1, made={"steps": 480})
+    a, b = make_plug(0, standardize=True), make_plug(1, standardize=True, made={"steps": 480, "summary": "B's"})
+    a.set_item_statistics(torch.randn(10, D_ENC))
+    b.set_item_statistics(torch.randn(10, D_ENC) + 1)  # data statistics: B's are kept, not averaged
     half = average(a, b, 0.5)
+    params = dict(b.named_parameters())
     for name, tensor in half.state_dict().items():
-        if name.startswith("keyword_"):
+        if name.startswith("keyword_") or name not in params:
             assert torch.equal(tensor, b.state_dict()[name])
         else:
             assert torch.allclose(tensor, (a.state_dict()[name] + b.state_dict()[name]) / 2)
-    assert average(a, b, 0.0).plug_id == a.plug_id and average(a, b, 1.0).plug_id == b.plug_id
+    assert average(a, b, 1.0).plug_id == b.plug_id
+    assert all(torch.equal(p, dict(a.named_parameters())[n]) for n, p in average(a, b, 0.0).named_parameters())
     assert half.plug_id not in (a.plug_id, b.plug_id)
     assert half.config.made == {"steps": 480, "averaged": {"with": a.plug_id, "of": b.plug_id, "weight": 0.5}}
-    assert b.config.made == {"steps": 480}  # the inputs are left as they were
+    assert b.config.made == {"steps": 480, "summary": "B's"}  # the inputs are left as they were
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
     average_cli.main([str(tmp_path / "a"), str(tmp_path / "b"), "--weight", "0.25", "--out", str(tmp_path / "avg")])

@@ -132,6 +132,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                            "--freeze-shift-head", "--select", "last"]) == 0
     last = PPlug.load(root / "plug-last")
     assert last.config.made["selected_step"] == 2 and last.plug_id == PPlug.load(root / "run-head" / "step-2").plug_id
+    assert PPlug.load(root / "run-head" / "best").plug_id != last.plug_id  # the best (step 1) is not what --out got
 
     results_dir = root / "results"
     assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(out),
@@ -172,9 +173,9 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
     summary = evaluate_cli.record_in_plug(results, root / "plug-headed")
     assert "bank words in place; its shift head distilled afterwards from 7 train users" in summary
-    config["made"]["averaged"] = {"weight": 0.5}  # demo.research.average: half way back to where it started
+    config["made"]["averaged"] = {"with": "trained-123", "weight": 0.5}  # demo.research.average
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
-    assert "its weights averaged with its starting plug's (50% its own)" in evaluate_cli.record_in_plug(
+    assert "its weights averaged with plug trained-123's (50% its own)" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()

@@ -107,7 +107,10 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, st
     own_id = studio.compute_profile(owner, "My blog", mine.split("\n\n")).profile_id
     *_, kept, restore = ui.use_persona("Lincoln", "", mine, None, "My blog", own_id, None)
     assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id}
-    assert restore["visible"] is True
+    assert restore["visible"] is True and restore["interactive"] is False  # until the persona has answered
+    # A returning visitor: the box is empty, their stored profile selected; that is what comes back.
+    returning = ui.use_persona("Lincoln", "", "", None, "", own_id, None)[5]
+    assert returning == {"history": "", "files": None, "name": "", "profile_id": own_id}
     # Another persona next: the persona's text is not the visitor's, so the first keeps what it kept.
     lincoln = personas.persona_text("lincoln")
     assert ui.use_persona("FDR", "", lincoln, None, "Lincoln", "persona-profile", kept)[5] == kept
@@ -131,6 +134,14 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, st
         chain.append(getattr(fn.fn, "__name__", ""))
         fn = next((f for f in page.fns.values() if f.trigger_after == fn._id), None)
     assert chain == ["restore_writing", "profile_state", "measure_profile", "show_measure"]
+    # Clickable again once the persona's answer is in (or failed, or was stopped): the last step of its chain.
+    persona = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Lincoln")
+    fn = next(f for f in page.fns.values() if any(t[0] == persona._id for t in f.targets) and f.fn is not None)
+    while getattr(fn.fn, "__name__", "") != "generate_example":
+        fn = next(f for f in page.fns.values() if f.trigger_after == fn._id)
+    after = [f for f in page.fns.values() if f.trigger_after == fn._id]
+    ready = next(f for f in after if getattr(f.fn, "__name__", "") == "ready_to_restore")
+    assert ready.outputs[0]._id == button._id and ui.ready_to_restore()["interactive"] is True
 
 
 def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):

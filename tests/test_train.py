@@ -177,7 +177,7 @@ def test_task_weights_change_the_task_draw():
     assert 0.45 < share({}) < 0.55  # equal sizes, equal chances
     assert 0.70 < share(task_weights("blog_posts=3")) < 0.80  # 3 : 1
     assert task_weights("blog_posts=2, tweets=0.5") == {"blog_posts": 2.0, "tweets": 0.5}
-    for bad in ("blog_posts", "blog_posts=0", "blog_posts=x"):
+    for bad in ("blog_posts", "blog_posts=0", "blog_posts=x", "blog_posts=inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             task_weights(bad)
 

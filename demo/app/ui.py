@@ -295,14 +295,22 @@ def answers_cleared() -> tuple:
 def use_persona(label: str, request: str, history: str, files, name: str, profile_id, kept):
     """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
     "Put my own writing back"): the persona's text and an example request. What the visitor wrote or
-    uploaded, and the profile they had selected, is kept aside, not lost; a click on another persona keeps
-    what was kept before."""
+    uploaded, and the profile they had selected (a returning visitor's, with the box empty), is kept aside,
+    not lost; a click on another persona keeps what was kept before. The button waits, not clickable, until
+    the persona's answer is in (``ready_to_restore``): a click before would be overtaken by the persona's
+    compute and answer still under way."""
     persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
     theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
-    if (history or "").strip() not in theirs | {""} or files:
+    text = (history or "").strip()
+    if text not in theirs | {""} or files or (kept is None and profile_id and not text):
         kept = {"history": history, "files": files, "name": name, "profile_id": profile_id}
     return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
-            gr.update(visible=bool(kept)))
+            gr.update(visible=bool(kept), interactive=False))
+
+
+def ready_to_restore():
+    """The end of a persona's chain (answered, failed or stopped) -> "Put my own writing back" clickable."""
+    return gr.update(interactive=True)
 
 
 def restore_writing(studio: Studio, owner, kept):
@@ -584,6 +592,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
             selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers)
         measure(answer)
+        answer.then(ready_to_restore, None, ui.restore_btn, show_progress="hidden", **PRIVATE)
         persona_answers.append(answer)
     # One answer at a time in the columns: a new one (Generate, Enter, an example person) stops one still
     # streaming, which would otherwise keep writing the previous person's answer into them.

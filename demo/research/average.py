@@ -34,18 +34,22 @@ def average(a: PPlug, b: PPlug, weight: float) -> PPlug:
     differ = sorted(k for k in config_a if config_a[k] != config_b[k])
     if differ:
         raise ValueError(f"the plugs differ in {', '.join(differ)}: only plugs of one config can be averaged")
+    if a.config.input_encoder:
+        raise ValueError("plugs with their own input encoder are not averaged (the encoder would be B's alone)")
     if a.keyword_words != b.keyword_words:
         raise ValueError("the plugs have different keyword banks")
-    state_a, state_b = a.state_dict(), b.state_dict()
+    trained_a = dict(a.named_parameters())
     mixed = {}
-    for name, tensor in state_b.items():
-        if name.startswith("keyword_"):  # the bank: the LLM's embeddings of its words, not trained
-            if not torch.equal(state_a[name], tensor):
-                raise ValueError(f"the plugs' keyword banks differ ({name})")
+    for name, tensor in b.state_dict().items():
+        if name.startswith("keyword_") and not torch.equal(a.state_dict()[name], tensor):
+            raise ValueError(f"the plugs' keyword banks differ ({name})")
+        if name in trained_a and not name.startswith("keyword_"):
+            mixed[name] = (1 - weight) * trained_a[name].detach().float() + weight * tensor.float()
+        else:  # the keyword bank and data statistics (item mean and std): B's, not weights to average
             mixed[name] = tensor
-        else:
-            mixed[name] = (1 - weight) * state_a[name].float() + weight * tensor.float()
-    made = {**b.config.made, "averaged": {"with": a.plug_id, "of": b.plug_id, "weight": weight}}
+    # B's record of its own training stays; what B's dev scores said is not said of the average.
+    made = {k: v for k, v in b.config.made.items() if k not in ("summary", "dev_results", "dev_selection", "evals")}
+    made["averaged"] = {"with": a.plug_id, "of": b.plug_id, "weight": weight}
     out = b.rebuilt(made=made)
     out.load_state_dict(mixed)
     return out

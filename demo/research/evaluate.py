@@ -414,7 +414,7 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
         head += (f"; its shift head distilled afterwards from {sum(made['distill']['users'].values())} "
                  "train users' shifts fitted on its own P")
     if "averaged" in made:  # demo.research.average: pulled part of the way back to the plug it started from
-        head += f"; its weights averaged with its starting plug's ({made['averaged']['weight']:.0%} its own)"
+        head += f"; its weights averaged with plug {made['averaged']['with']}'s ({made['averaged']['weight']:.0%} its own)"
     made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")
     path.write_text(json.dumps(config, indent=2) + "\n")

@@ -137,8 +137,8 @@ def task_weights(text: str) -> dict[str, float]:
             out[name.strip()] = float(factor)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r}: write task=factor, e.g. blog_posts=2") from None
-        if not out[name.strip()] > 0:
-            raise argparse.ArgumentTypeError(f"{part!r}: the factor must be above 0")
+        if not 0 < out[name.strip()] < math.inf:
+            raise argparse.ArgumentTypeError(f"{part!r}: the factor must be a number above 0")
     return out
 
 
@@ -325,6 +325,9 @@ class TrainData:
     def read(cls, args, t: Trainer) -> "TrainData":
         """The train splits' examples and the dev subset's (the latter kept in ``t.examples_by_id``)."""
         tasks = [s for s in args.tasks.split(",") if s]
+        unknown = set(args.task_weights) - set(tasks)
+        if unknown:  # said before the examples are encoded, which takes long on a first run
+            raise SystemExit(f"--task-weights names tasks not trained on: {', '.join(sorted(unknown))}")
         train_splits = [read_task(args.data, name, "train", limit=args.limit) for name in tasks]
         dev_splits = [read_task(args.data, name, "dev") for name in tasks]
         subset = dev_subset(args, dev_splits)
@@ -336,9 +339,6 @@ class TrainData:
                 examples[s.task.name] = examples[s.task.name] + made
             for split, (task, queries) in zip(dev_splits, subset):
                 t.examples_by_id[task.name] = {e.query.id: e for e in t.examples([type(split)(task, "dev", queries)])}
-        unknown = set(args.task_weights) - set(examples)
-        if unknown:
-            raise SystemExit(f"--task-weights names tasks not trained on: {', '.join(sorted(unknown))}")
         return cls(examples, subset, args.task_weights)
 
     def batch(self, sampler: random.Random, size: int) -> tuple[str, list[Example]]:
