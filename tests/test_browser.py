@@ -212,7 +212,9 @@ def test_a_persona_click_keeps_the_visitors_writing_to_put_back(browser, app):
         assert dialogs == []
 
 
-# Six tweet-like posts, each with three content words: six examples (four held back, two to fit on).
+# Eight tweet-like posts in one voice, each with three content words: eight examples, four held back and
+# four to fit on. (With six, two to fit on, whether a step helps the held-back four is down to the CPU's
+# bfloat16 arithmetic: on some machines no step did, and the token stayed at zero.)
 TUNE_HISTORY = "\n\n".join([
     "Rainy mornings call for strong coffee and a long novel by the window.",
     "Tried the new espresso blend today, chocolate notes everywhere.",
@@ -220,6 +222,8 @@ TUNE_HISTORY = "\n\n".join([
     "Coffee tasting notes from yesterday: cherry, cocoa and smoke.",
     "Weekend plans: hunting single origin beans across three neighborhoods.",
     "Best coffee in town is still the corner bakery, trust me.",
+    "Morning ritual: grind the beans, bloom the pour over, sip slowly.",
+    "Cold brew season is back and my fridge is full of mason jars.",
 ])
 
 
@@ -237,7 +241,7 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         page.get_by_role("button", name="Tune to me").click()
         _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
         shown = page.locator("#tune").inner_text()
-        assert "kept out of the fit" in shown and ("likelier per word" in shown or "stays at zero" in shown), shown
+        assert "kept out of the fit" in shown and "likelier per word" in shown, shown
         expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)
         expect(use_tuned).to_be_enabled(timeout=TIMEOUT_MS)
         page.get_by_label("Request").fill("Write a tweet about my morning.")
@@ -248,7 +252,7 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         # Another profile has no token: the box goes off; picking the tuned one again ticks it.
         page.get_by_label("Profile name").fill("second")
         page.get_by_role("button", name="Compute my PPlug embedding").click()
-        _wait_or_report(page, page.get_by_text("second: 6 items"))
+        _wait_or_report(page, page.get_by_text("second: 8 items"))
         expect(use_tuned).not_to_be_checked(timeout=TIMEOUT_MS)
         expect(use_tuned).to_be_disabled(timeout=TIMEOUT_MS)
         assert "Tuned" not in page.locator("#tune").inner_text()

@@ -163,7 +163,8 @@ def test_every_measure_of_a_profile_ends_in_a_verdict_or_says_it_failed(page, st
     another profile must not put its verdict under that one, nor make the new one's measure a skipped repeat."""
     fns = list(page.fns.values())
     measures = [f for f in fns if getattr(f.fn, "__name__", "") == "measure_profile"]
-    assert len(measures) == 3 + len(personas.persona_names())  # page load, compute, a pick, each example person
+    # page load, compute, a pick, "Put my own writing back", each example person
+    assert len(measures) == 4 + len(personas.persona_names())
     for m in measures:
         assert m.trigger_mode == "always_last"
         after = {f.fn.__name__: f for f in fns if f.trigger_after == m._id}
