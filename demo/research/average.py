@@ -2,8 +2,8 @@
 
     python -m demo.research.average assets/plug runs/plug/step-480 --weight 0.5 --out runs/plug-avg
 
-The result is (1 - weight) * A + weight * B for every parameter (the keyword bank, a fixed table of the
-LLM's own embeddings, must be the same in both and is kept). Both plugs must have been made for the same
+The result is (1 - weight) * A + weight * B for every trained parameter; the keyword bank (a fixed table
+of the LLM's own embeddings, which must be the same in both) and B's data statistics are kept as they are. Both plugs must have been made for the same
 models with the same config (tau, k, head, ...): the usual case is B trained on from A with
 ``train --init-from A``. Averaging a fine-tuned model with the one it started from keeps much of what the
 later training gained while undoing part of what it cost elsewhere (Wortsman et al. 2022, "Robust
@@ -38,13 +38,13 @@ def average(a: PPlug, b: PPlug, weight: float) -> PPlug:
         raise ValueError("plugs with their own input encoder are not averaged (the encoder would be B's alone)")
     if a.keyword_words != b.keyword_words:
         raise ValueError("the plugs have different keyword banks")
-    trained_a = dict(a.named_parameters())
+    state_a, trained_a = a.state_dict(), dict(a.named_parameters())
     mixed = {}
     for name, tensor in b.state_dict().items():
-        if name.startswith("keyword_") and not torch.equal(a.state_dict()[name], tensor):
+        if name.startswith("keyword_") and not torch.equal(state_a[name], tensor):
             raise ValueError(f"the plugs' keyword banks differ ({name})")
         if name in trained_a and not name.startswith("keyword_"):
-            mixed[name] = (1 - weight) * trained_a[name].detach().float() + weight * tensor.float()
+            mixed[name] = (1 - weight) * state_a[name].float() + weight * tensor.float()
         else:  # the keyword bank and data statistics (item mean and std): B's, not weights to average
             mixed[name] = tensor
     # B's record of its own training stays; what B's dev scores said is not said of the average.

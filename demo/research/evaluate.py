@@ -413,7 +413,7 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     if redistilled:
         head += (f"; its shift head distilled afterwards from {sum(made['distill']['users'].values())} "
                  "train users' shifts fitted on its own P")
-    if "averaged" in made:  # demo.research.average: pulled part of the way back to the plug it started from
+    if "averaged" in made:  # demo.research.average: its weights mixed with another plug's
         head += f"; its weights averaged with plug {made['averaged']['with']}'s ({made['averaged']['weight']:.0%} its own)"
     made["summary"] = (f"trained on the {tasks} train splits ({steps}){head}; dev ROUGE-L " + ", ".join(per)
                        + "; full results in assets/results/results.md")

@@ -134,11 +134,12 @@ def task_weights(text: str) -> dict[str, float]:
     for part in filter(None, text.split(",")):
         name, _, factor = part.partition("=")
         try:
-            out[name.strip()] = float(factor)
+            value = float(factor)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r}: write task=factor, e.g. blog_posts=2") from None
-        if not 0 < out[name.strip()] < math.inf:
+        if not 0 < value < math.inf:
             raise argparse.ArgumentTypeError(f"{part!r}: the factor must be a number above 0")
+        out[name.strip()] = value
     return out
 
 
