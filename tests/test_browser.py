@@ -209,6 +209,7 @@ def test_a_persona_click_keeps_the_visitors_writing_to_put_back(browser, app):
         # The persona's profile and answer go with it: this visitor has no profile of their own yet.
         expect(generate).to_be_disabled()
         expect(personalized).to_have_value("")
+        expect(page.get_by_text("Your PPlug embedding is ready")).to_be_hidden()
         assert dialogs == []
 
 

@@ -118,14 +118,14 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, st
     assert ui.use_persona("FDR", "", lincoln, uploads, "Lincoln", "persona-profile", kept)[5]["files"] == uploads
     # Back: the writing, the profile they had selected, and none of the persona's answers.
     restore = handler(page, "restore_writing")
-    history, files, name, kept_after, button, profiles, selected, generate, personalized, generic, other, notes, why = \
-        restore(owner, kept)
+    (history, files, name, kept_after, button, profiles, selected, generate, status, personalized, generic, other,
+     notes, why) = restore(owner, kept)
     assert (history, files, name, kept_after, button["visible"]) == (mine, None, "My blog", None, False)
     assert profiles["value"] == selected == own_id and generate["interactive"] is True
-    assert personalized["value"] == generic == other == notes == "" and why["visible"] is False
+    assert status == personalized["value"] == generic == other == notes == "" and why["visible"] is False
     # A visitor who had not computed a profile (or deleted it since) is left with none selected.
     for before in (None, "deleted-since"):
-        *_, profiles, selected, generate, _, _, _, _, _ = restore(owner, {**kept, "profile_id": before})
+        *_, profiles, selected, generate, _, _, _, _, _, _ = restore(owner, {**kept, "profile_id": before})
         assert profiles["value"] is selected is None and generate["interactive"] is False
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Put my own writing back")
     assert button.visible is False

@@ -315,7 +315,8 @@ def ready_to_restore():
 
 def restore_writing(studio: Studio, owner, kept):
     """"Put my own writing back" -> (history, files, profile name, kept, the button, profile list, profile id,
-    Generate button, then the answer columns, notes and "why", emptied): the page as before the persona, with
+    Generate button, then the compute status, answer columns, notes and "why", emptied): the page as before
+    the persona (whose "embedding is ready" line goes too), with
     the profile the visitor had selected (none if they had not computed one, or deleted it since), and no
     persona answer left under it. Uploads that Gradio's cache has deleted since (after an hour) are not put
     back."""
@@ -325,7 +326,7 @@ def restore_writing(studio: Studio, owner, kept):
     if not owner or mine not in [p["id"] for p in studio.list_profiles(owner)]:
         mine = None
     return (kept.get("history", ""), files, kept.get("name", ""), None, gr.update(visible=False),
-            gr.update(value=mine), mine, gr.update(interactive=mine is not None), *answers_cleared())
+            gr.update(value=mine), mine, gr.update(interactive=mine is not None), "", *answers_cleared())
 
 
 def on_delete(studio: Studio, owner):
@@ -601,7 +602,7 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                  for trigger in (ui.generate_btn.click, ui.request.submit)]
     measure(ui.restore_btn.click(bind(restore_writing, studio), [ui.owner, ui.kept],
                                  [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn, ui.profiles, ui.profile_id,
-                                  ui.generate_btn, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
+                                  ui.generate_btn, ui.status, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
                                  **PRIVATE).then(selected, *selected_io, **PRIVATE))
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.
