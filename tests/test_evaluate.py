@@ -177,6 +177,11 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
     assert "its weights averaged with plug trained-123's (50% its own)" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
+    assert "examples per train user made from their own writing" not in summary  # trained without --selfsup
+    config["made"].setdefault("settings", {})["selfsup"] = 16
+    (root / "plug-headed" / "config.json").write_text(json.dumps(config))
+    assert "steps, and 16 examples per train user made from their own writing)" in evaluate_cli.record_in_plug(
+        results, root / "plug-headed")
     assert PPlug.load(out).plug_id == results["plug_id"]  # the weights are untouched
     md = (results_dir / "results.md").read_text()
     assert re.search(r"^\| pplug\+rag +\|", md, re.M) and "fit MRR" in md
