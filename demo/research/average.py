@@ -3,9 +3,9 @@
     python -m demo.research.average assets/plug runs/plug/step-480 --weight 0.5 --out runs/plug-avg
 
 The result is (1 - weight) * A + weight * B for every trained parameter; the keyword bank (a fixed table
-of the LLM's own embeddings, which must be the same in both) and B's data statistics are kept as they are. Both plugs must have been made for the same
-models with the same config (tau, k, head, ...): the usual case is B trained on from A with
-``train --init-from A``. Averaging a fine-tuned model with the one it started from keeps much of what the
+of the LLM's own embeddings, which must be the same in both) and B's data statistics are kept as they
+are. Both plugs must have been made for the same models with the same config (tau, k, head, ...): the
+usual case is B trained on from A with ``train --init-from A``. Averaging a fine-tuned model with the one it started from keeps much of what the
 later training gained while undoing part of what it cost elsewhere (Wortsman et al. 2022, "Robust
 fine-tuning of zero-shot models"); here it keeps the self-supervised run's tweets gain and the blog posts
 its longer training lost (docs/personalization.md).

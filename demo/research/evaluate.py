@@ -398,8 +398,9 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
         dev[t["task"]] = {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in m.items()}
     made["dev_results"] = {"split": results["split"], "limit": results["settings"].get("limit"), "tasks": dev}
     steps = f"{made.get('selected_step', '?')} of {made.get('steps', '?')} steps"
-    if made.get("settings", {}).get("selfsup"):  # train --selfsup N: the histories were trained on too
-        steps += f", and {made['settings']['selfsup']} examples per train user made from their own writing"
+    selfsup = made.get("settings", {}).get("selfsup")  # train --selfsup N: the histories were trained on too
+    if selfsup:
+        steps += f", and {selfsup} examples per train user made from their own writing"
     tasks = "+".join(made.get("data", {})) or "LaMP-format"
     start = made.get("init_from")  # a plug trained on from another: the start's parts, kept in place
     parts = start or made
