@@ -81,8 +81,10 @@ def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(p
 
 
 def test_one_persona_click_fills_computes_answers_and_measures(page, studio, owner):
-    history, files, name, request, profile_id, kept, restore = ui.use_persona("Food Blogger", "", "", None, "", None, None)
+    history, files, name, request, profile_id, kept, restore, latest = ui.use_persona("Food Blogger", "", "", None, "",
+                                                                                     None, None)
     assert history == personas.persona_text("food_blogger") and request == ui.EXAMPLE_REQUESTS[0]
+    assert latest == "Food Blogger"  # whose chain may make "Put my own writing back" clickable
     assert name == "Food Blogger" and files is None and profile_id is None
     assert kept is None and restore["visible"] is False  # nothing of the visitor's to keep aside
     assert ui.use_persona("Lincoln", "My own request", history, None, name, None, None)[3] == "My own request"
@@ -105,7 +107,7 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
 def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, studio, owner):
     mine = "My own post about rain.\n\nAnother of mine about trains."
     own_id = studio.compute_profile(owner, "My blog", mine.split("\n\n")).profile_id
-    *_, kept, restore = ui.use_persona("Lincoln", "", mine, None, "My blog", own_id, None)
+    *_, kept, restore, _ = ui.use_persona("Lincoln", "", mine, None, "My blog", own_id, None)
     assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id}
     assert restore["visible"] is True and restore["interactive"] is False  # until the persona has answered
     # A returning visitor: the box is empty, their stored profile selected; that is what comes back.
@@ -141,7 +143,10 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, st
         fn = next(f for f in page.fns.values() if f.trigger_after == fn._id)
     after = [f for f in page.fns.values() if f.trigger_after == fn._id]
     ready = next(f for f in after if getattr(f.fn, "__name__", "") == "ready_to_restore")
-    assert ready.outputs[0]._id == button._id and ui.ready_to_restore()["interactive"] is True
+    assert ready.outputs[0]._id == button._id and ui.ready_to_restore("Lincoln", "Lincoln")["interactive"] is True
+    # A second persona clicked before the first answered stops the first chain, whose end still runs: it
+    # leaves the button to the second's.
+    assert [b._id for b in ready.inputs][0] == persona._id and ui.ready_to_restore("Lincoln", "FDR") == gr.skip()
 
 
 def test_a_new_answer_stops_the_one_still_streaming_into_the_columns(page):
@@ -231,10 +236,10 @@ def test_tune_to_me_says_what_it_needs_and_the_checkbox_follows_the_profiles_tok
     off = {"value": False, "interactive": False}
     short = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee today friends"]).profile_id
     message, tuned_for = tune(owner, short)  # too few texts that make an example
-    assert message["visible"] and "Tuning needs at least 6 items" in message["value"]
+    assert message["visible"] and "Tuning needs at least 6 texts" in message["value"]
     assert "Traceback" not in message["value"] and tuned_for is None
     button, status, use_tuned = state(owner, short)  # the button is off, and the line says why
-    assert button["interactive"] is False and status.startswith("Tuning needs at least 6 items")
+    assert button["interactive"] is False and status.startswith("Tuning needs at least 6 texts")
     assert {k: use_tuned[k] for k in off} == off
     assert "No such profile" in tune(owner, "deleted-or-never-made")[0]["value"]
     assert "Compute your PPlug embedding first" in tune(owner, None)[0]["value"]

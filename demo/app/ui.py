@@ -294,7 +294,8 @@ def answers_cleared() -> tuple:
 
 def use_persona(label: str, request: str, history: str, files, name: str, profile_id, kept):
     """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
-    "Put my own writing back"): the persona's text and an example request. What the visitor wrote or
+    "Put my own writing back", the persona whose chain is the latest): the persona's text and an example
+    request. What the visitor wrote or
     uploaded, and the profile they had selected (a returning visitor's, with the box empty), is kept aside,
     not lost; a click on another persona keeps what was kept before. The button waits, not clickable, until
     the persona's answer is in (``ready_to_restore``): a click before would be overtaken by the persona's
@@ -305,12 +306,13 @@ def use_persona(label: str, request: str, history: str, files, name: str, profil
     if text not in theirs | {""} or files or (kept is None and profile_id and not text):
         kept = {"history": history, "files": files, "name": name, "profile_id": profile_id}
     return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
-            gr.update(visible=bool(kept), interactive=False))
+            gr.update(visible=bool(kept), interactive=False), label)
 
 
-def ready_to_restore():
-    """The end of a persona's chain (answered, failed or stopped) -> "Put my own writing back" clickable."""
-    return gr.update(interactive=True)
+def ready_to_restore(label: str, latest: str | None):
+    """The end of a persona's chain (answered, failed or stopped) -> "Put my own writing back" clickable,
+    unless another persona was clicked since: the chain it stopped ends too, while the new one still runs."""
+    return gr.update(interactive=True) if label == latest else gr.skip()
 
 
 def restore_writing(studio: Studio, owner, kept):
@@ -404,7 +406,8 @@ def _writing_column() -> SimpleNamespace:
         parsed_preview = gr.Markdown(NO_HISTORY)
     return SimpleNamespace(history=history, persona_buttons=persona_buttons, files=files, column=column,
                            lamp_user=lamp_user, parsed_preview=parsed_preview, restore_btn=restore_btn,
-                           kept=gr.State(None))  # the visitor's own writing while a persona's is shown
+                           kept=gr.State(None),  # the visitor's own writing while a persona's is shown
+                           persona_chain=gr.State(None))  # the persona clicked last
 
 
 def _embedding_column() -> SimpleNamespace:
@@ -587,13 +590,13 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
     persona_answers = []
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
         answer = button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.profile_id, ui.kept],
-                              [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn],
-                              **PRIVATE).then(
+                              [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn,
+                               ui.persona_chain], **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(
             selected, *selected_io, **PRIVATE).then(bind(generate_example, studio, gpu_seconds=60), gen_in, gen_out,
             show_progress_on=[ui.personalized, ui.generic], **answers)
         measure(answer)
-        answer.then(ready_to_restore, None, ui.restore_btn, show_progress="hidden", **PRIVATE)
+        answer.then(ready_to_restore, [button, ui.persona_chain], ui.restore_btn, show_progress="hidden", **PRIVATE)
         persona_answers.append(answer)
     # One answer at a time in the columns: a new one (Generate, Enter, an example person) stops one still
     # streaming, which would otherwise keep writing the previous person's answer into them.
