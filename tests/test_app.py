@@ -59,7 +59,7 @@ def test_short_owner_tokens_are_refused(client):
 
 def test_tune_to_me_through_the_api_says_what_it_needs(client, owner):
     profile = client.predict(history=HISTORY, owner_token=owner, name="hiker", api_name="/compute_profile")
-    with pytest.raises(Exception, match="at least 6 items"):
+    with pytest.raises(Exception, match="at least 6 texts"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], api_name="/tune_profile")
     with pytest.raises(Exception, match="Tune to me"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], request="hi", max_new_tokens=4,
@@ -77,7 +77,7 @@ def test_does_it_know_me_endpoint(client, owner):
     assert out["relative_likelihood"]["generic"] == 100
     with pytest.raises(Exception, match="compute another profile first"):
         client.predict(owner_token=owner, profile_id=profile["profile_id"], against="profiles", api_name="/know_me")
-    with pytest.raises(Exception, match="Too few items"):
+    with pytest.raises(Exception, match="Too few texts"):
         small = client.predict(history="Hi.\n\nHello there.\n\nOk.", owner_token=owner, name="small",
                                api_name="/compute_profile")
         client.predict(owner_token=owner, profile_id=small["profile_id"], api_name="/know_me")

@@ -111,7 +111,7 @@ def test_against_the_owners_other_profiles_and_clear_errors(studio, food):
     result = studio.know_me(owner, profile_id, against="profiles")
     assert set(result.strangers) == {"lincoln"}
     tiny = studio.compute_profile(owner, "tiny", ["Short one.", "Another short one.", "Hi."])
-    with pytest.raises(ServiceError, match="Too few items"):
+    with pytest.raises(ServiceError, match="Too few texts"):
         studio.know_me(owner, tiny.profile_id)
     with pytest.raises(ServiceError, match="No such profile"):
         studio.know_me("intruder-token-0123456789abc", profile_id)

@@ -190,7 +190,7 @@ def test_a_profile_deleted_while_it_is_tuned_keeps_nothing_and_says_so(studio, o
 
 def test_tune_to_me_refuses_a_history_too_short_to_learn_from(studio, owner):
     profile = studio.compute_profile(owner, "short", ["ok", "fine thanks", "Great coffee this morning friends"]).profile_id
-    with pytest.raises(ServiceError, match="at least 6 items"):
+    with pytest.raises(ServiceError, match="at least 6 texts"):
         studio.tune_profile(owner, profile)
 
 

@@ -395,8 +395,8 @@ class Studio:
         """Why a history cannot be tuned to (too few items that make an example), or None."""
         if len(made) >= settings.held_back + 2:
             return None
-        return (f"Tuning needs at least {settings.held_back + 2} items of a sentence or more (this history has "
-                f"{plural(len(texts), 'item')}, {len(made)} of them long enough): add more of your writing.")
+        return (f"Tuning needs at least {settings.held_back + 2} texts of a sentence or more (this history has "
+                f"{plural(len(texts), 'text')}, {len(made)} of them long enough): add more of your writing.")
 
     def tune_problem(self, owner: str, profile_id: str, settings: FitSettings = FitSettings()) -> str | None:
         """What :meth:`tune_profile` would refuse this profile for, without fitting (the page says it
@@ -450,8 +450,8 @@ class Studio:
         profile = self._profile(owner, profile_id)
         examples = know_me.held_back_examples(profile.texts, settings)
         if len(profile.texts) < settings.min_items or len(examples) < settings.min_items:
-            raise ServiceError(f"Too few items to measure: \"does it know me?\" needs at least {settings.min_items} "
-                               "items of a sentence or more (with three longer words) in the history.")
+            raise ServiceError(f"Too few texts to measure: \"does it know me?\" needs at least {settings.min_items} "
+                               "texts of a sentence or more (with three longer words) in the history.")
         if against == "personas":
             others = {personas.persona_label(n): self.persona(n) for n in self.strangers(profile.texts)}
         elif against == "profiles":

@@ -68,7 +68,7 @@ def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample]
     t0 = time.perf_counter()
     need = settings.fit_examples + settings.held_back
     if len(examples) < settings.held_back + 2:
-        raise ValueError(f"Tuning needs at least {settings.held_back + 2} items that make an example; "
+        raise ValueError(f"Tuning needs at least {settings.held_back + 2} texts that make an example; "
                          f"this history has {len(examples)}.")
     examples = examples[:need]
     held, fit = examples[:settings.held_back], examples[settings.held_back:]
