@@ -65,6 +65,24 @@ def train_steps(tiny, module, examples, optimizer, steps: int, **loss_args) -> l
     return out
 
 
+def test_the_kl_term_can_hold_the_plug_near_a_plug_before_it(tiny):
+    """--kl-reference: the KL is to a frozen plug fed the same history, not to the generic model."""
+    d_enc = 16
+    examples = make_examples(3, d_enc)
+    prompts = [tiny.fit_prompt(e.query.input, 64) for e in examples]
+    targets = [target_ids(tiny, e.query.output, 16) for e in examples]
+    module = SoftTokenModule(PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0))
+    same = SoftTokenModule(PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0))
+    other = SoftTokenModule(PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=1))
+    kl = {name: ce_and_kl(tiny, module, examples, prompts, targets, 1.0, reference=ref)[1]["kl"]
+          for name, ref in (("generic", None), ("same", same), ("other", other))}
+    assert kl["same"] < 1e-5 < kl["other"] and abs(kl["other"] - kl["generic"]) > 1e-4
+    loss, _ = ce_and_kl(tiny, module, examples, prompts, targets, 1.0, reference=other)
+    loss.backward()  # the reference is scored without gradients: the loss never trains it
+    assert any(p.grad is not None for p in module.parameters())
+    assert all(p.grad is None for p in other.parameters())  # the reference stays frozen
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     d_enc = 16
     plug = PPlug.untrained("enc", "llm", d_enc, tiny.embedding.weight, tau=0.1, seed=0)

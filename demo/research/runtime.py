@@ -194,10 +194,11 @@ class SoftTokenModule(torch.nn.Module):
         return self.plug.soft_tokens(x, items, mask)
 
 
-def kl_to_generic(plug_logits: torch.Tensor, generic_logits: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
-    """Mean over target tokens of KL(generic || plug): keeps the plug's outputs near the generic model's."""
+def kl_to_reference(plug_logits: torch.Tensor, reference_logits: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    """Mean over target tokens of KL(reference || plug), logits [B, L, V], mask [B, L]: keeps the plug's
+    next-token distributions near the reference's (the generic model's, or a plug before it)."""
     lp = torch.log_softmax(plug_logits.float(), dim=-1)
-    lg = torch.log_softmax(generic_logits.float(), dim=-1)
+    lg = torch.log_softmax(reference_logits.float(), dim=-1)
     kl = (lg.exp() * (lg - lp)).sum(-1)
     return (kl * tmask).sum() / tmask.sum().clamp(min=1)
 
@@ -234,10 +235,11 @@ def contrastive_loss(own_sum: torch.Tensor, others_sum: list[torch.Tensor]) -> t
 def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompts: list[PromptIds],
               targets: list[list[int]], kl_weight: float, histories=None, other_weight: float = 0.0,
               other_margin: float = 0.1, contrast_weight: float = 0.0, contrast_k: int = 4,
-              prefix_once: bool = True) -> tuple[torch.Tensor, dict]:
+              prefix_once: bool = True, reference: "SoftTokenModule | None" = None) -> tuple[torch.Tensor, dict]:
     """The training loss of a batch.
 
-    NLL of the gold output given the user's own history, + ``kl_weight`` * KL to the generic model,
+    NLL of the gold output given the user's own history, + ``kl_weight`` * KL to the generic model
+    (or, given a frozen ``reference`` plug, to that plug fed the same history),
     + ``other_weight`` * mean(relu(margin + NLL_own - NLL_other)): the same output must be likelier
     with the user's own history than with another user's by ``other_margin`` nats per token, which
     rewards a personal embedding that differs between users (NLL alone let it collapse to one vector),
@@ -253,8 +255,10 @@ def ce_and_kl(generator: Generator, plug_module, examples: list[Example], prompt
     stats = {"nll": float(nll.detach())}
     if kl_weight > 0:
         with torch.no_grad():
-            g_logits, _, _ = teacher_forced_logits(generator, prompts, [None] * len(prompts), targets, prefix_once)
-        kl = kl_to_generic(logits, g_logits, tmask)
+            ref = ([None] * len(prompts) if reference is None
+                   else list(soft_tokens(reference, examples, generator.device, histories)[0]))
+            r_logits, _, _ = teacher_forced_logits(generator, prompts, ref, targets, prefix_once)
+        kl = kl_to_reference(logits, r_logits, tmask)
         loss = loss + kl_weight * kl
         stats["kl"] = float(kl.detach())
     if other_weight > 0 and len(examples) > 1:

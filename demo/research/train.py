@@ -11,7 +11,8 @@ paper (saved in ``<out>/input_encoder``, about 90 MB for MiniLM); the history en
 stay frozen. The loss is the NLL of the gold output given
 ``prefix + [I; P] + request``, plus ``--kl-weight`` times KL(generic || plug) on the gold
 output's tokens, which keeps the plug's next-token distributions near the generic model's (a
-first run without it drifted into short, telegraphic outputs). Each step draws one task (with
+first run without it drifted into short, telegraphic outputs); ``--kl-reference`` puts a frozen
+plug fed the same history in the generic model's place. Each step draws one task (with
 probability proportional to the square root of its size) and a batch of its examples.
 
 Item embeddings are computed once and kept in a Store file (``--cache``). Checkpoints (plug,
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--kl-weight", type=float, default=0.1)
+    p.add_argument("--kl-reference", default=None,
+                   help="a plug folder: the KL term keeps the trained plug near this frozen plug fed the same "
+                        "history, instead of near the generic model (holds what a plug before did well)")
     p.add_argument("--other-weight", type=float, default=0.0,
                    help="weight of the own-vs-other-user margin term (0 = plain NLL + KL)")
     p.add_argument("--other-margin", type=float, default=0.1,
@@ -380,6 +384,10 @@ class Run:
             print(f"resumed from {self.last} at step {self.state['step']}", flush=True)
         self.module, self.optimizer, self.scheduler = self.acc.prepare(module, optimizer, scheduler)
         self.main = self.acc.is_main_process
+        self.reference = None
+        if args.kl_reference:
+            ref = PPlug.load(args.kl_reference, encoder_id=t.encoder_id, llm_id=t.llm_id)
+            self.reference = SoftTokenModule(ref.to(self.acc.device).requires_grad_(False)).eval()
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 10% of the learning rate."""
@@ -426,7 +434,8 @@ class Run:
         prompts, targets = self.t.rows(batch)
         loss, stats = ce_and_kl(self.t.generator, self.module, batch, prompts, targets, a.kl_weight, hist,
                                 other_weight=a.other_weight, other_margin=a.other_margin,
-                                contrast_weight=a.contrast_weight, contrast_k=a.contrast_k)
+                                contrast_weight=a.contrast_weight, contrast_k=a.contrast_k,
+                                reference=self.reference)
         self.optimizer.zero_grad(set_to_none=True)
         self.acc.backward(loss)
         self.acc.clip_grad_norm_(self.module.parameters(), 1.0)
