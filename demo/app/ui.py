@@ -295,11 +295,10 @@ def answers_cleared() -> tuple:
 def use_persona(label: str, request: str, history: str, files, name: str, profile_id, kept):
     """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
     "Put my own writing back", the persona whose chain is the latest): the persona's text and an example
-    request. What the visitor wrote or
-    uploaded, and the profile they had selected (a returning visitor's, with the box empty), is kept aside,
-    not lost; a click on another persona keeps what was kept before. The button waits, not clickable, until
-    the persona's answer is in (``ready_to_restore``): a click before would be overtaken by the persona's
-    compute and answer still under way."""
+    request. What the visitor wrote or uploaded, and the profile they had selected (a returning visitor's,
+    with the box empty), is kept aside, not lost; a click on another persona keeps what was kept before.
+    The button waits, not clickable, until the persona's answer is in (``ready_to_restore``): a click
+    before would be overtaken by the persona's compute and answer still under way."""
     persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
     theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
     text = (history or "").strip()
