@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from demo.core.generation import Generator
 from demo.core.models import llm_folder
 from demo.core.plug import PPlug, add_shift
-from demo.core.scoring import end_of_turn_ids, target_ids
+from demo.core.scoring import bf16_autocast, end_of_turn_ids, fast_bf16, target_ids
 from demo.core.selfsup import examples_from_history
 from demo.core.tuning import FitSettings, fit_shift
 from demo.research.lamp import LampSplit, Query, task_spec
@@ -261,3 +261,17 @@ def test_the_input_encoder_trains_while_the_history_encoder_stays_frozen(tiny, s
     assert stats[-1]["loss"] < stats[0]["loss"] - 0.05
     assert any(not torch.equal(v, start[k]) for k, v in encoder.state_dict().items())  # x is learned
     assert all(torch.equal(v, frozen[k]) for k, v in studio.encoder.state_dict().items())  # items' encoder is not
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, wanted, autocast", [
+    (False, False, True, False),  # an AVX2 CPU: bfloat16 emulated, ~100x slower, so float32
+    (True, False, True, True), (False, True, True, True),
+    (True, True, False, False),  # not wanted
+])
+def test_bf16_only_where_the_cpu_runs_it_fast(monkeypatch, avx512_bf16, amx, wanted, autocast):
+    """"Tune to me" and "does it know me?" autocast to bfloat16 only on CPUs that have it (or a GPU)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    context = bf16_autocast(torch.device("cpu"), wanted)
+    assert isinstance(context, torch.autocast) is autocast
+    assert fast_bf16(torch.device("cuda")) and not fast_bf16(torch.device("meta"))

@@ -16,7 +16,6 @@ over the held-back items; the verdict says plainly when it is not above a strang
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -27,7 +26,7 @@ import torch
 from scipy import stats
 
 from .generation import Generator
-from .scoring import nll_per_row, target_ids, teacher_forced_logits
+from .scoring import bf16_autocast, nll_per_row, target_ids, teacher_forced_logits
 from .selfsup import SelfExample, examples_from_history
 
 
@@ -42,7 +41,7 @@ class SignalSettings:
     max_prompt_tokens: int = 80
     max_target_tokens: int = 24
     chunk_tokens: int = 1024  # rows of similar length are run together, about this many tokens at once
-    bf16: bool = True  # autocast the LLM to bfloat16 (several times faster on CPUs with AMX)
+    bf16: bool = True  # autocast the LLM to bfloat16 where it is fast (scoring.fast_bf16)
 
     def __post_init__(self):
         if not self.min_items <= self.sure_items <= self.held_back:
@@ -164,8 +163,7 @@ def score(generator: Generator, examples: list[SelfExample], soft: dict[str, tor
     rows = [(c, j) for c in soft for j in range(len(examples))]
     rows.sort(key=lambda r: len(prompts[r[1]].plain) + len(targets[r[1]]))
     out = {c: [math.nan] * len(examples) for c in soft}
-    autocast = (torch.autocast(generator.device.type, dtype=torch.bfloat16) if settings.bf16
-                else contextlib.nullcontext())
+    autocast = bf16_autocast(generator.device, settings.bf16)
     start = 0
     while start < len(rows):
         width = len(prompts[rows[start][1]].plain) + len(targets[rows[start][1]]) + 2

@@ -7,9 +7,27 @@ me?" measure all score answers this way.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .generation import Generator, PromptIds
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 runs fast on ``device``: a GPU, or a CPU with AVX-512 bf16 or AMX. Elsewhere (an
+    AVX2 CPU) it is emulated, about 100x slower than float32 per matrix product."""
+    if device.type == "cuda":
+        return True
+    cpu = torch.cpu
+    return device.type == "cpu" and any(getattr(cpu, name, lambda: False)()
+                                        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def bf16_autocast(device: torch.device, wanted: bool = True):
+    """A bfloat16 autocast context where it is wanted and fast (``fast_bf16``), else none (float32)."""
+    return (torch.autocast(device.type, dtype=torch.bfloat16) if wanted and fast_bf16(device)
+            else contextlib.nullcontext())
 
 
 def end_of_turn_ids(generator: Generator) -> list[int]:

@@ -11,7 +11,6 @@ frozen. A few examples are held back; the fit keeps the delta with the lowest he
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 
 from .generation import Generator
 from .plug import add_shift
-from .scoring import nll_per_row, target_ids, teacher_forced_logits
+from .scoring import bf16_autocast, nll_per_row, target_ids, teacher_forced_logits
 from .selfsup import SelfExample
 
 # soft(requests, left_out) -> [B, n_soft, d_llm]: the plug's soft tokens for each request, computed with
@@ -43,7 +42,7 @@ class FitSettings:
     # Short rows: the fit's cost is the LLM's forward and backward over every row's tokens.
     max_prompt_tokens: int = 96
     max_target_tokens: int = 24
-    bf16: bool = True  # autocast the LLM to bfloat16 while fitting (much faster on CPUs with AMX)
+    bf16: bool = True  # autocast the LLM to bfloat16 while fitting, where it is fast (scoring.fast_bf16)
 
 
 @dataclass
@@ -77,8 +76,7 @@ def fit_shift(generator: Generator, soft_fn: SoftFn, examples: list[SelfExample]
     with torch.no_grad():
         soft = soft_fn([e.request for e in examples], [e.index for e in examples]).float()  # [B, n_soft, d_llm]
     device = generator.device
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.bf16
-                else contextlib.nullcontext())
+    autocast = bf16_autocast(device, settings.bf16)
     nh = len(held)
 
     def nll(rows: slice, shift: torch.Tensor) -> torch.Tensor:
