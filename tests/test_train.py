@@ -17,7 +17,7 @@ from demo.core.tuning import FitSettings, fit_shift
 from demo.research.lamp import LampSplit, Query, task_spec
 from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
                                    stack_histories)
-from demo.research.train import TrainData, distinct_users, self_supervised_split, task_weights, thin_history
+from demo.research.train import TrainData, distinct_users, parse_args, self_supervised_split, task_weights, thin_history
 from demo.research.training_free import set_linear_map
 
 
@@ -81,6 +81,13 @@ def test_the_kl_term_can_hold_the_plug_near_a_plug_before_it(tiny):
     loss.backward()  # the reference is scored without gradients: the loss never trains it
     assert any(p.grad is not None for p in module.parameters())
     assert all(p.grad is None for p in other.parameters())  # the reference stays frozen
+
+
+def test_a_kl_reference_without_a_kl_weight_is_refused(capsys):
+    assert parse_args(["--kl-reference", "some/plug", "--kl-weight", "0.5"]).kl_weight == 0.5
+    with pytest.raises(SystemExit):
+        parse_args(["--kl-reference", "some/plug", "--kl-weight", "0"])
+    assert "needs a --kl-weight above 0" in capsys.readouterr().err
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):

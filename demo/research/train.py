@@ -129,7 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu / cuda (default: PPLUG_DEVICE or auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster than 2 on a busy 2-core machine)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.kl_reference and args.kl_weight <= 0:
+        p.error("--kl-reference needs a --kl-weight above 0 (the reference plug only enters the KL term)")
+    return args
 
 
 def task_weights(text: str) -> dict[str, float]:
