@@ -167,6 +167,13 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     # a plug trained on from the keyword plug names the parts it kept
     assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
+    # ... and says how the keyword token's words are chosen when that differs from the plain rule
+    headed = root / "plug-headed" / "config.json"
+    plain = headed.read_text()
+    headed.write_text(json.dumps({**json.loads(plain), "keyword_center": True}))
+    assert "keyword token (the 4 of 300 bank words nearest to what sets the history apart) in place" in \
+        evaluate_cli.record_in_plug(results, root / "plug-headed")
+    headed.write_text(plain)
     # ... and, with a shift head distilled onto it after the training, says that head is the new one
     config = json.loads((root / "plug-headed" / "config.json").read_text())
     config["made"]["distill"] = {"users": {"tweets": 5, "blog_posts": 2}}

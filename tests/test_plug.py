@@ -224,3 +224,26 @@ def test_the_keyword_bank_of_the_real_models_finds_what_a_history_is_about(studi
     assert picked["cook"] & {"bread", "butter", "garlic", "pasta", "sauce", "tomato", "cooking", "recipe", "food"}
     assert picked["senator"] & {"senate", "congress", "government", "budget", "voters", "political", "politics"}
     assert not picked["cook"] & picked["senator"]
+
+
+def test_centred_keywords_pass_over_words_near_every_formal_text(studio, tmp_path):
+    """Lincoln's addresses, weighed for a weekend blog post: the plain rule's words include "summary" and "report(s)", words near any formal
+    text; ``keyword_center`` picks what sets his writing apart, and the choice is part of the plug's id."""
+    import copy
+
+    from demo.core import personas
+
+    encode = lambda texts: torch.from_numpy(studio.encoder.encode(texts, normalize_embeddings=True))  # noqa: E731
+    items = encode(personas.persona_items("lincoln"))[None]
+    w = studio.plug.weights(encode(["Write a short blog post about my weekend."]), items)  # as the app weighs them
+    picked = {}
+    for centre in (False, True):
+        plug = copy.deepcopy(studio.plug)
+        plug.config.keyword_center = centre
+        picked[centre] = set(plug.keywords_of(w, items)[0])
+        plug.save(tmp_path / str(centre))
+        assert PPlug.load(tmp_path / str(centre)).config.keyword_center is centre
+    hubs = {"summary", "report", "reports", "overview", "reporting"}
+    assert picked[False] & hubs and not picked[True] & hubs, picked
+    assert {"constitution", "slavery"} <= picked[True], picked
+    assert PPlug.load(tmp_path / "True").plug_id != PPlug.load(tmp_path / "False").plug_id

@@ -367,7 +367,9 @@ def plug_report(studio: Studio) -> str:
              "model reads next to a learned instruction token."
              + (f" A third token, the keyword token, is the language model's own embedding of the "
                 f"{config.keywords} words (of {config.keyword_bank:,}) nearest to your weighed writing in the "
-                "encoder's space: what it is about." if config.keywords else "")]
+                "encoder's space: what it is about"
+                + (", less what every text and every word share" if config.keyword_center else "") + "."
+                if config.keywords else "")]
     settings = config.made.get("settings", {})
     if config.made.get("steps") and settings:  # a trained plug: the figures a reader asks for first
         lines += ["", f"Trained for {config.made['steps']} steps of {settings.get('batch_size', '?')} examples on "

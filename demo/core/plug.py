@@ -72,6 +72,9 @@ class PlugConfig:
     # The keyword token K: the k bank words nearest to the input-aware history mean (0 = no K).
     keywords: int = 0
     keyword_bank: int = 0  # words in the bank (``set_keyword_bank``); their text is in KEYWORDS_NAME
+    # Choose K's words by what sets this history apart: without it, words that sit near any formal text
+    # ("summary", "report", "overview") crowded out a history's own subjects (``nearest_keywords``).
+    keyword_center: bool = False
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -197,8 +200,14 @@ class PPlug(nn.Module):
 
         w [B, n] aggregator weights, items [B, n, d_enc]."""
         bank = self.keyword_items
-        mean = F.normalize(torch.einsum("bn,bnd->bd", w.to(bank.dtype), items.to(bank.dtype)), dim=-1)
-        return (mean @ bank.T).topk(self.config.keywords, dim=-1).indices
+        mean = torch.einsum("bn,bnd->bd", w.to(bank.dtype), items.to(bank.dtype))
+        if self.config.keyword_center:
+            # Both sides less the bank's mean word (what every word shares); the history also less a
+            # typical train user's mean (what every history shares), where the plug knows it.
+            centre = bank.mean(0)
+            bank = F.normalize(bank - centre, dim=-1)
+            mean = mean - centre - (self.history_mean.to(bank.dtype) if self.config.shift_head else 0)
+        return (F.normalize(mean, dim=-1) @ bank.T).topk(self.config.keywords, dim=-1).indices
 
     def keywords_of(self, w: torch.Tensor, items: torch.Tensor) -> list[list[str]]:
         """The keyword token's words for each of the B rows, nearest first (none without a bank)."""
@@ -258,6 +267,8 @@ class PPlug(nn.Module):
         fields that change its soft tokens (tau, k, ...), but not of ``made``, its description."""
         digest = hashlib.sha256()
         behaviour = {k: v for k, v in asdict(self.config).items() if k not in ("made", "seed")}
+        if not behaviour["keyword_center"]:  # added later: plugs without it keep the ids they had
+            del behaviour["keyword_center"]
         digest.update(json.dumps(behaviour, sort_keys=True).encode())
         state = dict(self.state_dict())
         if self.input_encoder is not None:

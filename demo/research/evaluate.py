@@ -410,8 +410,9 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
         said.append(f"a shift head distilled from {sum(parts['distill']['users'].values())} train users' "
                     "fitted shifts")
     if "keywords" in parts:
-        said.append(f"a keyword token from the {parts['keywords']['k']} nearest of "
-                    f"{parts['keywords']['bank']:,} bank words")
+        k, bank = parts["keywords"]["k"], f"{parts['keywords']['bank']:,}"
+        said.append(f"a keyword token (the {k} of {bank} bank words nearest to what sets the history apart)"
+                    if config.get("keyword_center") else f"a keyword token from the {k} nearest of {bank} bank words")
     head = (", with " + ", and ".join(said) + (" in place" if start else "")) if said else ""
     if redistilled:
         head += (f"; its shift head distilled afterwards from {sum(made['distill']['users'].values())} "
