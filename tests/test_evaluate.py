@@ -116,13 +116,14 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert torch.equal(on.keyword_tokens, keyed.keyword_tokens)
     # with a shift head kept frozen: the head stays, the rest trains; the record of K carries through
     # a second training on
-    on.rebuilt(shift_head=True).save(root / "plug-head")
+    on.rebuilt(shift_head=True, keyword_center=True).save(root / "plug-head")
     assert train_cli.main([*common(root), "--run-dir", str(root / "run-head"), "--out", str(root / "plug-headed"),
                            "--steps", "1", "--batch-size", "2", "--eval-per-task", "1", "--eval-max-new-tokens", "2",
                            "--lr", "1e-2", "--warmup", "0", "--init-from", str(root / "plug-head"),
                            "--freeze-shift-head"]) == 0
     start, headed = PPlug.load(root / "plug-head"), PPlug.load(root / "plug-headed")
     assert headed.config.shift_head and torch.equal(headed.shift_head.weight, start.shift_head.weight)
+    assert headed.config.keyword_center  # the way K's words are chosen comes along too
     assert headed.config.made["init_from"]["plug"] == start.plug_id
     assert not torch.equal(headed.projector[0].weight, start.projector[0].weight)
     # started again for one more step with --select last: --out gets the last step's plug, not the best
@@ -164,16 +165,13 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
     assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]
-    # a plug trained on from the keyword plug names the parts it kept
-    assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
-        results, root / "plug-headed")
-    # ... and says how the keyword token's words are chosen when that differs from the plain rule
-    headed = root / "plug-headed" / "config.json"
-    plain = headed.read_text()
-    headed.write_text(json.dumps({**json.loads(plain), "keyword_center": True}))
+    # a plug trained on from the keyword plug names the parts it kept, and how K's words are chosen
     assert "keyword token (the 4 of 300 bank words nearest to what sets the history apart) in place" in \
         evaluate_cli.record_in_plug(results, root / "plug-headed")
-    headed.write_text(plain)
+    headed_config = root / "plug-headed" / "config.json"
+    headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keyword_center": False}))
+    assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
+        results, root / "plug-headed")
     # ... and, with a shift head distilled onto it after the training, says that head is the new one
     config = json.loads((root / "plug-headed" / "config.json").read_text())
     config["made"]["distill"] = {"users": {"tweets": 5, "blog_posts": 2}}

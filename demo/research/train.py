@@ -228,9 +228,10 @@ class Trainer(FrozenModels):
                 plug.set_item_statistics(torch.cat([e.items for e in train_examples]))  # [n, d_enc]
         if self.args.init_from:
             start = PPlug.load(self.args.init_from, encoder_id=self.encoder_id, llm_id=self.llm_id)
-            # The start's parts beyond [I; P] (shift head, keyword bank) and its standardization come
+            # The start's parts beyond [I; P] (shift head, keyword bank and rule) and its standardization come
             # along; with --standardize the item statistics are this run's.
-            extras = {name: getattr(start.config, name) for name in ("shift_head", "keywords", "keyword_bank")}
+            extras = {name: getattr(start.config, name)
+                      for name in ("shift_head", "keywords", "keyword_bank", "keyword_center")}
             plug = plug.rebuilt(**extras, standardize=self.args.standardize or start.config.standardize)
             plug.load_state_dict({k: v for k, v in start.state_dict().items()
                                   if not (self.args.standardize and k.startswith("item_"))}, strict=False)
