@@ -10,7 +10,8 @@ D_ENC, D_LLM = 16, 24
 
 
 def make_plug(seed: int, **kw) -> PPlug:
-    plug = PPlug(PlugConfig(encoder_id="enc", llm_id="llm", d_enc=D_ENC, d_llm=D_LLM, token_norm=3.0, seed=seed, **kw))
+    config = {"token_norm": 3.0, **kw}
+    plug = PPlug(PlugConfig(encoder_id="enc", llm_id="llm", d_enc=D_ENC, d_llm=D_LLM, seed=seed, **config))
     words = [f"word{i}" for i in range(6)]
     torch.manual_seed(99)  # the same bank in every plug, as in a plug trained on from another
     plug.set_keyword_bank(words, torch.randn(6, D_ENC), torch.randn(6, D_LLM), k=2)
@@ -43,6 +44,10 @@ def test_plugs_that_compute_differently_are_not_averaged(tmp_path):
     a = make_plug(0)
     with pytest.raises(ValueError, match="differ in tau"):
         average(a, make_plug(1, tau=0.08), 0.5)
+    with pytest.raises(ValueError, match="differ in token_norm"):  # another LLM's scale
+        average(a, make_plug(1, token_norm=3.5), 0.5)
+    # ... but the same LLM measured in another dtype is the same plug
+    assert average(a, make_plug(1, token_norm=3.0001), 0.5).config.token_norm == 3.0001
     other_bank = make_plug(1)
     other_bank.keyword_words = [f"other{i}" for i in range(6)]
     with pytest.raises(ValueError, match="keyword banks"):

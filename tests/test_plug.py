@@ -227,8 +227,9 @@ def test_the_keyword_bank_of_the_real_models_finds_what_a_history_is_about(studi
 
 
 def test_centred_keywords_pass_over_words_near_every_formal_text(studio, tmp_path):
-    """Lincoln's addresses, weighed for a weekend blog post: the plain rule's words include "summary" and "report(s)", words near any formal
-    text; ``keyword_center`` picks what sets his writing apart, and the choice is part of the plug's id."""
+    """Lincoln's addresses, weighed for a weekend blog post: the plain rule's words include "summary" and
+    "report(s)", words near any formal text; ``keyword_center`` picks what sets his writing apart, and the
+    choice is part of the plug's id."""
     import copy
 
     from demo.core import personas
