@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,18 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                               "pplug", "--bootstrap", "50", "--diagnostics-only", "--out", str(root / "diag")]) == 0
     only = [json.loads(line) for line in (root / "diag" / "per_query.jsonl").read_text().splitlines()]
     assert [r["pplug:nll"] for r in only] == nll and "pplug" not in only[0]
+    # --reuse takes an earlier run's outputs again only where the same plug made them
+
+    def seconds_with(plug: Path) -> dict:
+        assert evaluate_cli.main([*common(root), "--split", "dev", "--limit", "4", "--plug", str(plug), "--methods",
+                                  "generic,pplug", "--max-new-tokens", "4", "--candidates", "3", "--bootstrap", "50",
+                                  "--reuse", str(results_dir / "per_query.jsonl"), "--out", str(root / "again")]) == 0
+        methods = json.loads((root / "again" / "results.json").read_text())["tasks"][0]["methods"]
+        return {m: methods[m]["seconds"] for m in ("generic", "pplug")}
+
+    assert seconds_with(out) == {"generic": "reused", "pplug": "reused"}
+    again = seconds_with(root / "plug-on")  # another plug: its answers are generated, the generic ones are not
+    assert again["generic"] == "reused" and isinstance(again["pplug"], float)
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
     assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]
