@@ -203,7 +203,8 @@ class PPlug(nn.Module):
         mean = torch.einsum("bn,bnd->bd", w.to(bank.dtype), items.to(bank.dtype))
         if self.config.keyword_center:
             # Both sides less the bank's mean word (what every word shares); the history also less a
-            # typical train user's mean (what every history shares), where the plug knows it.
+            # typical train user's mean (what every history shares), where the plug knows it: the shift
+            # head's, so distilling a new head can move K's words a little.
             centre = bank.mean(0)
             bank = F.normalize(bank - centre, dim=-1)
             mean = mean - centre - (self.history_mean.to(bank.dtype) if self.config.shift_head else 0)
