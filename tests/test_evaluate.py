@@ -163,6 +163,16 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
                               "pplug", "--bootstrap", "50", "--diagnostics-only", "--out", str(root / "diag")]) == 0
     only = [json.loads(line) for line in (root / "diag" / "per_query.jsonl").read_text().splitlines()]
     assert [r["pplug:nll"] for r in only] == nll and "pplug" not in only[0]
+    # --selfsup: queries made from the dev users' own histories, taken user by user
+    assert evaluate_cli.main([*common(root), "--split", "dev", "--selfsup", "2", "--limit", "7", "--plug", str(out),
+                              "--methods", "generic,pplug", "--max-new-tokens", "4", "--candidates", "3",
+                              "--bootstrap", "50", "--out", str(root / "self")]) == 0
+    made = [json.loads(line) for line in (root / "self" / "per_query.jsonl").read_text().splitlines()]
+    assert len(made) == 7 and len({r["user_id"] for r in made[:5]}) == 5 and all("-self-" in r["id"] for r in made)
+    assert all(re.fullmatch(r"user \d likes \w+ and \w+", r["gold"]) for r in made)  # a history item is the answer
+    assert "made from the users' own histories" in (root / "self" / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        evaluate_cli.parse_args(["--selfsup", "2", "--record-in-plug"])
     # --reuse takes an earlier run's outputs again only where the same plug made them
 
     def seconds_with(plug: Path) -> dict:

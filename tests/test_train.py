@@ -14,10 +14,10 @@ from demo.core.plug import PPlug, add_shift
 from demo.core.scoring import bf16_autocast, end_of_turn_ids, fast_bf16, target_ids
 from demo.core.selfsup import examples_from_history
 from demo.core.tuning import FitSettings, fit_shift
-from demo.research.lamp import LampSplit, Query, task_spec
+from demo.research.lamp import LampSplit, Query, self_supervised_split, task_spec
 from demo.research.runtime import (Example, SoftTokenModule, ce_and_kl, contrastive_loss, other_histories,
                                    stack_histories)
-from demo.research.train import TrainData, distinct_users, parse_args, self_supervised_split, task_weights, thin_history
+from demo.research.train import TrainData, distinct_users, parse_args, task_weights, thin_history
 from demo.research.training_free import set_linear_map
 
 

@@ -18,6 +18,10 @@ greedy decoding; they differ only in what goes into the prompt:
   self-supervised examples from their own history (``demo.core.tuning``; per-user optimisation, a
   reference for what one personal token can carry, not the amortized plug).
 
+``--selfsup N`` measures on queries made from each user's own history instead (``demo.core.selfsup``:
+N items per user become requests with known answers, the rest of the history the plug's input): many
+more queries than a dev split's users give, and still no train user.
+
 Writes ``per_query.jsonl``, ``results.json`` and ``results.md`` into ``--out``. ``per_query.jsonl``
 holds every query's outputs and scores, and each plug method's teacher-forced NLL of the gold output
 with the own and the other user's history (``"<method>:nll": {"own", "other"}``, also with
@@ -41,7 +45,8 @@ from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
 from ..core.settings import REPO_ROOT, Settings
 from ..core.text import markdown_table
 from ..core.tuning import FitSettings
-from .lamp import DEFAULT_DATA, SHARED_TASKS, LampSplit, postprocess, read_task
+from .lamp import (DEFAULT_DATA, SHARED_TASKS, LampSplit, postprocess, read_task, round_robin,
+                   self_supervised_split)
 from .metrics import PersonalFit, accuracy, macro_f1, mae_rmse, paired_bootstrap, rouge_per_query
 from .retrieval import lamp_rag_request
 from .runtime import FrozenModels, SoftTokenModule, build_examples, fit_user_shift, generate, soft_tokens
@@ -90,9 +95,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tune-lr", type=float, default=FitSettings.lr, help="pplug-tuned: Adam learning rate")
     p.add_argument("--tune-examples", type=int, default=FitSettings.fit_examples,
                    help="pplug-tuned: self-supervised examples the shift is fitted on")
+    p.add_argument("--selfsup", type=int, default=0,
+                   help="measure on N queries per user made from the user's own history (demo.core.selfsup: "
+                        "one item the answer, the rest the history) instead of the split's queries; --limit then "
+                        "keeps the first of them taken user by user")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.selfsup < 0:
+        p.error("--selfsup must be 0 or more")
+    if args.selfsup and args.record_in_plug:
+        p.error("--record-in-plug records the split's own queries: leave out --selfsup")
+    return args
 
 
 def other_user_order(user_ids: list[str]) -> list[int]:
@@ -263,10 +277,16 @@ class Evaluation(FrozenModels):
         """Personal fit of each method's outputs and of the gold outputs (added to ``results`` and
         ``per_query``): the true author's rank among candidate users, by char n-gram TF-IDF similarity."""
         queries = split.queries
+        # A user's queries made from their own history (--selfsup) hold each other's answers in their
+        # histories: items holding any of the user's gold answers are left out of the history compared.
+        golds: dict[str, list[str]] = {}
+        for q in queries:
+            golds.setdefault(q.user_id, []).append(" ".join(q.output.split()))
         histories: dict[str, list[str]] = {}
         for q in queries:
-            histories.setdefault(q.user_id, [])
-            histories[q.user_id].extend(t for t in q.item_texts() if t not in histories[q.user_id])
+            known = histories.setdefault(q.user_id, [])
+            known.extend(t for t in q.item_texts() if t not in known and
+                         not any(g and g in " ".join(t.split()) for g in golds[q.user_id]))
         fit = PersonalFit(histories, n_candidates=self.args.candidates, seed=self.args.seed)
         keys = [q.id for q in queries]
         authors = [q.user_id for q in queries]
@@ -356,6 +376,9 @@ def markdown(results: dict) -> str:
              f"Greedy decoding; {retrieval}plug `{results['plug_id']}`. Personal fit: rank of the true author among "
              f"{settings['candidates']} candidate users (or all the split's users if fewer) by "
              "character 2-4-gram TF-IDF cosine of the output to each user's history.", ""]
+    if settings.get("selfsup"):
+        lines += [f"Queries made from the users' own histories ({settings['selfsup']} per user at most: one "
+                      "item the gold answer, the rest the history), not the split's queries.", ""]
     for t in results["tasks"]:
         gen = t["kind"] == "generation"
         cols = ["ROUGE-1", "ROUGE-L", "fit top-1", "fit MRR", "words"] if gen else (
@@ -455,7 +478,10 @@ def evaluate(args) -> dict:
     tasks = []
     t0 = time.perf_counter()
     for name in [t for t in args.tasks.split(",") if t]:
-        split = read_task(args.data, name, args.split, limit=args.limit)
+        split = read_task(args.data, name, args.split, limit=None if args.selfsup else args.limit)
+        if args.selfsup:
+            made = self_supervised_split(split, args.selfsup, None, args.seed).queries
+            split = LampSplit(split.task, args.split, round_robin(made)[:args.limit])
         tasks.append(ev.run_task(split, methods, records))
     plug_id = ev.plug("pplug").plug_id if any(m.startswith("pplug") and m != "pplug-untrained" for m in methods) \
         else None

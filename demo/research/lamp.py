@@ -14,11 +14,13 @@ prompt the way the LaMP paper's retrieval prompts do.
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.history import lamp_item_text
+from ..core.selfsup import example_for
 from ..core.settings import REPO_ROOT
 
 SHARED_TASKS = ("tweets", "scholar_titles", "blog_posts")
@@ -145,6 +147,48 @@ def read_task(data_dir: str | Path, task: str, split: str, limit: int | None = N
     folder = Path(data_dir) / task if (Path(data_dir) / task).is_dir() else Path(data_dir)
     return read_split(folder, split, task=task if task in TASKS or task.lower().startswith("lamp") else None,
                       limit=limit)
+
+
+def self_supervised_split(split: LampSplit, per_user: int, cap: int | None, seed: int) -> LampSplit:
+    """Up to ``per_user`` queries made from each user's own profile items (``demo.core.selfsup``).
+
+    Each query's gold output is one profile item, its input the task prompt made from that item,
+    and its profile ``cap`` other items of the same profile drawn at random (never the item itself).
+    The user's largest profile in the split is used (``cap`` None: all its other items).
+    """
+    kind = SELFSUP_RULE.get(split.task.like)
+    if kind is None:
+        return LampSplit(split.task, "self", [])
+    profiles: dict[str, list[dict]] = {}
+    for q in split.queries:
+        if len(q.profile) > len(profiles.get(q.user_id, [])):
+            profiles[q.user_id] = q.profile
+    rng = random.Random(f"{seed}:{split.task.name}")
+    queries = []
+    for user, profile in sorted(profiles.items()):
+        order = rng.sample(range(len(profile)), len(profile))
+        made = 0
+        for i in order:
+            if made == per_user:
+                break
+            pair = example_for(profile[i], kind)
+            if pair is None:
+                continue
+            # in profile order when uncapped, so that a history cap keeps the most recent as for LaMP queries
+            others = [profile[j] for j in order if j != i][:cap] if cap else profile[:i] + profile[i + 1:]
+            queries.append(Query(f"{user}-self-{i}", user, pair[0], others, pair[1]))
+            made += 1
+    return LampSplit(split.task, "self", queries)
+
+
+def round_robin(queries: list[Query]) -> list[Query]:
+    """Queries reordered as every user's first, then every user's second, ... (users in first-seen
+    order): the first N of them then cover as many users as N allows."""
+    by_user: dict[str, list[Query]] = {}
+    for q in queries:
+        by_user.setdefault(q.user_id, []).append(q)
+    rounds = max((len(v) for v in by_user.values()), default=0)
+    return [qs[r] for r in range(rounds) for qs in by_user.values() if r < len(qs)]
 
 
 # --- prompts -------------------------------------------------------------------------------

@@ -43,9 +43,8 @@ from tqdm import tqdm
 
 from ..core.plug import PPlug
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
-from ..core.selfsup import example_for
 from ..core.settings import REPO_ROOT, Settings
-from .lamp import DEFAULT_DATA, SELFSUP_RULE, SHARED_TASKS, LampSplit, Query, read_task
+from .lamp import DEFAULT_DATA, SHARED_TASKS, LampSplit, read_task, self_supervised_split
 from .metrics import rouge
 from .retrieval import lamp_rag_request
 from .runtime import (Example, FrozenModels, SoftTokenModule, build_examples, ce_and_kl, generate, other_histories,
@@ -151,37 +150,6 @@ def task_weights(text: str) -> dict[str, float]:
 
 
 # --- training ---------------------------------------------------------------------------------------
-
-
-def self_supervised_split(split: LampSplit, per_user: int, cap: int, seed: int) -> LampSplit:
-    """Up to ``per_user`` queries made from each user's own profile items (``demo.core.selfsup``).
-
-    Each query's gold output is one profile item, its input the task prompt made from that item,
-    and its profile ``cap`` other items of the same profile drawn at random (never the item itself).
-    The user's largest profile in the split is used.
-    """
-    kind = SELFSUP_RULE.get(split.task.like)
-    if kind is None:
-        return LampSplit(split.task, "self", [])
-    profiles: dict[str, list[dict]] = {}
-    for q in split.queries:
-        if len(q.profile) > len(profiles.get(q.user_id, [])):
-            profiles[q.user_id] = q.profile
-    rng = random.Random(f"{seed}:{split.task.name}")
-    queries = []
-    for user, profile in sorted(profiles.items()):
-        order = rng.sample(range(len(profile)), len(profile))
-        made = 0
-        for i in order:
-            if made == per_user:
-                break
-            pair = example_for(profile[i], kind)
-            if pair is None:
-                continue
-            others = [profile[j] for j in order if j != i][:cap]
-            queries.append(Query(f"{user}-self-{i}", user, pair[0], others, pair[1]))
-            made += 1
-    return LampSplit(split.task, "self", queries)
 
 
 def distinct_users(examples: list[Example], n: int, rng: random.Random) -> list[Example]:
