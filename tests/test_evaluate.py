@@ -195,6 +195,13 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keyword_center": False}))
     assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
+    # one token per word, k as its config now has it (the keyword step's record said 4)
+    headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 3,
+                                         "separate_keywords": True}))
+    assert "3 keyword tokens (one per bank word, the 3 nearest of 300) in place" in evaluate_cli.record_in_plug(
+        results, root / "plug-headed")
+    headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 4,
+                                         "separate_keywords": False}))
     # ... and, with a shift head distilled onto it after the training, says that head is the new one
     config = json.loads((root / "plug-headed" / "config.json").read_text())
     config["made"]["distill"] = {"users": {"tweets": 5, "blog_posts": 2}}

@@ -190,6 +190,15 @@ def test_the_keyword_token_is_the_mean_llm_embedding_of_the_nearest_bank_words_a
     assert "keyword_items" not in plain.state_dict()  # plugs without a bank keep their weights and ids
     with pytest.raises(ValueError, match="k <= its words"):
         make_plug().set_keyword_bank(words[:2], bank_items[:2], bank_tokens[:2], k=3)
+    # separate keywords: one soft token per word, nearest first, each at the token norm; a new id
+    separate = keyed.rebuilt(separate_keywords=True)
+    apart, _ = separate.soft_tokens(x, items)
+    assert apart.shape == (2, 5, D_LLM) and separate.n_soft == 5 and torch.equal(apart[:, :2], base)
+    each = torch.nn.functional.normalize(torch.nn.functional.normalize(bank_tokens, dim=-1)[nearest], dim=-1) * 3.0
+    assert torch.allclose(apart[:, 2:], each, atol=5e-3)
+    assert separate.plug_id != keyed.plug_id and keyed.rebuilt().plug_id == keyed.plug_id
+    separate.save(tmp_path / "separate")
+    assert torch.equal(PPlug.load(tmp_path / "separate").soft_tokens(x, items)[0], apart)
 
 
 def test_a_shift_moves_p_only_when_there_is_a_keyword_token():

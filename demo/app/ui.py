@@ -365,8 +365,10 @@ def plug_report(studio: Studio) -> str:
              "hood: a frozen sentence encoder embeds each item of your writing, the items are weighed by how related "
              "they are to the request, and a small projector turns them into a soft token that the frozen language "
              "model reads next to a learned instruction token."
-             + (f" A third token, the keyword token, is the language model's own embedding of the "
-                f"{config.keywords} words (of {config.keyword_bank:,}) nearest to your weighed writing in the "
+             + ((" Then one keyword token per word: the language model's own embeddings of the "
+                 if config.separate_keywords else
+                 " A third token, the keyword token, is the language model's own embedding of the ")
+                + f"{config.keywords} words (of {config.keyword_bank:,}) nearest to your weighed writing in the "
                 "encoder's space: what it is about"
                 + (", less what every text and every word share" if config.keyword_center else "") + "."
                 if config.keywords else "")]

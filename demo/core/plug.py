@@ -75,6 +75,9 @@ class PlugConfig:
     # Choose K's words by what sets this history apart: without it, words that sit near any formal text
     # ("summary", "report", "overview") crowded out a history's own subjects (``nearest_keywords``).
     keyword_center: bool = False
+    # K as k soft tokens, one per word (nearest first), instead of one token, their mean: the mean of
+    # eight words blurred them into a general direction the answers hardly took up.
+    separate_keywords: bool = False
     seed: int = 0
     made: dict = field(default_factory=dict)  # how it was made: data, steps, settings, dev metrics
 
@@ -217,13 +220,17 @@ class PPlug(nn.Module):
         return [[self.keyword_words[i] for i in row] for row in self.nearest_keywords(w, items).tolist()]
 
     def keyword_token(self, w: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """K before rescaling: the mean LLM embedding of the nearest words. -> [B, d_llm]."""
-        return self.keyword_tokens[self.nearest_keywords(w, items)].mean(1)
+        """K before rescaling: the LLM embeddings of the nearest words [B, k, d_llm] with
+        ``separate_keywords``, else their mean [B, 1, d_llm]."""
+        words = self.keyword_tokens[self.nearest_keywords(w, items)]
+        return words if self.config.separate_keywords else words.mean(1, keepdim=True)
 
     @property
     def n_soft(self) -> int:
-        """Soft tokens per row: [I; P], or [I; P; K] with a keyword token."""
-        return 3 if self.config.keywords else 2
+        """Soft tokens per row: [I; P], [I; P; K] with a keyword token, [I; P; K_1..K_k] with separate ones."""
+        if not self.config.keywords:
+            return 2
+        return 2 + (self.config.keywords if self.config.separate_keywords else 1)
 
     def soft_tokens(
         self,
@@ -232,7 +239,7 @@ class PPlug(nn.Module):
         mask: torch.Tensor | None = None,
         projected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The soft tokens [I; P] (or [I; P; K]) and the aggregator weights.
+        """The soft tokens [I; P] (or [I; P; K], [I; P; K_1..K_k]) and the aggregator weights.
 
         x [B, d_enc], items [B, n, d_enc], mask [B, n] or None, projected [B, n, d_llm]
         (Proj(items), when cached) -> (soft [B, n_soft, d_llm], weights [B, n]).
@@ -246,8 +253,8 @@ class PPlug(nn.Module):
         if self.config.shift_head:
             soft = add_shift(soft, self.history_shift(items, mask))
         if self.config.keywords:
-            keyword = self.rescale(self.keyword_token(w, items)).to(soft.dtype)
-            soft = torch.cat([soft, keyword[:, None]], dim=1)
+            keyword = self.rescale(self.keyword_token(w, items)).to(soft.dtype)  # [B, 1 or k, d_llm]
+            soft = torch.cat([soft, keyword], dim=1)
         return soft, w
 
     # --- identity, save and load ------------------------------------------------------------
@@ -268,8 +275,9 @@ class PPlug(nn.Module):
         fields that change its soft tokens (tau, k, ...), but not of ``made``, its description."""
         digest = hashlib.sha256()
         behaviour = {k: v for k, v in asdict(self.config).items() if k not in ("made", "seed")}
-        if not behaviour["keyword_center"]:  # added later: plugs without it keep the ids they had
-            del behaviour["keyword_center"]
+        for added_later in ("keyword_center", "separate_keywords"):  # plugs without them keep the ids they had
+            if not behaviour[added_later]:
+                del behaviour[added_later]
         digest.update(json.dumps(behaviour, sort_keys=True).encode())
         state = dict(self.state_dict())
         if self.input_encoder is not None:

@@ -199,7 +199,7 @@ class Trainer(FrozenModels):
             # The start's parts beyond [I; P] (shift head, keyword bank and rule) and its standardization come
             # along; with --standardize the item statistics are this run's.
             extras = {name: getattr(start.config, name)
-                      for name in ("shift_head", "keywords", "keyword_bank", "keyword_center")}
+                      for name in ("shift_head", "keywords", "keyword_bank", "keyword_center", "separate_keywords")}
             plug = plug.rebuilt(**extras, standardize=self.args.standardize or start.config.standardize)
             plug.load_state_dict({k: v for k, v in start.state_dict().items()
                                   if not (self.args.standardize and k.startswith("item_"))}, strict=False)
