@@ -4,7 +4,13 @@ Each test that needs a database gets a fresh SQLite file in its own tmp folder.
 """
 from __future__ import annotations
 
+import os
 import secrets
+
+# Two worker processes on two cores: one compute thread each, in the apps and scripts they start too, so
+# that the workers do not oversubscribe the cores (the suite took ~7% less time so).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

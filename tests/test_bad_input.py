@@ -649,6 +649,9 @@ def _api_cases(url: str) -> tuple[list[tuple[str, str, list, bool]], list[str]]:
                 if endpoint in ("tune_profile", "know_me") and kind != "types":
                     continue  # a valid-looking profile id or token would start a (slow) fit
                 for i, value in enumerate(values):
+                    markup_or_id = kind == "text" and value.startswith(("<", "[", "hf:", "study:"))
+                    if endpoint == "generate" and position == 2 and markup_or_id:
+                        continue  # a valid request, only answered (test_browser shows answers as text)
                     odd = list(args)
                     odd[position] = value
                     case_id = f"{endpoint}[{position}] {kind}: {str(value)[:40]!r}"

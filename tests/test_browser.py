@@ -16,6 +16,7 @@ import pytest
 
 from demo.app.ui import build_demo
 from demo.core.text import free_port
+from demo.core.tuning import FitSettings
 
 from apphelp import studio_with
 
@@ -58,9 +59,23 @@ def _serve(studio):
     return demo
 
 
+class _QuickTuning:
+    """The real studio, except that "Tune to me" fits for 4 steps, not up to 16: these tests look at what the
+    page shows of a fit (test_service and demo.research.evaluate look at what it is worth)."""
+
+    def __init__(self, studio):
+        self.__dict__["_real"] = studio
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def tune_profile(self, *args, **kwargs):
+        return self._real.tune_profile(*args, settings=FitSettings(steps=4, min_steps=4), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def app(studio):
-    demo = _serve(studio_with(studio, max_new_tokens=8))
+    demo = _serve(_QuickTuning(studio_with(studio, max_new_tokens=8)))
     yield demo.local_url
     demo.close()
 
@@ -240,7 +255,7 @@ def test_tune_to_me_fits_a_token_shows_the_fit_and_generates_with_it(browser, ap
         expect(use_tuned).not_to_be_checked(timeout=TIMEOUT_MS)
         expect(use_tuned).to_be_disabled(timeout=TIMEOUT_MS)  # no token yet
         page.get_by_role("button", name="Tune to me").click()
-        _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)  # 20-60 s on a CPU
+        _wait_or_report(page, page.get_by_text("✅ Tuned in"), timeout_ms=300_000)
         shown = page.locator("#tune").inner_text()
         assert "kept out of the fit" in shown and "likelier per word" in shown, shown
         expect(use_tuned).to_be_checked(timeout=TIMEOUT_MS)

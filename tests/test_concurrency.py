@@ -73,7 +73,7 @@ def _study_session(url: str, n: int, start: threading.Barrier) -> dict:
 
 @pytest.mark.parametrize("api_sessions, study_sessions", [
     (3, 1),
-    pytest.param(20, 4, marks=pytest.mark.slow),
+    pytest.param(12, 3, marks=pytest.mark.slow),
 ])
 def test_many_concurrent_sessions_lose_and_duplicate_nothing(app, studio, api_sessions, study_sessions):
     # A timeout: one session failing before the barrier must fail the test, not leave the others waiting.

@@ -70,21 +70,13 @@ def food(studio):
     return owner, made.profile_id
 
 
-def test_the_measure_on_a_persona_in_seconds(studio, food):
-    import time
-
+def test_the_measure_on_a_persona(studio, food):
     owner, profile_id = food
-    studio.know_me(owner, profile_id)  # personas encoded and cached once
-    cpu = time.process_time()
     result = studio.know_me(owner, profile_id)
-    cpu = time.process_time() - cpu
     assert result.n_items == 8 and set(result.nll) == {"generic", "yours", "stranger"}
     assert all(math.isfinite(v) and 0 < v < 20 for values in result.nll.values() for v in values)
     assert "Food Blogger" not in result.strangers and set(result.strangers) <= {"FDR", "Lincoln", "Obama"}
     assert result.verdict in ("yes", "unclear", "no") and result.sentence()
-    # The budget is 3 s of CPU (demo.research.benchmark measures it: about 2 s on one core of this
-    # machine); the bound here only catches a gross regression on a shared, busy machine.
-    assert cpu < 6.0 * torch.get_num_threads(), cpu
 
 
 def test_the_own_row_leaves_the_scored_item_out_and_strangers_use_their_own_writing(studio, food):

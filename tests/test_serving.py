@@ -70,7 +70,7 @@ def test_concurrent_visitors_are_decoded_together_and_get_their_own_answers(app,
                 "Describe your ideal Sunday in three sentences.", "Write a tweet about my boots."]
     alone = {}
     for r in requests:
-        *_, last = studio.generate(owner, profile_id, r, GenerationParams(max_new_tokens=32))
+        *_, last = studio.generate(owner, profile_id, r, GenerationParams(max_new_tokens=16))
         alone[r] = (last.personalized, last.generic)
     widest = []
     stop = threading.Event()
@@ -87,7 +87,7 @@ def test_concurrent_visitors_are_decoded_together_and_get_their_own_answers(app,
     def visit(r):
         client = Client(app.local_url, verbose=False)
         start.wait()
-        out = client.predict(owner_token=owner, profile_id=profile_id, request=r, max_new_tokens=32,
+        out = client.predict(owner_token=owner, profile_id=profile_id, request=r, max_new_tokens=16,
                              api_name="/generate")
         return out["personalized"], out["generic"]
 
