@@ -59,15 +59,19 @@ def _serve(studio):
     return demo
 
 
-class _QuickTuning:
-    """The real studio, except that "Tune to me" fits for 4 steps, not up to 16: these tests look at what the
-    page shows of a fit (test_service and demo.research.evaluate look at what it is worth)."""
+class _Studio:
+    """The real studio; a subclass replaces one of its methods."""
 
     def __init__(self, studio):
         self.__dict__["_real"] = studio
 
     def __getattr__(self, name):
         return getattr(self._real, name)
+
+
+class _QuickTuning(_Studio):
+    """The real studio, except that "Tune to me" fits for 4 steps, not up to 16: these tests look at what the
+    page shows of a fit (test_service and demo.research.evaluate look at what it is worth)."""
 
     def tune_profile(self, *args, **kwargs):
         return self._real.tune_profile(*args, settings=FitSettings(steps=4, min_steps=4), **kwargs)
@@ -80,14 +84,8 @@ def app(studio):
     demo.close()
 
 
-class _EchoingStudio:
+class _EchoingStudio(_Studio):
     """The real studio, except that the model's answers are replaced by an HTML payload."""
-
-    def __init__(self, studio):
-        self.__dict__["_real"] = studio
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
 
     def generate(self, *args, **kwargs):
         for result in self._real.generate(*args, **kwargs):
