@@ -27,8 +27,11 @@ def test_compute_then_generate_both_sides(studio, owner):
     assert seen[-1] == (5, 5)
     assert studio.store.get_profile(result.profile_id, owner)["n_items"] == 5
 
-    steps = list(studio.generate(owner, result.profile_id, "Write a tweet about bread.",
-                                 GenerationParams(max_new_tokens=8)))
+    steps, measured = [], []
+    for step in studio.generate(owner, result.profile_id, "Write a tweet about bread.",
+                                GenerationParams(max_new_tokens=8)):
+        steps.append(step)
+        measured.append(bool(step.resemblance))
     final = steps[-1]
     assert final.done and final.generation_id is not None
     assert final.personalized and final.generic
@@ -39,6 +42,30 @@ def test_compute_then_generate_both_sides(studio, owner):
     assert "focaccia" in top_text or "sourdough" in top_text  # the bread items weigh most
     logged = logged_generations(studio.store, owner)[0]
     assert logged["personalized"] == final.personalized and logged["generic"] == final.generic
+    # whose writing each answer resembles: the visitor's and the four example personas' compared
+    assert set(final.resemblance) == {"pplug", "generic"}
+    for likeness in final.resemblance.values():
+        assert likeness.of == 5 and 1 <= likeness.rank <= 5 and 0 <= likeness.similarity <= 1
+        assert (likeness.closest == "you") == (likeness.rank == 1)
+    assert measured[-1] and not any(measured[:-1])  # measured once the answers are complete
+
+
+def test_resemblance_compares_an_answer_with_the_visitor_and_the_other_personas(studio, owner):
+    from demo.core import personas
+
+    profile = studio.compute_profile(owner, "food", personas.persona_items("food_blogger")).profile_id
+    mine = personas.persona_items("food_blogger")[0]
+    lincoln = personas.persona_items("lincoln")[0]
+    found = studio.resemblance(owner, profile, {"pplug": mine, "generic": lincoln, "pplug-other": " \u200b",
+                                                "rag": "\U0001f331\U0001f4a1"})
+    assert set(found) == {"pplug", "generic", "rag"}  # an answer with nothing visible is not measured
+    assert found["rag"].closest == "" and found["rag"].similarity == 0  # emoji no one wrote: no one's
+    assert found["pplug"].of == 4  # the food blogger's own persona is not compared with itself
+    assert found["pplug"].rank == 1 and found["pplug"].closest == "you"
+    assert found["generic"].closest == "Lincoln" and found["generic"].rank > 1
+    assert found["pplug"].similarity > found["generic"].similarity
+    studio.delete_my_data(owner)
+    assert studio.resemblance(owner, profile, {"pplug": mine}) == {}  # deleted meanwhile: nothing to compare
 
 
 def test_items_are_never_encoded_twice(studio, owner):

@@ -21,7 +21,7 @@ from ..core import personas
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import REPO_ROOT
-from ..core.studio import NoSuchProfile, ServiceError, Studio, TuneResult
+from ..core.studio import YOU, Likeness, NoSuchProfile, ServiceError, Studio, TuneResult
 from ..core.text import markdown_text, plural
 from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
@@ -266,6 +266,7 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             if result.done:
                 notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
                          f"(first token after {result.timings['first_token_s']:.1f} s).").strip()
+                notes = "\n\n".join(filter(None, [resemblance_text(result.resemblance), notes]))
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
@@ -473,6 +474,23 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
                                                                        seed],
                            generate_btn=generate_btn, personalized=personalized, generic=generic, other=other,
                            notes=notes)
+
+
+def resemblance_text(found: dict[str, Likeness]) -> str:
+    """How much each answer resembles the visitor's writing, and whose it resembles most (empty until done)."""
+    if not found:
+        return ""
+    columns = {"pplug": "personalized", "generic": "generic", "pplug-other": "someone else's writing"}
+    clauses = []
+    for condition, likeness in found.items():
+        whose = ("it shares nothing with any of them" if not likeness.closest else "most like yours"
+                 if likeness.closest == YOU else f"most like {likeness.closest}'s")
+        clauses.append(f"{columns.get(condition, condition)} {likeness.similarity:.2f} ({whose})")
+    of = max(likeness.of for likeness in found.values())
+    return (f"**How much each answer resembles your writing**: {'; '.join(clauses)}. <small>Shared character "
+            f"sequences (0 to 1; the evaluation's personal-fit measure), against your writing and that of "
+            f"{plural(of - 1, 'example persona')}: an answer the plug made yours should resemble your writing "
+            "more than the generic one does.</small>")
 
 
 def keywords_text(words: list[str]) -> str:

@@ -35,6 +35,7 @@ from .history import ParsedHistory
 from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug, add_shift
+from .resemblance import Resemblance
 from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
@@ -99,6 +100,19 @@ class TopItem:
     text: str
 
 
+YOU = "you"  # the visitor among the writers an answer is compared with (persona labels are capitalized)
+
+
+@dataclass
+class Likeness:
+    """Whose writing an answer resembles most: the visitor's or an example persona's (``demo.core.resemblance``)."""
+
+    rank: int  # the visitor's writing among all compared, 1 = the answer resembles it most
+    of: int  # writers compared: the visitor and the personas that are not the visitor's history
+    closest: str  # YOU, the label of the persona whose writing the answer resembles most, or "" (no one's)
+    similarity: float  # to the visitor's writing, 0-1: compare it between the columns of one request
+
+
 @dataclass
 class Comparison:
     """The answers to one request under each condition, as far as generated."""
@@ -114,6 +128,7 @@ class Comparison:
     request: str = ""  # the request as answered (cleaned, perhaps cut)
     other: str = ""  # whose writing the "pplug-other" row used (a persona's label)
     cut: dict[str, bool] = field(default_factory=dict)  # condition -> it reached max_new_tokens (once done)
+    resemblance: dict[str, Likeness] = field(default_factory=dict)  # condition -> whose writing (once done)
 
     @property
     def personalized(self) -> str:
@@ -437,6 +452,26 @@ class Studio:
         return [name for name in personas.persona_names()
                 if len(mine & set(personas.persona_items(name))) * 2 < len(personas.persona_items(name))][:limit]
 
+    def resemblance(self, owner: str, profile_id: str, outputs: dict[str, str]) -> dict[str, Likeness]:
+        """Per answer (condition -> text), whose writing it resembles: the profile's against the example
+        personas' that are not the profile (answers with nothing visible, or a profile deleted meanwhile: none)."""
+        try:
+            texts = self._profile(owner, profile_id).texts
+        except NoSuchProfile:
+            return {}
+        writings = {YOU: texts, **{personas.persona_label(n): personas.persona_items(n) for n in self.strangers(texts)}}
+        answered = {c: t for c, t in outputs.items() if has_visible_text(t)}
+        if len(writings) < 2 or not answered:
+            return {}
+        writers = list(writings)
+        sims = Resemblance(writings).similarities(list(answered.values()), writers)
+        found = {}
+        for condition, row in zip(answered, sims):
+            rank = 1 + int((row[1:] >= row[0]).sum())  # a tie counts against the visitor
+            closest = "" if row.max() <= 0 else YOU if rank == 1 else writers[1 + int(row[1:].argmax())]
+            found[condition] = Likeness(rank, len(writers), closest, round(float(row[0]), 3))
+        return found
+
     # --- does it know me? ------------------------------------------------------------------
 
     @_in_flight
@@ -519,6 +554,7 @@ class Studio:
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
         if params.stop_at_eos:
             result.cut = dict(zip(conditions, decoding.cut))
+        result.resemblance = self.resemblance(owner, profile_id, result.outputs)
         if any(result.cut.values()):
             result.notes.append(f"An answer reached the limit of {plural(params.max_new_tokens, 'new token')} and may "
                                 "stop mid-sentence (raise Max new tokens to read more).")
