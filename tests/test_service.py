@@ -45,7 +45,7 @@ def test_compute_then_generate_both_sides(studio, owner):
     # whose writing each answer resembles: the visitor's and the four example personas' compared
     assert set(final.resemblance) == {"pplug", "generic"}
     for likeness in final.resemblance.values():
-        assert likeness.of == 5 and 1 <= likeness.rank <= 5 and 0 <= likeness.similarity <= 1
+        assert likeness.of == 5 and 1 <= likeness.rank <= 5 and -1 <= likeness.similarity <= 1
         assert (likeness.closest == "you") == (likeness.rank == 1)
     assert measured[-1] and not any(measured[:-1])  # measured once the answers are complete
 
@@ -54,18 +54,16 @@ def test_resemblance_compares_an_answer_with_the_visitor_and_the_other_personas(
     from demo.core import personas
 
     profile = studio.compute_profile(owner, "food", personas.persona_items("food_blogger")).profile_id
-    mine = personas.persona_items("food_blogger")[0]
-    lincoln = personas.persona_items("lincoln")[0]
-    found = studio.resemblance(owner, profile, {"pplug": mine, "generic": lincoln, "pplug-other": " \u200b",
-                                                "rag": "\U0001f331\U0001f4a1"})
-    assert set(found) == {"pplug", "generic", "rag"}  # an answer with nothing visible is not measured
-    assert found["rag"].closest == "" and found["rag"].similarity == 0  # emoji no one wrote: no one's
+    recipe = "Tonight's dinner: a lentil dal with mustard seeds, rice and a big pot of white bean soup."
+    speech = personas.persona_items("lincoln")[0]  # one of Lincoln's own texts
+    found = studio.resemblance(owner, profile, {"pplug": recipe, "generic": speech, "pplug-other": " \u200b"})
+    assert set(found) == {"pplug", "generic"}  # an answer with nothing visible is not measured
     assert found["pplug"].of == 4  # the food blogger's own persona is not compared with itself
     assert found["pplug"].rank == 1 and found["pplug"].closest == "you"
     assert found["generic"].closest == "Lincoln" and found["generic"].rank > 1
     assert found["pplug"].similarity > found["generic"].similarity
     studio.delete_my_data(owner)
-    assert studio.resemblance(owner, profile, {"pplug": mine}) == {}  # deleted meanwhile: nothing to compare
+    assert studio.resemblance(owner, profile, {"pplug": recipe}) == {}  # deleted meanwhile: nothing to compare
 
 
 def test_items_are_never_encoded_twice(studio, owner):
@@ -240,4 +238,8 @@ def test_the_four_example_personas_get_four_different_answers(studio, owner):
     # the keyword token: words of what each persona writes about, and not the same words for all
     assert all(len(w) == studio.plug.config.keywords == 8 for w in words.values()), words
     assert words["food_blogger"] & {"recipe", "recipes", "cooking", "food", "meals", "bread", "dishes"}, words
+    # and each answer comes closer to its persona's writing than the generic answer to the same request does
+    closeness = {name: {c: likeness.similarity for c, likeness in result.resemblance.items()}
+                 for name, result in last.items()}
+    assert all(c["pplug"] > c["generic"] for c in closeness.values()), closeness
     assert not words["food_blogger"] & words["lincoln"], words

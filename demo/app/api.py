@@ -85,8 +85,9 @@ def generate(studio: Studio, owner_token: str, profile_id: str, request: str, ma
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, tuned: bool = False) -> dict:
     """Generate the personalized and the generic answer to a request (temperature 0 = greedy);
     tuned=True adds the profile's "tune to me" token to the personalized answer. Once done, ``resemblance``
-    says per answer how much it resembles the caller's writing (``similarity``, 0-1) and whose writing it
-    resembles most: ``closest`` ("you", an example persona, or "" for no one's), ``rank`` of yours among ``of``.
+    says per answer how close it comes to the caller's writing (``similarity``: the encoder's cosine to the
+    mean of their texts) and to whose writing it comes closest: ``closest`` ("you" or an example persona),
+    ``rank`` of yours among ``of`` writers.
 
     Streams the answers as they grow (``Client.submit``); ``Client.predict`` returns the last,
     complete one, which has ``done`` true."""

@@ -477,20 +477,19 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
 
 
 def resemblance_text(found: dict[str, Likeness]) -> str:
-    """How much each answer resembles the visitor's writing, and whose it resembles most (empty until done)."""
+    """How close each answer comes to the visitor's writing, and to whose most (empty until the answers are in)."""
     if not found:
         return ""
     columns = {"pplug": "personalized", "generic": "generic", "pplug-other": "someone else's writing"}
     clauses = []
     for condition, likeness in found.items():
-        whose = ("it shares nothing with any of them" if not likeness.closest else "most like yours"
-                 if likeness.closest == YOU else f"most like {likeness.closest}'s")
-        clauses.append(f"{columns.get(condition, condition)} {likeness.similarity:.2f} ({whose})")
+        whose = "yours" if likeness.closest == YOU else f"{likeness.closest}'s"
+        clauses.append(f"{columns.get(condition, condition)} {likeness.similarity:.2f} (closest to {whose})")
     of = max(likeness.of for likeness in found.values())
-    return (f"**How much each answer resembles your writing**: {'; '.join(clauses)}. <small>Shared character "
-            f"sequences (0 to 1; the evaluation's personal-fit measure), against your writing and that of "
-            f"{plural(of - 1, 'example persona')}: an answer the plug made yours should resemble your writing "
-            "more than the generic one does.</small>")
+    return (f"**How close each answer comes to what you write about**: {'; '.join(clauses)}. <small>The sentence "
+            f"encoder's cosine between the answer and the mean of your texts, compared with the writing of "
+            f"{plural(of - 1, 'example persona')}: an answer the plug made yours comes closer than the generic "
+            "one.</small>")
 
 
 def keywords_text(words: list[str]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from . import know_me, personas
@@ -35,7 +36,6 @@ from .history import ParsedHistory
 from .inflight import SHUTTING_DOWN, InFlight, ShuttingDown
 from .models import canonical_id, load_encoder, load_llm
 from .plug import PPlug, add_shift
-from .resemblance import Resemblance
 from .scheduler import Scheduler
 from .settings import Settings
 from .selfsup import examples_from_history
@@ -105,12 +105,12 @@ YOU = "you"  # the visitor among the writers an answer is compared with (persona
 
 @dataclass
 class Likeness:
-    """Whose writing an answer resembles most: the visitor's or an example persona's (``demo.core.resemblance``)."""
+    """How close an answer comes to the visitor's writing, and whether to theirs or an example persona's most."""
 
-    rank: int  # the visitor's writing among all compared, 1 = the answer resembles it most
+    rank: int  # the visitor's writing among all compared, 1 = the answer comes closest to it
     of: int  # writers compared: the visitor and the personas that are not the visitor's history
-    closest: str  # YOU, the label of the persona whose writing the answer resembles most, or "" (no one's)
-    similarity: float  # to the visitor's writing, 0-1: compare it between the columns of one request
+    closest: str  # YOU, or the label of the persona whose writing the answer comes closest to
+    similarity: float  # to the visitor's writing, -1 to 1: compare it between the columns of one request
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Comparison:
     request: str = ""  # the request as answered (cleaned, perhaps cut)
     other: str = ""  # whose writing the "pplug-other" row used (a persona's label)
     cut: dict[str, bool] = field(default_factory=dict)  # condition -> it reached max_new_tokens (once done)
-    resemblance: dict[str, Likeness] = field(default_factory=dict)  # condition -> whose writing (once done)
+    resemblance: dict[str, Likeness] = field(default_factory=dict)  # condition -> how close to whose (once done)
 
     @property
     def personalized(self) -> str:
@@ -453,23 +453,27 @@ class Studio:
                 if len(mine & set(personas.persona_items(name))) * 2 < len(personas.persona_items(name))][:limit]
 
     def resemblance(self, owner: str, profile_id: str, outputs: dict[str, str]) -> dict[str, Likeness]:
-        """Per answer (condition -> text), whose writing it resembles: the profile's against the example
-        personas' that are not the profile (answers with nothing visible, or a profile deleted meanwhile: none)."""
+        """Per answer (condition -> text), how close it comes to the profile's writing and whose writing it
+        comes closest to, of the profile's and the example personas' that are not the profile: the
+        encoder's cosine between the answer and each writer's mean item embedding. (Answers with nothing
+        visible, or a profile deleted meanwhile: none.)"""
         try:
-            texts = self._profile(owner, profile_id).texts
+            profile = self._profile(owner, profile_id)
         except NoSuchProfile:
             return {}
-        writings = {YOU: texts, **{personas.persona_label(n): personas.persona_items(n) for n in self.strangers(texts)}}
+        writers = {YOU: profile.items, **{personas.persona_label(n): self.persona(n).items
+                                          for n in self.strangers(profile.texts)}}
         answered = {c: t for c, t in outputs.items() if has_visible_text(t)}
-        if len(writings) < 2 or not answered:
+        if not answered:
             return {}
-        writers = list(writings)
-        sims = Resemblance(writings).similarities(list(answered.values()), writers)
+        centres = F.normalize(torch.stack([items.float().mean(0) for items in writers.values()]), dim=-1)  # [writers, d_enc]
+        answers = torch.from_numpy(self.encode(list(answered.values()))).to(centres.device)  # [answers, d_enc]
+        names = list(writers)
         found = {}
-        for condition, row in zip(answered, sims):
+        for condition, row in zip(answered, (answers @ centres.T).cpu()):
             rank = 1 + int((row[1:] >= row[0]).sum())  # a tie counts against the visitor
-            closest = "" if row.max() <= 0 else YOU if rank == 1 else writers[1 + int(row[1:].argmax())]
-            found[condition] = Likeness(rank, len(writers), closest, round(float(row[0]), 3))
+            closest = YOU if rank == 1 else names[1 + int(row[1:].argmax())]
+            found[condition] = Likeness(rank, len(names), closest, round(float(row[0]), 3))
         return found
 
     # --- does it know me? ------------------------------------------------------------------

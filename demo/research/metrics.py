@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from rouge_score import rouge_scorer
 from scipy.stats import bootstrap
-
-from ..core.resemblance import Resemblance
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 _SCORER = None
 
@@ -83,19 +82,24 @@ def mae_rmse(predictions: Sequence[str], references: Sequence[str], low: float =
 
 
 class PersonalFit:
-    """Rank the true author of a text among candidate users by their writing's resemblance to it
-    (``demo.core.resemblance``: character n-gram TF-IDF, each user one document of their texts).
+    """Rank the true author of a text among candidate users by char n-gram TF-IDF similarity.
 
-    ``histories``: user id -> list of that user's history texts. Candidates for a query are the
+    ``histories``: user id -> list of that user's history texts. The vectorizer is fitted on all
+    histories; each user is one document (their texts joined). Candidates for a query are the
     author and ``n_candidates - 1`` other users drawn with a per-query seed, so every method is
     ranked against the same candidates.
     """
 
-    def __init__(self, histories: dict[str, list[str]], n_candidates: int = 20, seed: int = 0):
+    def __init__(self, histories: dict[str, list[str]], n_candidates: int = 20, seed: int = 0,
+                 ngram_range: tuple[int, int] = (2, 4), max_chars_per_user: int = 20_000):
         self.users = list(histories)
+        self.index = {u: i for i, u in enumerate(self.users)}
         self.n_candidates = min(n_candidates, len(self.users))
         self.seed = seed
-        self.resemblance = Resemblance(histories)
+        docs = ["\n".join(histories[u])[-max_chars_per_user:] for u in self.users]
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=ngram_range, sublinear_tf=True,
+                                          min_df=1, lowercase=False)
+        self.user_matrix = self.vectorizer.fit_transform(docs)  # rows are L2-normalized
 
     def candidates(self, author: str, key: str) -> list[str]:
         """The author first, then the other candidates (deterministic per ``key``)."""
@@ -105,7 +109,10 @@ class PersonalFit:
 
     def rank(self, text: str, author: str, key: str) -> int:
         """1-based rank of the author among the candidates (ties count against the author)."""
-        return self.resemblance.rank(text, author, self.candidates(author, key)[1:])
+        cands = self.candidates(author, key)
+        vec = self.vectorizer.transform([text])
+        sims = (self.user_matrix[[self.index[u] for u in cands]] @ vec.T).toarray().ravel()
+        return 1 + int((sims[1:] >= sims[0]).sum())
 
     def score(self, texts: Sequence[str], authors: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
         ranks = [self.rank(t, a, k) for t, a, k in zip(texts, authors, keys, strict=True)]
