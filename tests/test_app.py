@@ -26,8 +26,8 @@ def test_compute_and_generate_side_by_side(client, owner):
     assert len(out["top_items"]) == 3
     assert len(out["keywords"]) == 8 and all(w.isalpha() for w in out["keywords"])  # the keyword token's words
     assert out["plug_id"]
-    assert set(out["resemblance"]) == {"personalized", "generic"}
-    assert {"rank", "of", "closest", "similarity"} == set(out["resemblance"]["generic"])
+    assert set(out["closeness"]) == {"personalized", "generic"}  # each answer's closeness to the writing
+    assert all(-1 <= v <= 1 for v in out["closeness"].values())
     listed = client.predict(owner_token=owner, api_name="/list_profiles")
     assert [p["id"] for p in listed] == [profile["profile_id"]]
 

@@ -190,9 +190,9 @@ def test_the_control_column_is_the_same_plug_with_someone_elses_writing_in_the_s
     steps = list(handler(page, "on_generate")(owner, profile_id, "Write a tweet.", True, 6, "Greedy", 0.7, 0.95, 0))
     other = steps[-1][3]
     assert other["visible"] is True and other["label"] == f"{ui.CONTROL_LABEL} (FDR)" and other["value"]
-    # once done, the notes say how close each column comes to the visitor's writing, against 3 personas'
+    # once done, the notes say how close each column comes to the visitor's writing
     notes = steps[-1][4]
-    assert "How close each answer comes to what you write about" in notes and "3 example personas" in notes
+    assert "How close each answer comes to the subjects you write about" in notes
     assert all(f"{column} " in notes for column in ("personalized", "generic", "someone else's writing")), notes
     assert not any("How close" in step[4] for step in steps[:-1] if isinstance(step[4], str))
     off = list(handler(page, "on_generate")(owner, profile_id, "Write a tweet.", False, 6, "Greedy", 0.7, 0.95, 0))

@@ -84,10 +84,9 @@ def tune_profile(studio: Studio, owner_token: str, profile_id: str) -> dict:
 def generate(studio: Studio, owner_token: str, profile_id: str, request: str, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, tuned: bool = False) -> dict:
     """Generate the personalized and the generic answer to a request (temperature 0 = greedy);
-    tuned=True adds the profile's "tune to me" token to the personalized answer. Once done, ``resemblance``
-    says per answer how close it comes to the caller's writing (``similarity``: the encoder's cosine to the
-    mean of their texts) and to whose writing it comes closest: ``closest`` ("you" or an example persona),
-    ``rank`` of yours among ``of`` writers.
+    tuned=True adds the profile's "tune to me" token to the personalized answer. Once done, ``closeness``
+    says per answer how close it comes to the subjects of the caller's writing: the sentence encoder's cosine
+    between the answer and the mean of their texts (higher is closer; compare the two answers).
 
     Streams the answers as they grow (``Client.submit``); ``Client.predict`` returns the last,
     complete one, which has ``done`` true."""
@@ -98,7 +97,7 @@ def generate(studio: Studio, owner_token: str, profile_id: str, request: str, ma
             yield {"personalized": result.personalized, "generic": result.generic, "notes": result.notes,
                    "top_items": [asdict(t) for t in result.top_items], "keywords": result.keywords,
                    "timings": result.timings,
-                   "resemblance": {("personalized" if c == "pplug" else c): asdict(v) for c, v in result.resemblance.items()},
+                   "closeness": {("personalized" if c == "pplug" else c): v for c, v in result.closeness.items()},
                    "plug_id": studio.plug_id, "generation_id": result.generation_id, "done": result.done}
     except ServiceError as err:
         raise api_error(err) from None

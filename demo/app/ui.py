@@ -21,7 +21,7 @@ from ..core import personas
 from ..core.generation import GenerationParams
 from ..core.history import HistoryError, ParsedHistory, preview
 from ..core.settings import REPO_ROOT
-from ..core.studio import YOU, Likeness, NoSuchProfile, ServiceError, Studio, TuneResult
+from ..core.studio import NoSuchProfile, ServiceError, Studio, TuneResult
 from ..core.text import markdown_text, plural
 from . import charts
 from .api import PROFILE_QUEUE, add_api, generate_queue, parse_history
@@ -266,7 +266,7 @@ def on_generate(studio: Studio, owner, profile_id, request, control, max_new_tok
             if result.done:
                 notes = (notes + f" Generated in {result.timings['total_s']:.1f} s "
                          f"(first token after {result.timings['first_token_s']:.1f} s).").strip()
-                notes = "\n\n".join(filter(None, [resemblance_text(result.resemblance), notes]))
+                notes = "\n\n".join(filter(None, [closeness_text(result.closeness), notes]))
             other = gr.update(value=result.outputs.get("pplug-other", ""), visible=bool(control),
                               label=f"{CONTROL_LABEL} ({result.other})" if result.other else CONTROL_LABEL)
             frame = charts.weights_frame(result)
@@ -476,20 +476,16 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
                            notes=notes)
 
 
-def resemblance_text(found: dict[str, Likeness]) -> str:
-    """How close each answer comes to the visitor's writing, and to whose most (empty until the answers are in)."""
+def closeness_text(found: dict[str, float]) -> str:
+    """How close each answer comes to the visitor's writing (empty until the answers are in)."""
     if not found:
         return ""
     columns = {"pplug": "personalized", "generic": "generic", "pplug-other": "someone else's writing"}
-    clauses = []
-    for condition, likeness in found.items():
-        whose = "yours" if likeness.closest == YOU else f"{likeness.closest}'s"
-        clauses.append(f"{columns.get(condition, condition)} {likeness.similarity:.2f} (closest to {whose})")
-    of = max(likeness.of for likeness in found.values())
-    return (f"**How close each answer comes to what you write about**: {'; '.join(clauses)}. <small>The sentence "
-            f"encoder's cosine between the answer and the mean of your texts, compared with the writing of "
-            f"{plural(of - 1, 'example persona')}: an answer the plug made yours comes closer than the generic "
-            "one.</small>")
+    values = " · ".join(f"{columns.get(c, c)} {v:.2f}" for c, v in found.items())
+    return (f"**How close each answer comes to the subjects you write about**: {values}. <small>The sentence "
+            "encoder's cosine between the answer and the mean of your texts; higher is closer. An answer made "
+            "yours should come closer than the generic one, and than the same plug with someone else's "
+            "writing.</small>")
 
 
 def keywords_text(words: list[str]) -> str:

@@ -100,19 +100,6 @@ class TopItem:
     text: str
 
 
-YOU = "you"  # the visitor among the writers an answer is compared with (persona labels are capitalized)
-
-
-@dataclass
-class Likeness:
-    """How close an answer comes to the visitor's writing, and whether to theirs or an example persona's most."""
-
-    rank: int  # the visitor's writing among all compared, 1 = the answer comes closest to it
-    of: int  # writers compared: the visitor and the personas that are not the visitor's history
-    closest: str  # YOU, or the label of the persona whose writing the answer comes closest to
-    similarity: float  # to the visitor's writing, -1 to 1: compare it between the columns of one request
-
-
 @dataclass
 class Comparison:
     """The answers to one request under each condition, as far as generated."""
@@ -128,7 +115,7 @@ class Comparison:
     request: str = ""  # the request as answered (cleaned, perhaps cut)
     other: str = ""  # whose writing the "pplug-other" row used (a persona's label)
     cut: dict[str, bool] = field(default_factory=dict)  # condition -> it reached max_new_tokens (once done)
-    resemblance: dict[str, Likeness] = field(default_factory=dict)  # condition -> how close to whose (once done)
+    closeness: dict[str, float] = field(default_factory=dict)  # condition -> to the visitor's writing (once done)
 
     @property
     def personalized(self) -> str:
@@ -452,29 +439,21 @@ class Studio:
         return [name for name in personas.persona_names()
                 if len(mine & set(personas.persona_items(name))) * 2 < len(personas.persona_items(name))][:limit]
 
-    def resemblance(self, owner: str, profile_id: str, outputs: dict[str, str]) -> dict[str, Likeness]:
-        """Per answer (condition -> text), how close it comes to the profile's writing and whose writing it
-        comes closest to, of the profile's and the example personas' that are not the profile: the
-        encoder's cosine between the answer and each writer's mean item embedding. (Answers with nothing
-        visible, or a profile deleted meanwhile: none.)"""
+    @torch.inference_mode()
+    def closeness(self, owner: str, profile_id: str, outputs: dict[str, str]) -> dict[str, float]:
+        """Per answer (condition -> text), how close it comes to the subjects of the profile's writing: the
+        sentence encoder's cosine between the answer and the mean of the profile's item embeddings, -1 to 1.
+        Compare the columns of one request. (Answers with nothing visible, or a profile deleted meanwhile: none.)"""
         try:
-            profile = self._profile(owner, profile_id)
+            items = self._profile(owner, profile_id).items  # [n, d_enc]
         except NoSuchProfile:
             return {}
-        writers = {YOU: profile.items, **{personas.persona_label(n): self.persona(n).items
-                                          for n in self.strangers(profile.texts)}}
         answered = {c: t for c, t in outputs.items() if has_visible_text(t)}
         if not answered:
             return {}
-        centres = F.normalize(torch.stack([items.float().mean(0) for items in writers.values()]), dim=-1)  # [writers, d_enc]
-        answers = torch.from_numpy(self.encode(list(answered.values()))).to(centres.device)  # [answers, d_enc]
-        names = list(writers)
-        found = {}
-        for condition, row in zip(answered, (answers @ centres.T).cpu()):
-            rank = 1 + int((row[1:] >= row[0]).sum())  # a tie counts against the visitor
-            closest = YOU if rank == 1 else names[1 + int(row[1:].argmax())]
-            found[condition] = Likeness(rank, len(names), closest, round(float(row[0]), 3))
-        return found
+        centre = F.normalize(items.float().mean(0), dim=-1)  # [d_enc]
+        answers = torch.from_numpy(self.encode(list(answered.values()))).to(centre.device)  # [answers, d_enc]
+        return {c: round(float(v), 3) for c, v in zip(answered, answers @ centre)}
 
     # --- does it know me? ------------------------------------------------------------------
 
@@ -524,7 +503,7 @@ class Studio:
 
     def generate(self, owner: str, profile_id: str, request: str, params: GenerationParams,
                  conditions: tuple[str, ...] = ("pplug", "generic"), top_k: int = 8,
-                 rag_k: int = 4, tuned: bool = False, log: bool = True) -> Iterator[Comparison]:
+                 rag_k: int = 4, tuned: bool = False, log: bool = True, measure: bool = True) -> Iterator[Comparison]:
         """Stream the answers to ``request`` under each condition, all rows in one batch.
 
         Conditions: ``pplug`` (soft tokens), ``generic`` (same model, same prompt, no plug),
@@ -534,7 +513,8 @@ class Studio:
         ``tuned``: the personalized rows add the profile's "tune to me"
         token (``tune_profile``) to P. The rows are decoded in the shared loop beside other
         requests' rows (``demo.core.scheduler``); closing this iterator takes them out at the next
-        step. ``log=False`` stores nothing (a study trial prepared before it is reached).
+        step. ``log=False`` stores nothing (a study trial prepared before it is reached). ``measure``: once
+        done, how close each answer comes to the profile's writing (``closeness``; studies show no such thing).
         """
         t0 = time.perf_counter()
         result, embeds, mask = self._prepare(owner, profile_id, request, params, conditions, top_k, rag_k, tuned)
@@ -558,7 +538,6 @@ class Studio:
         result.timings = {"prepare_s": t_prep - t0, "first_token_s": (first or end) - t0, "total_s": end - t0}
         if params.stop_at_eos:
             result.cut = dict(zip(conditions, decoding.cut))
-        result.resemblance = self.resemblance(owner, profile_id, result.outputs)
         if any(result.cut.values()):
             result.notes.append(f"An answer reached the limit of {plural(params.max_new_tokens, 'new token')} and may "
                                 "stop mid-sentence (raise Max new tokens to read more).")
@@ -568,8 +547,18 @@ class Studio:
                 params={**asdict(params), "conditions": list(conditions), "tuned": tuned},
                 personalized=result.personalized, generic=result.generic, timings=result.timings,
             )
+        if measure:
+            result.closeness = self._closeness_or_none(owner, profile_id, result.outputs)
         result.done = True
         yield result
+
+    def _closeness_or_none(self, owner: str, profile_id: str, outputs: dict[str, str]) -> dict[str, float]:
+        """``closeness``, or none if it fails: a measure beside the answers never costs the answers themselves."""
+        try:
+            return self.closeness(owner, profile_id, outputs)
+        except Exception as err:  # e.g. shutting down, or out of GPU memory
+            log.warning("The answers' closeness to the writing was not measured: %s", type(err).__name__)
+            return {}
 
     def _decode_here(self, request: Request) -> Iterator[list[str]]:
         """Decode the rows in this thread, counted as work in flight until the last step."""

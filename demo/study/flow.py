@@ -296,7 +296,7 @@ class StudyService:
         the trial row, written when the participant reaches it, is the record."""
         steps = self.studio.generate(_owner_for(token), plan.profile_id, plan.prompt, self._params(d, plan),
                                      conditions=(plan.condition_a, plan.condition_b), rag_k=d.generation.rag_k,
-                                     log=False)
+                                     log=False, measure=False)
         try:
             result = None
             for result in steps:
