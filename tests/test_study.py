@@ -59,7 +59,8 @@ class FakeStudio:
     def delete_my_data(self, owner):
         return self.store.delete_owner_data(owner)
 
-    def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4, log=True):
+    def generate(self, owner, profile_id, request, params, conditions=("pplug", "generic"), rag_k=4, log=True,
+                 measure=True):
         assert self.store.get_profile(profile_id, owner) is not None
         self.generated.append(tuple(conditions))
         yield Comparison(outputs={c: self.answer(c) for c in conditions}, done=True, timings={"total_s": 0.01},
