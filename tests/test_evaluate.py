@@ -148,7 +148,10 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     for method in evaluate_cli.METHODS:
         m = task["methods"][method]
         assert 0 <= m["rougeL"] <= 1 and 0 <= m["fit_top1"] <= 1 and 0 < m["fit_mrr"] <= 1
-    assert task["methods"]["gold"]["fit_top1"] >= 0
+        assert 1 / 3 <= m["topic_fit_mrr"] <= 1  # the topic fit ranks the same 3 candidates by the encoder
+    assert task["methods"]["gold"]["fit_top1"] >= 0 and 0 < task["methods"]["gold"]["topic_fit_mrr"] <= 1
+    assert "topic_rr" in task["comparisons"]["pplug - pplug-other-user"]
+    assert "topic fit MRR" in (results_dir / "results.md").read_text()
     diag = task["diagnostics"]["pplug"]
     assert -1 <= diag["p_mean_pairwise_cosine"] <= 1 and "nll_own_minus_other" in diag
     assert "pplug - pplug-other-user" in task["comparisons"]

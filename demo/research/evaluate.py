@@ -145,12 +145,12 @@ COMPARED = [("pplug", "generic"), ("pplug", "rag"), ("pplug", "pplug-other-user"
 
 def paired_comparisons(per_query: dict[str, dict], key: str, n_resamples: int, seed: int) -> dict:
     """Paired bootstrap of the per-query differences of the compared methods: the task's main
-    metric ``key`` and, where measured, the personal fit's reciprocal rank."""
+    metric ``key`` and, where measured, the personal and topic fits' reciprocal ranks."""
     comparisons = {}
     for a, b in COMPARED:
         if a in per_query and b in per_query:
             comparisons[f"{a} - {b}"] = {m: paired_bootstrap(per_query[a][m], per_query[b][m], n_resamples, seed)
-                                         for m in (key, "fit_rr") if m in per_query[a]}
+                                         for m in (key, "fit_rr", "topic_rr") if m in per_query[a]}
     return comparisons
 
 
@@ -275,7 +275,8 @@ class Evaluation(FrozenModels):
     def personal_fit(self, split: LampSplit, methods: list[str], outputs: dict[str, list[str]], results: dict,
                      per_query: dict) -> None:
         """Personal fit of each method's outputs and of the gold outputs (added to ``results`` and
-        ``per_query``): the true author's rank among candidate users, by char n-gram TF-IDF similarity."""
+        ``per_query``): the true author's rank among candidate users, by char n-gram TF-IDF similarity, and
+        the topic fit: the same ranking by the sentence encoder."""
         queries = split.queries
         # A user's queries made from their own history (--selfsup) hold each other's answers in their
         # histories: items holding any of the user's gold answers are left out of the history compared.
@@ -297,6 +298,24 @@ class Evaluation(FrozenModels):
             s = fit.score(outputs[method], authors, keys)
             results[method].update(fit_top1=s["fit_top1"], fit_mrr=s["fit_mrr"])
             per_query[method]["fit_rr"] = [1 / r for r in s["ranks"]]
+        # The topic fit, by the sentence encoder: each user's mean embedding of the history items the plug saw
+        # (capped, already cached), less any item holding one of the user's gold answers.
+        capped: dict[str, list[str]] = {}
+        for q in queries:
+            capped.setdefault(q.user_id, [t for t in q.item_texts(self.history_cap())
+                                          if not any(g and g in " ".join(t.split()) for g in golds[q.user_id])])
+        self.cache.ensure([t for texts in capped.values() for t in texts])
+        if not all(capped.values()):  # a history made only of gold answers: no topic fit
+            return
+        centres = {}
+        for user, texts in capped.items():
+            mean = self.cache.matrix(texts).mean(0)  # [d_enc]
+            centres[user] = mean / np.linalg.norm(mean)
+        for method, texts in [("gold", [q.output for q in queries]), *((m, outputs[m]) for m in methods)]:
+            embeddings = self.encoder.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
+            s = fit.topic_score(embeddings, authors, keys, centres)
+            results[method]["topic_fit_mrr"] = s["topic_fit_mrr"]
+            per_query[method]["topic_rr"] = [1 / r for r in s["ranks"]]
 
     def tuned(self, split, examples, plug) -> dict:
         """user id -> TunedToken fitted on self-supervised examples from the user's history (cached per task)."""
@@ -375,15 +394,16 @@ def markdown(results: dict) -> str:
     lines = [f"# Results on the {results['split']} splits", "",
              f"Greedy decoding; {retrieval}plug `{results['plug_id']}`. Personal fit: rank of the true author among "
              f"{settings['candidates']} candidate users (or all the split's users if fewer) by "
-             "character 2-4-gram TF-IDF cosine of the output to each user's history.", ""]
+             "character 2-4-gram TF-IDF cosine of the output to each user's history; topic fit: the same "
+             "ranking by the sentence encoder's cosine to each user's mean history embedding.", ""]
     if settings.get("selfsup"):
         lines += [f"Queries made from the users' own histories ({settings['selfsup']} per user at most: one "
                       "item the gold answer, the rest the history), not the split's queries.", ""]
     for t in results["tasks"]:
         gen = t["kind"] == "generation"
-        cols = ["ROUGE-1", "ROUGE-L", "fit top-1", "fit MRR", "words"] if gen else (
+        cols = ["ROUGE-1", "ROUGE-L", "fit top-1", "fit MRR", "topic fit MRR", "words"] if gen else (
             ["accuracy", "F1"] if t["kind"] == "classification" else ["MAE", "RMSE"])
-        keys = ["rouge1", "rougeL", "fit_top1", "fit_mrr", "mean_words"] if gen else (
+        keys = ["rouge1", "rougeL", "fit_top1", "fit_mrr", "topic_fit_mrr", "mean_words"] if gen else (
             ["accuracy", "f1"] if t["kind"] == "classification" else ["mae", "rmse"])
         rows = [[method] + [f"{m[k]:.3f}" if k in m and k != "mean_words" else (f"{m[k]:.1f}" if k in m else "")
                             for k in keys] for method, m in t["methods"].items()]

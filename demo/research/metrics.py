@@ -5,7 +5,8 @@
 * regression (LaMP-3): MAE and RMSE (an unparsable answer counts as the worst score's distance);
 * personal fit: rank the true author among candidate users by the similarity of the output to
   each candidate's history (character 2-4-gram TF-IDF, cosine to the candidate's concatenated
-  history); top-1 accuracy and mean reciprocal rank.
+  history); top-1 accuracy and mean reciprocal rank. The topic fit ranks the same candidates by the
+  sentence encoder's cosine of the output to each candidate's mean history embedding.
 """
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ class PersonalFit:
         ranks = [self.rank(t, a, k) for t, a, k in zip(texts, authors, keys, strict=True)]
         return {"fit_top1": float(np.mean([r == 1 for r in ranks])),
                 "fit_mrr": float(np.mean([1 / r for r in ranks])), "ranks": ranks}
+
+    def topic_score(self, embeddings: np.ndarray, authors: Sequence[str], keys: Sequence[str],
+                    centres: dict[str, np.ndarray]) -> dict[str, float]:
+        """The topic fit: the same candidates ranked by the sentence encoder instead, the cosine of each output's
+        embedding (``embeddings`` [n, d], unit rows) to each candidate's mean history embedding (``centres``:
+        user -> [d], unit); what the app shows a visitor per answer."""
+        ranks = []
+        for e, author, key in zip(embeddings, authors, keys, strict=True):
+            sims = np.array([e @ centres[u] for u in self.candidates(author, key)])
+            ranks.append(1 + int((sims[1:] >= sims[0]).sum()))
+        return {"topic_fit_mrr": float(np.mean([1 / r for r in ranks])), "ranks": ranks}
 
 
 # --- paired bootstrap -----------------------------------------------------------------------
