@@ -283,11 +283,14 @@ class Evaluation(FrozenModels):
         golds: dict[str, list[str]] = {}
         for q in queries:
             golds.setdefault(q.user_id, []).append(" ".join(q.output.split()))
+
+        def holds_a_gold(user: str, text: str) -> bool:
+            return any(g and g in " ".join(text.split()) for g in golds[user])
+
         histories: dict[str, list[str]] = {}
         for q in queries:
             known = histories.setdefault(q.user_id, [])
-            known.extend(t for t in q.item_texts() if t not in known and
-                         not any(g and g in " ".join(t.split()) for g in golds[q.user_id]))
+            known.extend(t for t in q.item_texts() if t not in known and not holds_a_gold(q.user_id, t))
         fit = PersonalFit(histories, n_candidates=self.args.candidates, seed=self.args.seed)
         keys = [q.id for q in queries]
         authors = [q.user_id for q in queries]
@@ -302,11 +305,10 @@ class Evaluation(FrozenModels):
         # (capped, already cached), less any item holding one of the user's gold answers.
         capped: dict[str, list[str]] = {}
         for q in queries:
-            capped.setdefault(q.user_id, [t for t in q.item_texts(self.history_cap())
-                                          if not any(g and g in " ".join(t.split()) for g in golds[q.user_id])])
-        self.cache.ensure([t for texts in capped.values() for t in texts])
+            capped.setdefault(q.user_id, [t for t in q.item_texts(self.history_cap()) if not holds_a_gold(q.user_id, t)])
         if not all(capped.values()):  # a history made only of gold answers: no topic fit
             return
+        self.cache.ensure([t for texts in capped.values() for t in texts])
         centres = {}
         for user, texts in capped.items():
             mean = self.cache.matrix(texts).mean(0)  # [d_enc]

@@ -82,6 +82,11 @@ def mae_rmse(predictions: Sequence[str], references: Sequence[str], low: float =
 # --- personal fit ----------------------------------------------------------------------------
 
 
+def _author_rank(sims: np.ndarray) -> int:
+    """1-based rank of the first candidate (the author) by similarities [n_candidates]; ties count against it."""
+    return 1 + int((sims[1:] >= sims[0]).sum())
+
+
 class PersonalFit:
     """Rank the true author of a text among candidate users by char n-gram TF-IDF similarity.
 
@@ -112,8 +117,7 @@ class PersonalFit:
         """1-based rank of the author among the candidates (ties count against the author)."""
         cands = self.candidates(author, key)
         vec = self.vectorizer.transform([text])
-        sims = (self.user_matrix[[self.index[u] for u in cands]] @ vec.T).toarray().ravel()
-        return 1 + int((sims[1:] >= sims[0]).sum())
+        return _author_rank((self.user_matrix[[self.index[u] for u in cands]] @ vec.T).toarray().ravel())
 
     def score(self, texts: Sequence[str], authors: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
         ranks = [self.rank(t, a, k) for t, a, k in zip(texts, authors, keys, strict=True)]
@@ -127,8 +131,7 @@ class PersonalFit:
         user -> [d], unit); what the app shows a visitor per answer."""
         ranks = []
         for e, author, key in zip(embeddings, authors, keys, strict=True):
-            sims = np.array([e @ centres[u] for u in self.candidates(author, key)])
-            ranks.append(1 + int((sims[1:] >= sims[0]).sum()))
+            ranks.append(_author_rank(np.array([e @ centres[u] for u in self.candidates(author, key)])))
         return {"topic_fit_mrr": float(np.mean([1 / r for r in ranks])), "ranks": ranks}
 
 
