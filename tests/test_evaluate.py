@@ -190,18 +190,18 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert again["generic"] == "reused" and isinstance(again["pplug"], float)
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
-    assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token from the 4 nearest of 300" in recorded["summary"]
+    assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token (the 4 of 300 bank words nearest to the history)" in recorded["summary"]
     # a plug trained on from the keyword plug names the parts it kept, and how K's words are chosen
     assert "keyword token (the 4 of 300 bank words nearest to what sets the history apart) in place" in \
         evaluate_cli.record_in_plug(results, root / "plug-headed")
     headed_config = root / "plug-headed" / "config.json"
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keyword_center": False}))
-    assert "keyword token from the 4 nearest of 300 bank words in place" in evaluate_cli.record_in_plug(
+    assert "keyword token (the 4 of 300 bank words nearest to the history) in place" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
     # one token per word, k as its config now has it (the keyword step's record said 4)
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 3,
                                          "separate_keywords": True}))
-    assert "3 keyword tokens (one per bank word, the 3 nearest of 300) in place" in evaluate_cli.record_in_plug(
+    assert "3 keyword tokens (one per bank word: the 3 of 300 bank words nearest to the history) in place" in evaluate_cli.record_in_plug(
         results, root / "plug-headed")
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 4,
                                          "separate_keywords": False}))
@@ -210,7 +210,7 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     config["made"]["distill"] = {"users": {"tweets": 5, "blog_posts": 2}}
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
     summary = evaluate_cli.record_in_plug(results, root / "plug-headed")
-    assert "bank words in place; its shift head distilled afterwards from 7 train users" in summary
+    assert "nearest to the history) in place; its shift head distilled afterwards from 7 train users" in summary
     config["made"]["averaged"] = {"with": "trained-123", "weight": 0.5}  # demo.research.average
     (root / "plug-headed" / "config.json").write_text(json.dumps(config))
     assert "its weights averaged with plug trained-123's (50% its own)" in evaluate_cli.record_in_plug(

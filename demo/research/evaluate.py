@@ -468,14 +468,9 @@ def record_in_plug(results: dict, folder: str | Path) -> str:
     if "keywords" in parts:
         # k as the plug uses it now (a start's k may have been changed in its config)
         k, bank = config.get("keywords") or parts["keywords"]["k"], f"{parts['keywords']['bank']:,}"
-        if config.get("separate_keywords"):
-            said.append(f"{k} keyword tokens (one per bank word, the {k} of {bank} nearest to what sets the "
-                        "history apart)" if config.get("keyword_center") else
-                        f"{k} keyword tokens (one per bank word, the {k} nearest of {bank})")
-        else:
-            said.append(f"a keyword token (the {k} of {bank} bank words nearest to what sets the history apart)"
-                        if config.get("keyword_center") else
-                        f"a keyword token from the {k} nearest of {bank} bank words")
+        tokens = f"{k} keyword tokens (one per bank word: " if config.get("separate_keywords") else "a keyword token ("
+        nearest = "what sets the history apart" if config.get("keyword_center") else "the history"
+        said.append(f"{tokens}the {k} of {bank} bank words nearest to {nearest})")
     head = (", with " + ", and ".join(said) + (" in place" if start else "")) if said else ""
     if redistilled:
         head += (f"; its shift head distilled afterwards from {sum(made['distill']['users'].values())} "
