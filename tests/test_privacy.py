@@ -9,9 +9,9 @@ import sqlite3
 import gradio as gr
 import gradio.oauth
 import pytest
-from gradio_client import Client
 
 from demo.app.identity import Identity
+from demo.app.loadtest import connect
 from demo.app.ui import build_demo
 from demo.core.settings import Settings
 
@@ -27,7 +27,7 @@ def _history(tag: str) -> str:
 
 @pytest.fixture(scope="module")
 def client(app):
-    return Client(app.local_url, verbose=False)
+    return connect(app.local_url)
 
 
 def _rows(db_path) -> dict[str, list[tuple]]:
@@ -178,6 +178,7 @@ def test_nothing_sent_to_browsers_derives_a_signed_in_owner(app, studio):
     owner = handler(app, "identify")(secrets.token_urlsafe(24), ADA)
     config = httpx.get(app.local_url + "config", timeout=30)
     assert config.status_code == 200
+    assert config.json()["analytics_enabled"] is False  # and no usage analytics leave the server either
     public = set(_strings(config.json()))
     assert any(len(s) >= 32 for s in public)  # the BrowserState secret is among them: public
     key = studio.settings.db_path.with_suffix(studio.settings.db_path.suffix + ".identity-key").read_text().strip()

@@ -640,7 +640,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
 def build_demo(studio: Studio) -> gr.Blocks:
     identity = Identity(studio.store, studio.settings.db_path)
     # Uploaded files sit in Gradio's cache: delete them within two hours, whatever "Delete my data" does.
-    with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600)) as demo:
+    # Gradio's analytics off: the app sends nothing about itself or its visitors anywhere.
+    with gr.Blocks(title="PPlug Studio", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
         ui = _layout(studio, identity)
         _wire(demo, studio, ui, identity)
         add_api(studio)
