@@ -3,6 +3,7 @@ shows, the generation log, exported CSV cells."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -10,6 +11,8 @@ import re
 import subprocess
 import sys
 from dataclasses import fields, replace
+
+import httpx
 
 from demo.core.generation import Generator
 from demo.core.settings import REPO_ROOT, Limits
@@ -62,18 +65,23 @@ def as_cells(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+@functools.cache
+def http() -> httpx.Client:
+    """One HTTP client for the tests' plain calls, shared by their threads: ``httpx.post`` and ``httpx.get``
+    build a client, and its TLS context, per call, which cost the bad-input corpus a sixth of its time."""
+    return httpx.Client()
+
+
 def call_raw(url: str, api_name: str, data: list, timeout: float = 120) -> tuple[str, object]:
     """A named endpoint called over plain HTTP, with any JSON values (gradio_client refuses some).
 
     -> ("complete", the output) or ("error", the message, None when Gradio hid an unexpected error).
     """
-    import httpx
-
     # json.dumps escapes everything outside ASCII, so a lone surrogate travels as the JSON "\\ud800" it is.
-    posted = httpx.post(f"{url}gradio_api/call/{api_name.strip('/')}", content=json.dumps({"data": data}),
+    posted = http().post(f"{url}gradio_api/call/{api_name.strip('/')}", content=json.dumps({"data": data}),
                         headers={"Content-Type": "application/json"}, timeout=timeout)
     posted.raise_for_status()
-    stream = httpx.get(f"{url}gradio_api/call/{api_name.strip('/')}/{posted.json()['event_id']}", timeout=timeout)
+    stream = http().get(f"{url}gradio_api/call/{api_name.strip('/')}/{posted.json()['event_id']}", timeout=timeout)
     event, payload = None, None
     for line in stream.text.splitlines():
         if line.startswith("event: "):

@@ -1,6 +1,7 @@
 """The running app, driven through gradio_client as an API user would."""
 import pytest
-from gradio_client import Client
+
+from demo.app.loadtest import connect
 
 HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
            "Trail mix recipe: dates, almonds, dark chocolate, a pinch of salt.\n\n"
@@ -9,7 +10,7 @@ HISTORY = ("I climbed the north ridge at dawn; the granite was still cold.\n\n"
 
 @pytest.fixture(scope="module")
 def client(app):
-    return Client(app.local_url, verbose=False)
+    return connect(app.local_url)
 
 
 def test_named_endpoints_are_published(client):

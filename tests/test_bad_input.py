@@ -11,8 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from gradio_client import Client
 
+from demo.app.loadtest import connect
 from demo.app.ui import build_demo
 from demo.core.generation import GenerationParams
 from demo.core.history import HistoryError, parse_file, parse_text
@@ -304,7 +304,7 @@ def api(studio):
     small = studio_with(studio, max_items=5, max_item_chars=200, max_prompt_chars=1000, max_context=384)
     demo = build_demo(small)
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield Client(demo.local_url, verbose=False)
+    yield connect(demo.local_url)
     demo.close()
 
 
@@ -583,9 +583,9 @@ CORPUS_TOKEN = "corpus-owner-token-0123456789abcdef"
 
 def _upload_to_app(url: str, name: str, content: bytes) -> dict:
     """A file uploaded to the running app, as gradio_client's handle_file sends it."""
-    import httpx
+    from apphelp import http
 
-    paths = httpx.post(url + "gradio_api/upload", files={"files": (name, content)}, timeout=60).json()
+    paths = http().post(url + "gradio_api/upload", files={"files": (name, content)}, timeout=60).json()
     return {"path": paths[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 
 

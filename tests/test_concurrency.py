@@ -9,8 +9,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from gradio_client import Client
 
+from demo.app.loadtest import connect
 from demo.app.ui import build_demo
 from demo.core.text import free_port
 from demo.study.definition import parse_definition
@@ -40,7 +40,7 @@ def app(app, studio):
 
 
 def _api_session(url: str, n: int, start: threading.Barrier) -> dict:
-    client = Client(url, verbose=False, httpx_kwargs=PATIENT)
+    client = connect(url, **PATIENT)
     owner = f"concurrent-owner-{n:02d}-{secrets.token_hex(8)}"
     history = "\n\n".join(f"Session {n}, note {i}: {secrets.token_hex(6)} about my day." for i in range(3))
     start.wait()
@@ -56,7 +56,7 @@ def _api_session(url: str, n: int, start: threading.Barrier) -> dict:
 
 
 def _study_session(url: str, n: int, start: threading.Barrier) -> dict:
-    client = Client(url, verbose=False, httpx_kwargs=PATIENT)
+    client = connect(url, **PATIENT)
     pid = f"CONC-P{n}-{secrets.token_hex(4)}"
     start.wait()
     me = client.predict(study=STUDY["name"], consent=True, participant_id=pid, api_name="/study_consent")
@@ -117,12 +117,12 @@ def test_a_full_queue_answers_with_a_clear_message(studio):
     demo = build_demo(studio_with(studio, max_queue=2, batch_rows=2))  # one generation at a time
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
-        client = Client(demo.local_url, verbose=False, httpx_kwargs=PATIENT)
+        client = connect(demo.local_url, **PATIENT)
         owner = secrets.token_urlsafe(24)
         profile = client.predict(history=HISTORY, owner_token=owner, name="q", api_name="/compute_profile")
         call = dict(owner_token=owner, profile_id=profile["profile_id"], request="Write a tweet.", max_new_tokens=8,
                     api_name="/generate")
-        clients = [Client(demo.local_url, verbose=False, httpx_kwargs=PATIENT) for _ in range(8)]
+        clients = [connect(demo.local_url, **PATIENT) for _ in range(8)]
         jobs = [c.submit(**call) for c in clients]  # all at once: 1 runs, 2 wait, the rest are refused
         outcomes = []
         for job in jobs:

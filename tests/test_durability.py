@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gradio_client import Client
 
+from demo.app.loadtest import connect
 from demo.core.settings import Settings, choose_journal_mode, filesystem_type, is_network_filesystem
 from demo.core.storage import Store
 
@@ -103,7 +103,7 @@ def _writer(url: str, n: int, committed: list, stop: threading.Event) -> None:
     """Write until the server dies; record every write whose response came back (so it was committed)."""
     owner = f"durability-owner-{n}-{secrets.token_hex(8)}"
     try:
-        client = Client(url, verbose=False)
+        client = connect(url)
         for round_ in range(1000):
             if stop.is_set():
                 return
@@ -162,7 +162,7 @@ def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
             profiles_in_db = conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
         assert lost == 0
         # The restarted app serves the surviving data.
-        client = Client(url, verbose=False)
+        client = connect(url)
         kind, owner, profile_id, _ = next(c for c in seen if c[0] == "profile")
         assert profile_id in [p["id"] for p in client.predict(owner_token=owner, api_name="/list_profiles")]
         assert client.predict(owner_token=owner, profile_id=profile_id, request="Still there?", max_new_tokens=2,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
+from demo.app.loadtest import connect
 from demo.app.ui import build_demo
 from demo.core.text import free_port
 from demo.study.definition import parse_definition
@@ -43,7 +44,7 @@ def url(app) -> str:
 
 @pytest.fixture(scope="module")
 def client(url) -> Client:
-    return Client(url, verbose=False)
+    return connect(url)
 
 
 @pytest.fixture(scope="module")

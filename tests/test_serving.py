@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from gradio_client import Client
 
+from demo.app.loadtest import connect
 from demo.core.generation import GenerationParams
 
 from apphelp import logged_generations
@@ -22,7 +22,7 @@ HISTORY = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, choc
 @pytest.fixture(scope="module")
 def profile(app, studio):
     owner = secrets.token_urlsafe(24)
-    client = Client(app.local_url, verbose=False)
+    client = connect(app.local_url)
     made = client.predict(history=HISTORY, owner_token=owner, name="serving", api_name="/compute_profile")
     return owner, made["profile_id"]
 
@@ -85,7 +85,7 @@ def test_concurrent_visitors_are_decoded_together_and_get_their_own_answers(app,
     start = threading.Barrier(len(requests))
 
     def visit(r):
-        client = Client(app.local_url, verbose=False)
+        client = connect(app.local_url)
         start.wait()
         out = client.predict(owner_token=owner, profile_id=profile_id, request=r, max_new_tokens=16,
                              api_name="/generate")

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from gradio_client import Client
 
+from demo.app.loadtest import connect
 from demo.study.definition import parse_definition
 from demo.study.flow import shown_answer
 from demo.study.store import StudyStore
@@ -46,7 +46,7 @@ def app(app, studio):
 
 
 def test_vote_flow_through_the_client_resumes_and_counts_once(app, studio):
-    client = Client(app.local_url, verbose=False)
+    client = connect(app.local_url)
     info = client.predict(study="flow-test", api_name="/study_info")
     assert info["consent_version"] == "1.1" and info["trials"] == 2 and not info["problem"]
     with pytest.raises(Exception, match="tick the consent box"):
@@ -60,7 +60,7 @@ def test_vote_flow_through_the_client_resumes_and_counts_once(app, studio):
     assert first["index"] == 1 and first["A"] and first["B"] and "condition" not in str(first)
 
     # A dropped connection: a new client with the same id and token finds the same trial.
-    again = Client(app.local_url, verbose=False)
+    again = connect(app.local_url)
     status = again.predict(**ids, api_name="/study_status")
     assert status["stage"] == "trial" and status["trial"] == first
     assert again.predict(**ids, api_name="/study_next")["trial"] == first
@@ -278,7 +278,7 @@ def test_admin_events_through_gradio_processing(app, studio):
 
 
 def test_a_participant_leaves_through_the_client_and_nothing_of_them_is_left(app, studio):
-    client = Client(app.local_url, verbose=False)
+    client = connect(app.local_url)
     me = client.predict(study="flow-test", consent=True, participant_id="LEAVER1", api_name="/study_consent")
     ids = dict(study="flow-test", participant_id="LEAVER1", participant_token=me["participant_token"])
     client.predict(**ids, history=HISTORY, api_name="/study_history")
