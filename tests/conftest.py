@@ -14,14 +14,14 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 import pytest
 
-from demo.app.ui import build_demo
-from demo.core.settings import Settings
-from demo.core.storage import Store
-from demo.core.text import free_port
+# The app's modules (torch, transformers, Gradio: ~15 s) are imported in the fixtures, not here: xdist's
+# controller loads this file too, and would import them before it starts the workers, which import them again.
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory) -> Settings:
+def settings(tmp_path_factory):
+    from demo.core.settings import Settings
+
     # The default model cache (~/.cache/pplug-studio) is kept: converting the LLM once per machine
     # is the behaviour under test elsewhere; the database is always a fresh file.
     db = tmp_path_factory.mktemp("db") / "studio.db"
@@ -39,6 +39,9 @@ def studio(settings):
 def app(studio):
     """The app on the session's studio, served on a free port (tests that need other settings build
     their own with ``apphelp.studio_with``)."""
+    from demo.app.ui import build_demo
+    from demo.core.text import free_port
+
     demo = build_demo(studio)
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     yield demo
@@ -46,7 +49,9 @@ def app(studio):
 
 
 @pytest.fixture()
-def store(tmp_path) -> Store:
+def store(tmp_path):
+    from demo.core.storage import Store
+
     s = Store(tmp_path / "test.db")
     yield s
     s.close()
