@@ -190,7 +190,8 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     assert again["generic"] == "reused" and isinstance(again["pplug"], float)
     recorded = json.loads((out / "config.json").read_text())["made"]
     assert recorded["dev_results"]["tasks"]["tweets"]["pplug"]["rougeL"] == task["methods"]["pplug"]["rougeL"]
-    assert "dev ROUGE-L tweets" in recorded["summary"] and "keyword token (the 4 of 300 bank words nearest to the history)" in recorded["summary"]
+    assert "dev ROUGE-L tweets" in recorded["summary"]
+    assert "keyword token (the 4 of 300 bank words nearest to the history)" in recorded["summary"]
     # a plug trained on from the keyword plug names the parts it kept, and how K's words are chosen
     assert "keyword token (the 4 of 300 bank words nearest to what sets the history apart) in place" in \
         evaluate_cli.record_in_plug(results, root / "plug-headed")
@@ -201,8 +202,8 @@ def test_train_resumes_and_evaluate_runs_end_to_end(tiny_llm_env):
     # one token per word, k as its config now has it (the keyword step's record said 4)
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 3,
                                          "separate_keywords": True}))
-    assert "3 keyword tokens (one per bank word: the 3 of 300 bank words nearest to the history) in place" in evaluate_cli.record_in_plug(
-        results, root / "plug-headed")
+    assert ("3 keyword tokens (one per bank word: the 3 of 300 bank words nearest to the history) in place"
+            in evaluate_cli.record_in_plug(results, root / "plug-headed"))
     headed_config.write_text(json.dumps({**json.loads(headed_config.read_text()), "keywords": 4,
                                          "separate_keywords": False}))
     # ... and, with a shift head distilled onto it after the training, says that head is the new one

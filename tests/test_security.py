@@ -43,7 +43,7 @@ def url(app) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(url) -> Client:
+def client(url):
     return connect(url)
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import secrets
-import ssl
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from gradio_client import Client
 
 from ..core.text import free_port
@@ -55,7 +55,7 @@ REQUESTS = [
 
 # gradio_client makes an httpx client per request, and httpx a TLS context (the CA bundle parsed again)
 # per client: ~15 ms of CPU per call, taken from the app being measured. One context serves them all.
-_TLS = ssl.create_default_context()
+_TLS = httpx.create_ssl_context()  # what httpx builds by default (certifi, or SSL_CERT_FILE), built once
 
 
 def connect(url: str, **httpx_kwargs) -> Client:
