@@ -305,7 +305,8 @@ class Evaluation(FrozenModels):
         # (capped, already cached), less any item holding one of the user's gold answers.
         capped: dict[str, list[str]] = {}
         for q in queries:
-            capped.setdefault(q.user_id, [t for t in q.item_texts(self.history_cap()) if not holds_a_gold(q.user_id, t)])
+            if q.user_id not in capped:  # a user's first query: the history the plug saw for them
+                capped[q.user_id] = [t for t in q.item_texts(self.history_cap()) if not holds_a_gold(q.user_id, t)]
         if not all(capped.values()):  # a history made only of gold answers: no topic fit
             return
         self.cache.ensure([t for texts in capped.values() for t in texts])
