@@ -141,12 +141,14 @@ def _find_gguf(spec: EmbeddedModel, workdir: Path) -> Path:
 
 @contextlib.contextmanager
 def _gguf_parsed_once():
-    """While converting, each GGUF file is parsed once and each tensor-name map built once.
+    """While converting, gguf's reader parses the file once and its tensor-name map is built once.
 
-    transformers reads the file three times (tokenizer, config, tensors: ~10 s each on a small CPU,
-    mostly the vocabulary's strings) and builds gguf's name map once per module (~400 times). Both are
-    pure functions of their arguments, and transformers looks them up on the ``gguf`` module at each
-    call, so caching them there for the conversion's length takes a first start from ~35 s to ~12 s.
+    transformers opens the file with ``gguf.GGUFReader`` three times (the tokenizer's config, the model's
+    config, the tensors: ~10 s each on a small CPU, mostly the vocabulary's strings) and builds gguf's name
+    map once per module (~400 times). It imports both from ``gguf`` inside the functions that use them,
+    so caching them on the module while converting makes one of each; the first start took 57 s before,
+    34 s after (docs/performance.md). Only the converting thread uses ``gguf``, under the file lock, so
+    the patch never nests.
     """
     reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
     gguf.GGUFReader = functools.lru_cache(maxsize=None)(reader)
@@ -164,11 +166,15 @@ def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
         tmp = Path(tmp)
         gguf_path = _find_gguf(spec, tmp / "download")
         with _gguf_parsed_once():
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+            # The full path: a bare file name is looked for in the working folder first.
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path),
                                                          dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained while it carries its quantizer; the weights are
-        # dequantized already, so dropping it saves a plain float32 model.
+        # A GGUF-loaded model refuses save_pretrained while it carries its quantizer. For this (llama)
+        # model every weight is dequantized at load, so dropping it saves a plain float32 model; a model
+        # whose weights stay packed for a GGUF kernel would not be, hence the check.
+        if getattr(model.hf_quantizer, "packed_modules", None):
+            raise ModelLoadError(f"{spec.file} loaded with packed GGUF weights; cannot save it as plain weights.")
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
