@@ -1,5 +1,6 @@
-"""Durability: the app process is killed (SIGKILL) in the middle of writes and started again; the
-database opens, passes its integrity check and holds every write a client saw committed. And the
+"""Durability: the app process (``python app.py``) is killed (SIGKILL) in the middle of writes and the app
+is opened again on the same file; the database opens, passes its integrity check, holds every write a
+client saw committed and is served again. And the
 journal mode is chosen for the filesystem the database lives on."""
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def _writer(url: str, n: int, committed: list, stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
+def test_sigkill_during_writes_loses_no_committed_write(tmp_path, studio):
     db, log = tmp_path / "studio.db", tmp_path / "app.log"
     process, url = _start(db, log)
     committed: list[tuple] = []
@@ -143,7 +144,16 @@ def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
     seen = list(committed)
     assert Path(str(db) + "-wal").exists()  # killed with writes still in the write-ahead log
 
-    process, url = _start(db, log)  # the app starts again on the same file
+    # The app starts again on the same file: a Studio opened at it as app.py opens one (its store from the
+    # settings' path, migrations and all), here on this process's loaded models, served over HTTP; a second
+    # cold app.py would add ~20 s of imports and test nothing more about the file.
+    from demo.app.ui import build_demo
+    from demo.core.studio import Studio
+
+    again = Studio(studio.settings.with_(db_path=db), encoder=studio.encoder, generator=studio.generator,
+                   plug=studio.plug)
+    demo = build_demo(again)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -162,7 +172,7 @@ def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
             profiles_in_db = conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
         assert lost == 0
         # The restarted app serves the surviving data.
-        client = connect(url)
+        client = connect(demo.local_url)
         kind, owner, profile_id, _ = next(c for c in seen if c[0] == "profile")
         assert profile_id in [p["id"] for p in client.predict(owner_token=owner, api_name="/list_profiles")]
         assert client.predict(owner_token=owner, profile_id=profile_id, request="Still there?", max_new_tokens=2,
@@ -170,5 +180,5 @@ def test_sigkill_during_writes_loses_no_committed_write(tmp_path):
         print(f"\nSIGKILL after {len(seen)} committed writes ({profiles_in_db} profiles on disk, "
               f"4 writers in flight): lost = {lost}, integrity ok")
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        demo.close()
+        again.store.close()
