@@ -48,14 +48,21 @@ def test_a_closed_studio_says_it_is_shutting_down(studio, owner):
 
 
 @pytest.mark.slow
-def test_a_process_that_exits_while_a_history_is_encoded_exits_cleanly(tmp_path):
-    """A request still encoding in a server thread at exit made torch abort the process (rc 134)."""
+def test_a_process_that_exits_while_a_history_is_encoded_and_the_loop_decodes_exits_cleanly(tmp_path):
+    """Two ways torch aborted the process at exit (rc 134): a request still encoding in a server thread, and
+    a decode step left running in the shared loop's thread. One process (a cold start costs ~20 s) with
+    both under way when it exits."""
     assert_exits_cleanly(
+        "embeds, mask = s.generator.embed([s.generator.fit_prompt('Write a long story.', 64)] * 4, [None] * 4)\n"
+        "ticket = s.scheduler.submit(embeds, mask, GenerationParams(max_new_tokens=400))\n"
+        "while s.scheduler.steps < 2: time.sleep(0.05)\n"
         "texts = [f'Entry {i}: a long day of writing about gardens, trains and the sea. ' * 8 for i in range(96)]\n"
         "threading.Thread(target=s.encode, args=(texts,), daemon=True).start()\n"
         "while not s.in_flight.running: time.sleep(0.01)\n"
         "time.sleep(0.5)\n"
-        "print('exiting mid-encoding', flush=True)\n", "exiting mid-encoding", tmp_path / "exit.db")
+        "assert s.scheduler.steps < 400, 'the loop finished before the exit'\n"
+        "print('exiting mid-encoding and mid-decode', flush=True)\n", "exiting mid-encoding and mid-decode",
+        tmp_path / "exit.db")
 
 
 def test_decoding_inside_the_call_counts_as_work_in_flight(studio, owner):

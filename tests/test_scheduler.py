@@ -9,8 +9,6 @@ import torch
 from demo.core.generation import GenerationParams
 from demo.core.scheduler import Scheduler
 
-from apphelp import assert_exits_cleanly
-
 
 @pytest.fixture(scope="module")
 def gen(studio):
@@ -123,13 +121,3 @@ def test_closing_the_loop_fails_its_requests_with_a_message_and_refuses_new_ones
     assert running.finished and "shutting down" in str(running.error)
     late = scheduler.submit(*rows(gen, ["Hello."], [None]), GenerationParams(max_new_tokens=4))
     assert late.finished and "shutting down" in str(late.error)
-
-
-@pytest.mark.slow
-def test_a_process_that_exits_while_the_loop_decodes_exits_cleanly(tmp_path):
-    """The loop is stopped at exit: a decode step left running in its thread made torch abort the process."""
-    assert_exits_cleanly(
-        "embeds, mask = s.generator.embed([s.generator.fit_prompt('Write a long story.', 64)] * 4, [None] * 4)\n"
-        "ticket = s.scheduler.submit(embeds, mask, GenerationParams(max_new_tokens=400))\n"
-        "while s.scheduler.steps < 2: time.sleep(0.05)\n"
-        "print('exiting mid-decode', flush=True)\n", "exiting mid-decode", tmp_path / "exit.db")
