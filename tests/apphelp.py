@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: a studio with other settings, the app's handlers, what a message area
+"""Helpers shared by the tests: a studio with other settings, the app served on a free port, the app's handlers, what a message area
 shows, the generation log, exported CSV cells."""
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from dataclasses import fields, replace
 
 import httpx
 
+from demo.app.ui import build_demo
 from demo.core.generation import Generator
 from demo.core.settings import REPO_ROOT, Limits
 from demo.core.studio import Studio
+from demo.core.text import free_port
 
 LIMITS = {f.name for f in fields(Limits)}
 
@@ -33,6 +35,13 @@ def studio_with(studio: Studio, *, max_context: int | None = None, **changes) ->
                                      **{k: v for k, v in changes.items() if k not in LIMITS})
     generator = Generator(studio.model, studio.tokenizer, max_context) if max_context else studio.generator
     return Studio(settings, encoder=studio.encoder, generator=generator, store=studio.store, plug=studio.plug)
+
+
+def serve(studio: Studio):
+    """The app on ``studio``, served on a free port from this process's threads; ``close()`` it when done."""
+    demo = build_demo(studio)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    return demo
 
 
 def handler(demo, name: str):

@@ -39,11 +39,9 @@ def studio(settings):
 def app(studio):
     """The app on the session's studio, served on a free port (tests that need other settings build
     their own with ``apphelp.studio_with``)."""
-    from demo.app.ui import build_demo
-    from demo.core.text import free_port
+    from apphelp import serve
 
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(studio)
     yield demo
     demo.close()
 

@@ -19,7 +19,7 @@ from demo.core.history import HistoryError, parse_file, parse_text
 from demo.core.studio import ServiceError
 from demo.core.text import free_port
 
-from apphelp import handler, logged_generations, said, studio_with
+from apphelp import handler, logged_generations, said, serve, studio_with
 
 GOOD = "I climbed the north ridge at dawn.\n\nTrail mix: dates, almonds, dark chocolate.\n\nMy boots gave up at mile 900."
 TOKEN = "bad-input-owner-token-0123456789"
@@ -302,8 +302,7 @@ def test_gradio_refuses_an_upload_over_the_limit_before_it_is_stored(page):
 def api(studio):
     """The app on a model whose context is 384 tokens, with at most 5 items and 1,000-character requests."""
     small = studio_with(studio, max_items=5, max_item_chars=200, max_prompt_chars=1000, max_context=384)
-    demo = build_demo(small)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(small)
     yield connect(demo.local_url)
     demo.close()
 
@@ -607,8 +606,7 @@ def corpus_app(studio):
 
     small = studio_with(studio, max_items=50, max_item_chars=200, max_prompt_chars=1000, max_new_tokens=4)
     StudyStore(small.store).register(parse_definition(CORPUS_STUDY), source="test")
-    demo = build_demo(small)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(small)
     yield demo
     demo.close()
 

@@ -14,11 +14,9 @@ import shutil
 
 import pytest
 
-from demo.app.ui import build_demo
-from demo.core.text import free_port
 from demo.core.tuning import FitSettings
 
-from apphelp import studio_with
+from apphelp import serve, studio_with
 
 # .ci/run sets PPLUG_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
 REQUIRED = os.environ.get("PPLUG_REQUIRE_BROWSER") == "1"
@@ -53,12 +51,6 @@ def browser():
         chromium.close()
 
 
-def _serve(studio):
-    demo = build_demo(studio)  # answers of at most 8 tokens keep the tests quick
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    return demo
-
-
 class _Studio:
     """The real studio; a subclass replaces one of its methods."""
 
@@ -79,7 +71,7 @@ class _QuickTuning(_Studio):
 
 @pytest.fixture(scope="module")
 def app(studio):
-    demo = _serve(_QuickTuning(studio_with(studio, max_new_tokens=8)))
+    demo = serve(_QuickTuning(studio_with(studio, max_new_tokens=8)))
     yield demo.local_url
     demo.close()
 
@@ -96,7 +88,7 @@ class _EchoingStudio(_Studio):
 
 @pytest.fixture(scope="module")
 def echo_app(studio):
-    demo = _serve(_EchoingStudio(studio_with(studio, max_new_tokens=8)))
+    demo = serve(_EchoingStudio(studio_with(studio, max_new_tokens=8)))
     yield demo.local_url
     demo.close()
 

@@ -11,12 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from demo.app.loadtest import connect
-from demo.app.ui import build_demo
-from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
-from apphelp import studio_with
+from apphelp import serve, studio_with
 
 STUDY = {
     "name": "concurrency-test",
@@ -114,8 +112,7 @@ def test_many_concurrent_sessions_lose_and_duplicate_nothing(app, studio, api_se
 
 @pytest.mark.slow  # eight clients and three generations to fill a queue of two
 def test_a_full_queue_answers_with_a_clear_message(studio):
-    demo = build_demo(studio_with(studio, max_queue=2, batch_rows=2))  # one generation at a time
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(studio_with(studio, max_queue=2, batch_rows=2))  # one generation at a time
     try:
         client = connect(demo.local_url, **PATIENT)
         owner = secrets.token_urlsafe(24)

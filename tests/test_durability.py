@@ -147,13 +147,13 @@ def test_sigkill_during_writes_loses_no_committed_write(tmp_path, studio):
     # The app starts again on the same file: a Studio opened at it as app.py opens one (its store from the
     # settings' path, migrations and all), here on this process's loaded models, served over HTTP; a second
     # cold app.py would add ~20 s of imports and test nothing more about the file.
-    from demo.app.ui import build_demo
     from demo.core.studio import Studio
+
+    from apphelp import serve
 
     again = Studio(studio.settings.with_(db_path=db), encoder=studio.encoder, generator=studio.generator,
                    plug=studio.plug)
-    demo = build_demo(again)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(again)
     try:
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

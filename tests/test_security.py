@@ -10,12 +10,10 @@ import pytest
 from gradio_client import handle_file
 
 from demo.app.loadtest import connect
-from demo.app.ui import build_demo
-from demo.core.text import free_port
 from demo.study.definition import parse_definition
 from demo.study.store import StudyStore
 
-from apphelp import call_raw, handler, studio_with
+from apphelp import call_raw, handler, serve, studio_with
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +29,7 @@ TOKEN = "security-test-owner-token-0123456789"
 @pytest.fixture(scope="module")
 def app(studio):
     StudyStore(studio.store).register(parse_definition(STUDY), source="test")
-    demo = build_demo(studio_with(studio, max_new_tokens=8, max_item_chars=200))
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    demo = serve(studio_with(studio, max_new_tokens=8, max_item_chars=200))
     yield demo
     demo.close()
 

@@ -12,12 +12,10 @@ import os
 import pytest
 
 from demo.app.screenshots import CHROMIUM_ARGS, SHOTS, VIEWPORT, chromium_path, visit
-from demo.app.ui import build_demo
 from demo.core import personas
 from demo.core.studio import ServiceError
-from demo.core.text import free_port
 
-from apphelp import studio_with
+from apphelp import serve, studio_with
 
 REQUIRED = os.environ.get("PPLUG_REQUIRE_BROWSER") == "1"
 if REQUIRED:
@@ -28,12 +26,6 @@ else:
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not REQUIRED and not os.path.exists(chromium_path()),
                                  reason="needs Debian's Chromium: apt-get install chromium (.ci/run does)")]
-
-
-def _serve(studio):
-    demo = build_demo(studio)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    return demo
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +93,7 @@ def _study(studio) -> str:
 
 
 def test_a_stakeholders_whole_visit(page, studio, tmp_path):
-    demo = _serve(studio_with(studio, max_new_tokens=16))
+    demo = serve(studio_with(studio, max_new_tokens=16))
     try:
         shots = visit(page, demo.local_url, tmp_path, check=_check, study=_study(studio))
     finally:
@@ -125,7 +117,7 @@ class _FailingStudio:
 
 
 def test_an_error_is_said_once_in_the_message_area_without_error_badges(page, studio):
-    demo = _serve(_FailingStudio(studio_with(studio, max_new_tokens=8)))
+    demo = serve(_FailingStudio(studio_with(studio, max_new_tokens=8)))
     try:
         page.goto(demo.local_url)
         page.get_by_label("Your writing history").fill("I bake bread.\n\nI ride my bike to work.\n\nI read.")
