@@ -82,7 +82,7 @@ def test_journal_mode_setting_overrides_detection(tmp_path):
 def _start(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PPLUG_DB": str(db), "PPLUG_DEVICE": "cpu", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PPLUG_STUDIES_DIR": str(db.parent / "no-studies")}
+           "PPLUG_STUDIES_DIR": str(db.parent / "no-studies")}
     process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log.open("ab"),
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

@@ -78,7 +78,7 @@ def percentile(values: list[float], q: float) -> float:
 def running_app(env: dict[str, str], timeout: float = 600):
     """``python app.py`` on a free port with extra environment ``env`` -> its URL; stopped afterwards."""
     port = free_port()
-    full = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", **env}
+    full = {**os.environ, "GRADIO_SERVER_PORT": str(port), **env}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=full,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"

@@ -344,8 +344,7 @@ def fig_serving(args) -> dict:
 def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
     """Start ``python app.py`` and time it until the page answers; peak RSS of the process tree."""
     port = free_port()
-    env = {**os.environ, "PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db), "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db), "GRADIO_SERVER_PORT": str(port)}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
