@@ -8,20 +8,17 @@ import os
 import secrets
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from demo.app.loadtest import connect
+from demo.core.app_process import start_app
 from demo.core.settings import Settings, choose_journal_mode, filesystem_type, is_network_filesystem
 from demo.core.storage import Store
 
-from demo.core.text import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,27 +76,6 @@ def test_journal_mode_setting_overrides_detection(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def _start(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PPLUG_DB": str(db), "PPLUG_DEVICE": "cpu", "GRADIO_SERVER_PORT": str(port),
-           "PPLUG_STUDIES_DIR": str(db.parent / "no-studies")}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log.open("ab"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"app.py did not start:\n{log.read_text()[-3000:]}")
-
-
 def _writer(url: str, n: int, committed: list, stop: threading.Event) -> None:
     """Write until the server dies; record every write whose response came back (so it was committed)."""
     owner = f"durability-owner-{n}-{secrets.token_hex(8)}"
@@ -122,7 +98,8 @@ def _writer(url: str, n: int, committed: list, stop: threading.Event) -> None:
 @pytest.mark.slow
 def test_sigkill_during_writes_loses_no_committed_write(tmp_path, studio):
     db, log = tmp_path / "studio.db", tmp_path / "app.log"
-    process, url = _start(db, log)
+    process, url = start_app({"PPLUG_DB": str(db), "PPLUG_DEVICE": "cpu", "PPLUG_STUDIES_DIR": str(tmp_path / "none")},
+                             timeout=180, log=log)
     committed: list[tuple] = []
     stop = threading.Event()
     try:

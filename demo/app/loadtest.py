@@ -23,12 +23,9 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +33,9 @@ from pathlib import Path
 import httpx
 from gradio_client import Client
 
-from ..core.text import free_port
+from ..core.app_process import start_app
+from ..core.settings import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PERSONA = REPO_ROOT / "assets" / "personas" / "food_blogger.txt"
 # Long-form requests, so that answers of every level run to similar lengths.
 REQUESTS = [
@@ -77,23 +74,8 @@ def percentile(values: list[float], q: float) -> float:
 @contextmanager
 def running_app(env: dict[str, str], timeout: float = 600):
     """``python app.py`` on a free port with extra environment ``env`` -> its URL; stopped afterwards."""
-    port = free_port()
-    full = {**os.environ, "GRADIO_SERVER_PORT": str(port), **env}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=full,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_app(env, timeout)
     try:
-        end = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("the app exited during start-up")
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > end:
-                    raise TimeoutError("the app did not start") from None
-                time.sleep(0.5)
         yield url
     finally:
         proc.terminate()

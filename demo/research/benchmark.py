@@ -44,13 +44,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import torch
 
 from ..core import personas
+from ..core.app_process import start_app
 from ..core.generation import GenerationParams, Generator
 from ..core.history import lamp_item_text
 from ..core.scoring import target_ids
@@ -58,7 +58,6 @@ from ..core.settings import REPO_ROOT, Settings
 from ..core.know_me import SignalSettings
 from ..core.scheduler import Scheduler
 from ..core.studio import Studio
-from ..core.text import free_port
 from .lamp import DEFAULT_DATA, read_task
 from .benchmark_report import markdown, serving_summary
 from .runtime import Example, SoftTokenModule, ce_and_kl
@@ -343,30 +342,21 @@ def fig_serving(args) -> dict:
 
 def _cold_start(cache_dir: Path, db: Path, timeout: float = 900) -> dict:
     """Start ``python app.py`` and time it until the page answers; peak RSS of the process tree."""
-    port = free_port()
-    env = {**os.environ, "PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db), "GRADIO_SERVER_PORT": str(port)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
-    try:
-        while time.perf_counter() - t0 < timeout:
-            try:
-                root = psutil.Process(proc.pid)
-                peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
-            except psutil.Error:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("the app exited during start-up")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        ready = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        proc.wait(30)
+
+    def measure(proc) -> None:
+        nonlocal peak
+        try:
+            root = psutil.Process(proc.pid)
+            peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+        except psutil.Error:
+            pass
+
+    t0 = time.perf_counter()
+    proc, _ = start_app({"PPLUG_CACHE_DIR": str(cache_dir), "PPLUG_DB": str(db)}, timeout, while_waiting=measure)
+    ready = time.perf_counter() - t0
+    proc.terminate()
+    proc.wait(30)
     return {"seconds": ready, "peak_rss_mb": peak / 2**20}
 
 
