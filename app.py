@@ -6,12 +6,15 @@ Configuration comes from ``PPLUG_*`` environment variables (see ``demo/core/sett
 import logging
 
 from demo.app.ui import build_demo
-from demo.core.settings import Settings
+from demo.core.settings import Settings, SettingsError
 from demo.core.studio import Studio
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except SettingsError as err:  # a mistyped variable: say which, without a traceback
+    raise SystemExit(f"PPlug Studio cannot start: {err}") from None
 studio = Studio(settings)
 demo = build_demo(studio)
 

@@ -5,6 +5,7 @@ Every knob of the app lives here. Values come from ``PPLUG_*`` environment varia
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +86,14 @@ class Limits:
     max_queue: int = 64  # events waiting in the queue; more are refused with "queue is full"
 
 
+class SettingsError(ValueError):
+    """A ``PPLUG_*`` variable with a value the app cannot use; the message names it and what it takes."""
+
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_JOURNAL_MODES = ("auto", "wal", "delete", "truncate", "persist", "memory", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     encoder: str = DEFAULT_ENCODER
@@ -132,9 +141,22 @@ class Settings:
 
         def get(name: str, default, cast=str):
             raw = env.get(f"PPLUG_{name}")
-            return default if raw in (None, "") else cast(raw)
+            if raw in (None, ""):
+                return default
+            try:
+                value = cast(raw.strip())
+            except ValueError:
+                kind = {int: "a whole number", float: "a number"}.get(cast, cast.__name__)
+                raise SettingsError(f"PPLUG_{name}={raw!r} is not {kind}.") from None
+            if cast in (int, float) and not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"PPLUG_{name}={raw!r} must be above 0.")
+            return value
 
         device = get("DEVICE", "auto")
+        for name, value, allowed in (("LLM_DTYPE", get("LLM_DTYPE", "auto"), _DTYPES),
+                                     ("JOURNAL_MODE", get("JOURNAL_MODE", "auto").lower(), _JOURNAL_MODES)):
+            if value not in allowed:
+                raise SettingsError(f"PPLUG_{name}={value!r} is not one of: {', '.join(allowed)}.")
         limits = Limits(
             max_items=get("MAX_ITEMS", base.limits.max_items, int),
             max_item_chars=get("MAX_ITEM_CHARS", base.limits.max_item_chars, int),
