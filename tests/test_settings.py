@@ -1,5 +1,6 @@
 """PPLUG_* variables: read into typed settings, and a value the app cannot use named in a clear error."""
 import pytest
+import torch
 
 from demo.core.settings import Settings, SettingsError
 
@@ -20,8 +21,15 @@ def test_values_are_read_and_typed():
     ("BATCH_ROWS", "0", "must be above 0"),
     ("LLM_DTYPE", "bogus", "is not one of: auto, float32, bfloat16, float16"),
     ("JOURNAL_MODE", "fast", "is not one of"),
+    ("DEVICE", "gpu", "is not a device"),
 ])
 def test_a_value_the_app_cannot_use_is_named(name, value, says):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({f"PPLUG_{name}": value})
     assert f"PPLUG_{name}={value!r}" in str(caught.value) and says in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")
+def test_cuda_asked_for_where_there_is_none_is_named():
+    with pytest.raises(SettingsError, match="sees no CUDA GPU"):
+        Settings.from_env({"PPLUG_DEVICE": "cuda"})

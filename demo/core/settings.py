@@ -153,6 +153,13 @@ class Settings:
             return value
 
         device = get("DEVICE", "auto")
+        if device != "auto":
+            try:
+                kind = torch.device(device).type
+            except RuntimeError:
+                raise SettingsError(f"PPLUG_DEVICE={device!r} is not a device: auto, cpu, cuda or cuda:N.") from None
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise SettingsError(f"PPLUG_DEVICE={device!r}, but torch sees no CUDA GPU here (use auto or cpu).")
         for name, value, allowed in (("LLM_DTYPE", get("LLM_DTYPE", "auto"), _DTYPES),
                                      ("JOURNAL_MODE", get("JOURNAL_MODE", "auto").lower(), _JOURNAL_MODES)):
             if value not in allowed:
