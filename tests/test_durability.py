@@ -20,8 +20,6 @@ from demo.core.settings import Settings, choose_journal_mode, filesystem_type, i
 from demo.core.storage import Store
 
 
-REPO = Path(__file__).resolve().parent.parent
-
 MOUNTS = """\
 /dev/vda / ext4 rw,relatime 0 0
 proc /proc proc rw,relatime 0 0

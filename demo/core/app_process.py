@@ -26,6 +26,8 @@ def start_app(env: dict[str, str], timeout: float = 600, log: Path | None = None
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=full, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    if log:
+        out.close()  # the child has its own copy
     url = f"http://127.0.0.1:{port}/"
     tail = (lambda: "\n" + log.read_text(errors="replace")[-3000:]) if log else (lambda: "")
     end = time.monotonic() + timeout

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .storage import JOURNAL_MODES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # "embedded:" ids name models that ship inside PyPI packages (see demo/core/models.py);
@@ -91,7 +93,6 @@ class SettingsError(ValueError):
 
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-_JOURNAL_MODES = ("auto", "wal", "delete", "truncate", "persist", "memory", "off")
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,10 @@ class Settings:
                 raise SettingsError(f"PPLUG_DEVICE={device!r} is not a device: auto, cpu, cuda or cuda:N.") from None
             if kind == "cuda" and not torch.cuda.is_available():
                 raise SettingsError(f"PPLUG_DEVICE={device!r}, but torch sees no CUDA GPU here (use auto or cpu).")
-        for name, value, allowed in (("LLM_DTYPE", get("LLM_DTYPE", "auto"), _DTYPES),
-                                     ("JOURNAL_MODE", get("JOURNAL_MODE", "auto").lower(), _JOURNAL_MODES)):
+        llm_dtype, journal_mode = get("LLM_DTYPE", base.llm_dtype), get("JOURNAL_MODE", base.journal_mode)
+        journal_modes = ("auto", *sorted(m.lower() for m in JOURNAL_MODES))
+        for name, value, allowed in (("LLM_DTYPE", llm_dtype, _DTYPES),
+                                     ("JOURNAL_MODE", journal_mode.lower(), journal_modes)):
             if value not in allowed:
                 raise SettingsError(f"PPLUG_{name}={value!r} is not one of: {', '.join(allowed)}.")
         limits = Limits(
@@ -181,7 +184,7 @@ class Settings:
             cache_dir=Path(get("CACHE_DIR", str(base.cache_dir))),
             tau=get("TAU", base.tau, float),
             encode_batch_size=get("ENCODE_BATCH_SIZE", base.encode_batch_size, int),
-            llm_dtype=get("LLM_DTYPE", base.llm_dtype),
+            llm_dtype=llm_dtype,
             limits=limits,
             batch_rows=get("BATCH_ROWS", base.batch_rows, int),
             study_prefetch=get("STUDY_PREFETCH", "1") not in ("0", "false", "no"),
@@ -189,7 +192,7 @@ class Settings:
             admin_token=env.get("PPLUG_ADMIN_TOKEN", ""),
             studies_dir=Path(get("STUDIES_DIR", str(base.studies_dir))),
             hf_login=bool(env.get("OAUTH_CLIENT_ID") and env.get("SPACE_ID")),
-            journal_mode=get("JOURNAL_MODE", base.journal_mode),
+            journal_mode=journal_mode,
         )
 
     def with_(self, **changes) -> "Settings":

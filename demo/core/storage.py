@@ -49,7 +49,7 @@ from .text import sha256_text, utc_now
 
 # SQLite allows at most 999 bound variables per statement in older builds; stay well under.
 _MAX_VARIABLES = 500
-_JOURNAL_MODES = {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"}
+JOURNAL_MODES = {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"}
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -226,8 +226,8 @@ class Store:
         if str(path) == ":memory:":
             raise ValueError("Store needs a file path: each thread opens its own connection")
         mode = journal_mode.upper()
-        if mode not in _JOURNAL_MODES:
-            raise ValueError(f"journal_mode must be one of {sorted(_JOURNAL_MODES)}, got {journal_mode!r}")
+        if mode not in JOURNAL_MODES:
+            raise ValueError(f"journal_mode must be one of {sorted(JOURNAL_MODES)}, got {journal_mode!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.journal_mode = mode
