@@ -82,13 +82,13 @@ def test_an_error_goes_to_the_message_area_and_leaves_every_other_output_alone(p
 
 
 def test_one_persona_click_fills_computes_answers_and_measures(page, studio, owner):
-    history, files, name, request, profile_id, kept, restore, latest = ui.use_persona("Food Blogger", "", "", None, "",
-                                                                                     None, None)
+    history, files, name, request, profile_id, kept, restore, latest = ui.use_persona(
+        studio, owner, "Food Blogger", "", "", None, "", None, None)
     assert history == personas.persona_text("food_blogger") and request == ui.EXAMPLE_REQUESTS[0]
     assert latest == "Food Blogger"  # whose chain may make "Put my own writing back" clickable
     assert name == "Food Blogger" and files is None and profile_id is None
     assert kept is None and restore["visible"] is False  # nothing of the visitor's to keep aside
-    assert ui.use_persona("Lincoln", "My own request", history, None, name, None, None)[3] == "My own request"
+    assert ui.use_persona(studio, owner, "Lincoln", "My own request", history, None, name, None, None)[3] == "My own request"
     # The button's events: fill, then compute, then the answers, then "does it know me?".
     button = next(b for b in page.blocks.values() if isinstance(b, gr.Button) and b.value == "Food Blogger")
     chain, fn = [], next(f for f in page.fns.values() if any(t[0] == button._id for t in f.targets))
@@ -108,17 +108,22 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
 def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, studio, owner):
     mine = "My own post about rain.\n\nAnother of mine about trains."
     own_id = studio.compute_profile(owner, "My blog", mine.split("\n\n")).profile_id
-    *_, kept, restore, _ = ui.use_persona("Lincoln", "", mine, None, "My blog", own_id, None)
+    *_, kept, restore, _ = ui.use_persona(studio, owner, "Lincoln", "", mine, None, "My blog", own_id, None)
     assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id}
     assert restore["visible"] is True and restore["interactive"] is False  # until the persona has answered
     # A returning visitor: the box is empty, their stored profile selected; that is what comes back.
-    returning = ui.use_persona("Lincoln", "", "", None, "", own_id, None)[5]
+    returning = ui.use_persona(studio, owner, "Lincoln", "", "", None, "", own_id, None)[5]
     assert returning == {"history": "", "files": None, "name": "", "profile_id": own_id}
+    # ... but not when the profile selected is a persona's from an earlier visit: nothing of theirs to give back.
+    theirs = studio.compute_profile(owner, "FDR", personas.persona_items("fdr")).profile_id
+    assert studio.persona_of(owner, theirs) == "fdr" and studio.persona_of(owner, own_id) is None
+    kept_now, button = ui.use_persona(studio, owner, "Lincoln", "", "", None, "", theirs, None)[5:7]
+    assert kept_now is None and button["visible"] is False
     # Another persona next: the persona's text is not the visitor's, so the first keeps what it kept.
     lincoln = personas.persona_text("lincoln")
-    assert ui.use_persona("FDR", "", lincoln, None, "Lincoln", "persona-profile", kept)[5] == kept
+    assert ui.use_persona(studio, owner, "FDR", "", lincoln, None, "Lincoln", "persona-profile", kept)[5] == kept
     uploads = ["/tmp/gradio/a.txt"]  # uploaded files are the visitor's too, even with a persona's text
-    assert ui.use_persona("FDR", "", lincoln, uploads, "Lincoln", "persona-profile", kept)[5]["files"] == uploads
+    assert ui.use_persona(studio, owner, "FDR", "", lincoln, uploads, "Lincoln", "persona-profile", kept)[5]["files"] == uploads
     # Back: the writing, the profile they had selected, and none of the persona's answers.
     restore = handler(page, "restore_writing")
     (history, files, name, kept_after, button, profiles, selected, generate, status, personalized, generic, other,

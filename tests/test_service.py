@@ -1,5 +1,6 @@
 """The service layer end to end on the real embedded models and a real SQLite file."""
 import copy
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -77,6 +78,22 @@ def test_items_are_never_encoded_twice(studio, owner):
     assert again.n_encoded <= 2
     third = studio.compute_profile(owner, "third", list(reversed(HISTORY)))
     assert third.n_encoded == 0
+
+
+def test_the_same_writing_under_the_same_name_is_one_profile(studio, owner):
+    """An example persona clicked twice, or the same paste computed again: the profile saved before (with
+    its tuned token), not a copy; another name, another order or another owner is another profile."""
+    first = studio.compute_profile(owner, "mine", HISTORY)
+    again = studio.compute_profile(owner, "mine", list(HISTORY))
+    assert not first.reused and again.reused and again.profile_id == first.profile_id and again.n_encoded == 0
+    assert studio.compute_profile(owner, "other name", HISTORY).profile_id != first.profile_id
+    assert studio.compute_profile(owner, "mine", list(reversed(HISTORY))).profile_id != first.profile_id
+    assert studio.compute_profile(owner, "mine", HISTORY[:-1]).profile_id != first.profile_id
+    stranger = secrets.token_urlsafe(24)
+    assert studio.compute_profile(stranger, "mine", HISTORY).profile_id != first.profile_id
+    assert [p["name"] for p in studio.list_profiles(owner)].count("mine") == 3
+    studio.delete_my_data(owner)  # and once deleted, computing it again saves it anew
+    assert not studio.compute_profile(owner, "mine", HISTORY).reused
 
 
 def test_generic_side_does_not_depend_on_the_history(studio, owner):

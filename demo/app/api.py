@@ -43,7 +43,7 @@ def parse_history(limits: Limits, text: str | None, files: list | None, column: 
 def _stored(studio: Studio, owner_token: str, name: str, parsed: ParsedHistory, source: str) -> dict:
     result = studio.compute_profile(owner_token, name, parsed.items, source=source)
     return {"profile_id": result.profile_id, "n_items": result.n_items, "n_encoded": result.n_encoded,
-            "seconds": round(result.seconds, 3), "notes": parsed.notes}
+            "seconds": round(result.seconds, 3), "reused": result.reused, "notes": parsed.notes}
 
 
 # ---------------------------------------------------------------------------------------

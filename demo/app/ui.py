@@ -102,7 +102,7 @@ def show_preview(studio: Studio, owner, text, files, column, user):
 def profile_choices(studio: Studio, owner: str | None, selected: str | None = None):
     """-> (profile list, selected profile id, Generate button)."""
     profiles = studio.list_profiles(owner) if owner else []
-    choices = [(f"{p['name']} · {plural(p['n_items'], 'item')} · {p['created_at'][:16]}", p["id"]) for p in profiles]
+    choices = [(f"{p['name']} · {plural(p['n_items'], 'item')} · {p['created_at'][:16].replace('T', ' ')}", p["id"]) for p in profiles]
     ids = [c[1] for c in choices]
     value = selected if selected in ids else (ids[0] if ids else None)
     return gr.update(choices=choices, value=value), value, gr.update(interactive=value is not None)
@@ -122,8 +122,12 @@ def on_compute(studio: Studio, owner, text, files, column, user, name, progress=
     except (HistoryError, ServiceError) as err:
         return warning(err), *[gr.skip()] * 4
     cached = result.n_items - result.n_encoded
-    status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded} encoded now"
-              f" ({cached} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
+    if result.reused:
+        status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, the same writing you saved "
+                  "under this name before: that profile is selected, not saved twice. Your PPlug embedding is ready.")
+    else:
+        status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded:,} encoded "
+                  f"now ({cached:,} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
     return message(), status, *profile_choices(studio, owner, result.profile_id)
 
 
@@ -293,17 +297,19 @@ def answers_cleared() -> tuple:
     return gr.update(value="", label=PERSONALIZED_LABEL), "", "", "", gr.update(visible=False)
 
 
-def use_persona(label: str, request: str, history: str, files, name: str, profile_id, kept):
+def use_persona(studio: Studio, owner, label: str, request: str, history: str, files, name: str, profile_id, kept):
     """A persona's button -> (history, files, profile name, request, profile id, the visitor's own writing,
     "Put my own writing back", the persona whose chain is the latest): the persona's text and an example
     request. What the visitor wrote or uploaded, and the profile they had selected (a returning visitor's,
-    with the box empty), is kept aside, not lost; a click on another persona keeps what was kept before.
+    with the box empty, unless it is a persona's from an earlier visit), is kept aside, not lost; a click on
+    another persona keeps what was kept before.
     The button waits, not clickable, until the persona's answer is in (``ready_to_restore``): a click
     before would be overtaken by the persona's compute and answer still under way."""
     persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
     theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
     text = (history or "").strip()
-    if text not in theirs | {""} or files or (kept is None and profile_id and not text):
+    if text not in theirs | {""} or files or (kept is None and profile_id and not text
+                                               and studio.persona_of(owner, profile_id) is None):
         kept = {"history": history, "files": files, "name": name, "profile_id": profile_id}
     return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
             gr.update(visible=bool(kept), interactive=False), label)
@@ -605,7 +611,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                     ui.persona_buttons, show_progress="hidden", **PRIVATE)
     persona_answers = []
     for button in ui.persona_buttons:  # fill, compute, answer, then measure: one click
-        answer = button.click(use_persona, [button, ui.request, ui.history, ui.files, ui.name, ui.profile_id, ui.kept],
+        answer = button.click(bind(use_persona, studio),
+                              [ui.owner, button, ui.request, ui.history, ui.files, ui.name, ui.profile_id, ui.kept],
                               [ui.history, ui.files, ui.name, ui.request, ui.profile_id, ui.kept, ui.restore_btn,
                                ui.persona_chain], **PRIVATE).then(
             compute, *compute_io, show_progress_on=ui.status, **profile_work).then(

@@ -332,6 +332,15 @@ class Store:
 
     _PROFILE_COLUMNS = "id, owner, name, source, n_items, created_at"
 
+    def find_profile(self, owner: str, name: str, items: list[str]) -> str | None:
+        """The id of the owner's newest profile with this name and exactly these items in this order, if any."""
+        hashes = [sha256_text(text) for text in items]
+        for row in self.rows("SELECT id FROM profiles WHERE owner = ? AND name = ? AND n_items = ?"
+                             " ORDER BY created_at DESC, rowid DESC", [owner, name, len(items)]):
+            if [item["sha256"] for item in self.profile_items(row["id"])] == hashes:
+                return row["id"]
+        return None
+
     def get_profile(self, profile_id: str, owner: str) -> dict | None:
         """The profile, or None unless it exists and belongs to ``owner``."""
         rows = self.rows(f"SELECT {self._PROFILE_COLUMNS} FROM profiles WHERE id = ? AND owner = ?",

@@ -77,6 +77,7 @@ class ProfileResult:
     n_items: int
     n_encoded: int  # items encoded now (the rest came from the cache)
     seconds: float
+    reused: bool = False  # the owner had saved this writing under this name before: that profile, not a copy
 
 
 @dataclass
@@ -262,6 +263,11 @@ class Studio:
         name = " ".join(clean_text(name if isinstance(name, str) else "").split())[:200]
         name = name if has_visible_text(name) else "My history"
         start = time.perf_counter()
+        # The same writing under the same name again (an example persona clicked twice, a page reloaded):
+        # the profile saved before, with its tuned token, not a second copy in the visitor's list.
+        saved = self.store.find_profile(owner, name, items)
+        if saved is not None:
+            return ProfileResult(saved, name, len(items), 0, time.perf_counter() - start, reused=True)
         matrix, n_encoded = self._item_matrix(items, progress)
         loaded, summary = self._personal_embedding(matrix)
         # One transaction: the owner's "Delete my data" comes before all of it or after, never between.
@@ -432,6 +438,20 @@ class Studio:
             loaded.texts = texts
             self._personas[name] = loaded
         return self._personas[name]
+
+    def persona_of(self, owner: str, profile_id: str | None) -> str | None:
+        """The example persona whose writing this profile of the owner's holds (one a persona's button
+        saved), else None: a profile of the visitor's own, or none at all."""
+        profile = self.store.get_profile(profile_id, owner) if owner and profile_id else None
+        if profile is None:
+            return None
+        texts = None
+        for name in personas.persona_names():
+            if profile["name"] == personas.persona_label(name):
+                texts = texts or [row["text"] for row in self.store.profile_items(profile_id)]
+                if texts == personas.persona_items(name):
+                    return name
+        return None
 
     def strangers(self, texts: list[str], limit: int = 4) -> list[str]:
         """Personas whose writing is not this history (a persona shares at most a few items with it)."""
