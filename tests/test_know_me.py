@@ -77,6 +77,11 @@ def test_the_measure_on_a_persona(studio, food):
     assert all(math.isfinite(v) and 0 < v < 20 for values in result.nll.values() for v in values)
     assert "Food Blogger" not in result.strangers and set(result.strangers) <= {"FDR", "Lincoln", "Obama"}
     assert result.verdict in ("yes", "unclear", "no") and result.sentence()
+    # Asked again (a returning visitor's page asks on load): the same measure, not scored again.
+    assert studio.know_me(owner, profile_id) is result
+    assert studio.know_me(owner, profile_id, settings=SignalSettings(held_back=6)) is not result
+    with pytest.raises(ServiceError, match="No such profile"):  # kept per profile, still only for its owner
+        studio.know_me("intruder-token-0123456789abc", profile_id)
 
 
 def test_the_own_row_leaves_the_scored_item_out_and_strangers_use_their_own_writing(studio, food):

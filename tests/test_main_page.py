@@ -52,6 +52,26 @@ def test_the_first_screen_speaks_plainly_and_the_plug_details_are_in_about(page,
         assert word not in shown, word
     assert studio.plug_id not in shown
     assert studio.plug_id in ui.plug_report(studio) and "soft token" in ui.plug_report(studio)
+    assert "**In brief**" in ui.plug_report(studio)  # the committed results in words, before their tables
+
+
+def test_the_results_in_brief_say_what_the_intervals_say():
+    def diff(low, high):
+        return {"diff": (low + high) / 2, "low": low, "high": high}
+
+    task = {"task": "blog_posts", "n_users": 19,
+            "methods": {"generic": {"rougeL": .10}, "pplug": {"rougeL": .13}, "pplug-other-user": {"rougeL": .15}},
+            "comparisons": {"pplug - generic": {"rougeL": diff(.01, .05)},
+                            "pplug - pplug-other-user": {"rougeL": diff(-.04, -.01)}},
+            "diagnostics": {"pplug": {"nll_own_minus_other": diff(-.06, -.01)}}}
+    brief = ui.results_in_brief({"split": "dev", "tasks": [task]})
+    assert "**blog posts** (19 users)" in brief and "measurably likelier than with a stranger's" in brief
+    assert "measurably above the model without a plug (0.100)" in brief
+    assert "measurably below a stranger's writing (0.150)" in brief
+    task["diagnostics"]["pplug"]["nll_own_minus_other"] = diff(-.06, +.01)
+    task["comparisons"]["pplug - generic"]["rougeL"] = diff(-.01, +.05)
+    brief = ui.results_in_brief({"split": "dev", "tasks": [task]})
+    assert "not measurably likelier" in brief and "within the noise of the model without a plug" in brief
 
 
 def test_compute_is_off_until_there_is_a_history_and_generate_until_there_is_a_profile(page, studio, owner):

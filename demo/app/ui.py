@@ -11,6 +11,7 @@ Face"; every profile and generation is stored under it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +32,7 @@ from .study_pages import add_study
 from .validation import guard_inputs, message, warning
 
 RESULTS_FILES = [REPO_ROOT / "assets" / "results" / name for name in ("results.md", "benchmark.md")]
+RESULTS_JSON = REPO_ROOT / "assets" / "results" / "results.json"
 EXAMPLE_REQUESTS = [
     "Write a short blog post about my weekend.",
     "Write a tweet about the news today.",
@@ -364,6 +366,40 @@ def deleted_note(counts: dict[str, int]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def _against(diff: dict, what: str) -> str:
+    """A paired difference {"diff", "low", "high"} (95% interval) in words: above, below or level with ``what``."""
+    if diff["low"] > 0:
+        return f"measurably above {what}"
+    if diff["high"] < 0:
+        return f"measurably below {what}"
+    return f"within the noise of {what}"
+
+
+def results_in_brief(results: dict) -> str:
+    """The evaluation's results.json in plain words, task by task: is a user's own writing better for the plug
+    than a stranger's, and are the answers closer to the real text than without the plug? The tables follow."""
+    lines = [f"**In brief**, on {results.get('split', 'dev')} users the plug never trained on (a stranger = the same "
+             "plug given another user's writing; 95% paired intervals):", ""]
+    for task in results.get("tasks", []):
+        diagnostics = task.get("diagnostics", {}).get("pplug", {})
+        comparisons, rouge = task.get("comparisons", {}), {m: v.get("rougeL") for m, v in task["methods"].items()}
+        sentence = f"- **{task['task'].replace('_', ' ')}** ({task['n_users']} users): "
+        own = diagnostics.get("nll_own_minus_other")
+        if own:
+            verdict = "measurably likelier" if own["high"] < 0 else "not measurably likelier"
+            sentence += (f"with their own writing the plug finds a user's real text {verdict} than with a stranger's "
+                         f"({own['diff']:+.3f} nats per token, {own['low']:+.3f} to {own['high']:+.3f}). ")
+        if rouge.get("pplug") is not None and "pplug - generic" in comparisons:
+            sentence += f"Its answers' overlap with the real text (ROUGE-L {rouge['pplug']:.3f}) is " + _against(
+                comparisons["pplug - generic"]["rougeL"], f"the model without a plug ({rouge['generic']:.3f})")
+            if "pplug - pplug-other-user" in comparisons:
+                sentence += " and " + _against(comparisons["pplug - pplug-other-user"]["rougeL"],
+                                               f"a stranger's writing ({rouge['pplug-other-user']:.3f})")
+            sentence += "."
+        lines.append(sentence)
+    return "\n".join(lines)
+
+
 def plug_report(studio: Studio) -> str:
     """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
     config = studio.plug.config
@@ -386,6 +422,8 @@ def plug_report(studio: Studio) -> str:
                       f"at most {settings.get('history_cap', '?')} history items per example"
                       + (f", in {config.made['train_seconds'] / 60:.0f} min" if config.made.get("train_seconds") else "")
                       + ". Every setting is in the plug's `config.json`."]
+    if RESULTS_JSON.is_file():
+        lines += ["", results_in_brief(json.loads(RESULTS_JSON.read_text(encoding="utf-8")))]
     for path in RESULTS_FILES:
         if path.is_file():
             lines += ["", f"From `assets/results/{path.name}`:", "", path.read_text(encoding="utf-8")]
@@ -405,7 +443,8 @@ def _writing_column() -> SimpleNamespace:
         restore_btn = gr.Button("Put my own writing back", size="sm", visible=False)
         history = gr.Textbox(label="Your writing history", lines=9, max_lines=20,
                              placeholder="…or paste your own posts, e-mails or essays here: one item per paragraph "
-                                         "(separate items with a blank line).")
+                                         "(separate items with a blank line). A long history (hundreds of posts) "
+                                         "is quicker to upload as a file, below.")
         with gr.Accordion("Upload files instead", open=False):
             files = gr.File(label="Files (.txt, .md, .json, .jsonl, .csv)", file_count="multiple",
                             file_types=[".txt", ".md", ".json", ".jsonl", ".csv", ".tsv"])
@@ -474,7 +513,8 @@ def _ask_section(studio: Studio) -> SimpleNamespace:
     with gr.Row(elem_id="answers"):
         personalized = gr.Textbox(label=PERSONALIZED_LABEL, lines=8, interactive=False)
         generic = gr.Textbox(label="Generic (same model, no plug)", lines=8, interactive=False)
-        other = gr.Textbox(label=CONTROL_LABEL, lines=8, interactive=False, visible=False)
+        other = gr.Textbox(label=CONTROL_LABEL, lines=8, interactive=False, visible=False,
+                           placeholder="Answers your next request (Generate) beside the other two columns.")
     notes = gr.Markdown()
     return SimpleNamespace(request=request, control=control, settings=[max_new_tokens, decoding, temperature, top_p,
                                                                        seed],
@@ -521,7 +561,8 @@ def _footer(studio: Studio) -> SimpleNamespace:
         gr.Markdown(plug_report(studio))
     with gr.Accordion("Your data", open=False):
         gr.Markdown(f"Limits: {limits.max_items:,} items, {limits.max_item_chars:,} characters per item, "
-                    f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens. Your profiles "
+                    f"{limits.max_upload_mb:g} MB per file, {limits.max_new_tokens} new tokens (a browser slows down "
+                    "on a paste of more than a few hundred kilobytes: upload long histories as files). Your profiles "
                     "are visible only from this browser" + (" (or, signed in, from your Hugging Face account)."
                                                              if studio.settings.hf_login else "."))
         sure = gr.Checkbox(label="Yes, delete all my profiles, their writing and answers (this cannot be undone)",

@@ -112,7 +112,9 @@ class KnowMe:
     def sentence(self) -> str:
         """The result in plain words, with the item count."""
         n, pct, better = self.n_items, abs(self.vs_stranger) * 100, self.items_better
-        items = f"{n} of your own {'text' if n == 1 else 'texts'} held back from your plug"
+        # Leave-one-out: "8 texts held back" alone read as if a history of 8 had nothing left for the plug.
+        items = (f"{n} of your own {'text' if n == 1 else 'texts'}, each held back from your plug in turn"
+                 if n > 1 else "1 of your own texts held back from your plug")
         count = f"{better} of {n} were likelier with your plug"
         # A mean and a majority pointing different ways: say both, so that they do not seem to clash.
         if self.vs_stranger <= 0 and better * 2 > n:

@@ -132,6 +132,9 @@ class _LoadedProfile:
     texts: list[str]
     items: torch.Tensor  # H [n, d_enc]
     projected: torch.Tensor  # Proj(H) [n, d_llm]
+    # "Does it know me?" against the personas, by its settings: the same every time for this history and
+    # plug, so a returning visitor's page (which asks it on load) gets it at once, not after seconds of scoring.
+    measured: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -486,6 +489,8 @@ class Studio:
         owner's other profiles). See ``demo.core.know_me``.
         """
         profile = self._profile(owner, profile_id)
+        if against == "personas" and settings in profile.measured:
+            return profile.measured[settings]
         examples = know_me.held_back_examples(profile.texts, settings)
         if len(profile.texts) < settings.min_items or len(examples) < settings.min_items:
             raise ServiceError(f"Too few texts to measure: \"does it know me?\" needs at least {settings.min_items} "
@@ -510,6 +515,8 @@ class Studio:
             strangers = {name: self.soft_without(p, requests, [], x) for name, p in others.items()}
         result = know_me.measure(self.generator, examples, yours, strangers, settings)
         self._owned_profile(owner, profile_id)  # deleted while it was measured: nothing of it goes out
+        if against == "personas":
+            profile.measured[settings] = result
         return result
 
     # --- generation ----------------------------------------------------------------------
