@@ -335,8 +335,10 @@ def on_interact(service: StudyService, c):
 
 def _participant_page(demo: gr.Blocks, service: StudyService, secret: str) -> None:
     v = _participant_layout(secret)
-    gpu = dict(**generate_queue(service.studio), **PRIVATE)
-    profile_work = dict(**PROFILE_QUEUE, **PRIVATE)
+    # One progress overlay where the participant waits (the two answers; the writing while it is encoded),
+    # not one on every component of the view, which stacked "processing" boxes over the whole page.
+    gpu = dict(**generate_queue(service.studio), **PRIVATE, show_progress_on=[v.out_a, v.out_b])
+    profile_work = dict(**PROFILE_QUEUE, **PRIVATE, show_progress_on=[v.history_text])
     nxt = bind(advance, service, v, gpu_seconds=120)
     state = [v.ctx, v.saved]
     demo.load(bind(on_load, service, v), v.saved, v.view, **PRIVATE).then(nxt, state, v.view, **gpu)

@@ -403,7 +403,8 @@ def results_in_brief(results: dict) -> str:
 def plug_report(studio: Studio) -> str:
     """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
     config = studio.plug.config
-    lines = [studio.plug_description, "",
+    brief = [results_in_brief(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))), ""] if RESULTS_JSON.is_file() else []
+    lines = [*brief, studio.plug_description, "",
              f"Made for `{config.encoder_id}` and `{config.llm_id}`; aggregator temperature {config.tau:g}. Under the "
              "hood: a frozen sentence encoder embeds each item of your writing, the items are weighed by how related "
              "they are to the request, and a small projector turns them into a soft token that the frozen language "
@@ -422,8 +423,6 @@ def plug_report(studio: Studio) -> str:
                       f"at most {settings.get('history_cap', '?')} history items per example"
                       + (f", in {config.made['train_seconds'] / 60:.0f} min" if config.made.get("train_seconds") else "")
                       + ". Every setting is in the plug's `config.json`."]
-    if RESULTS_JSON.is_file():
-        lines += ["", results_in_brief(json.loads(RESULTS_JSON.read_text(encoding="utf-8")))]
     for path in RESULTS_FILES:
         if path.is_file():
             lines += ["", f"From `assets/results/{path.name}`:", "", path.read_text(encoding="utf-8")]
