@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
-import pandas as pd
 
 from ..core import personas
 from ..core.generation import GenerationParams

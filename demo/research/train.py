@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..core.plug import PPlug
 from ..core.scoring import nll_per_row, target_ids, teacher_forced_logits
 from ..core.settings import REPO_ROOT, Settings
-from .lamp import DEFAULT_DATA, SHARED_TASKS, LampSplit, read_task, self_supervised_split
+from .lamp import DEFAULT_DATA, SHARED_TASKS, read_task, self_supervised_split
 from .metrics import rouge
 from .retrieval import lamp_rag_request
 from .runtime import (Example, FrozenModels, SoftTokenModule, build_examples, ce_and_kl, generate, other_histories,
