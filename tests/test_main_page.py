@@ -128,12 +128,14 @@ def test_one_persona_click_fills_computes_answers_and_measures(page, studio, own
 def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, studio, owner):
     mine = "My own post about rain.\n\nAnother of mine about trains."
     own_id = studio.compute_profile(owner, "My blog", mine.split("\n\n")).profile_id
-    *_, kept, restore, _ = ui.use_persona(studio, owner, "Lincoln", "", mine, None, "My blog", own_id, None)
-    assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id}
+    *_, kept, restore, _ = ui.use_persona(studio, owner, "Lincoln", "My own request", mine, None, "My blog", own_id,
+                                          None)
+    assert kept == {"history": mine, "files": None, "name": "My blog", "profile_id": own_id,
+                    "request": "My own request"}
     assert restore["visible"] is True and restore["interactive"] is False  # until the persona has answered
     # A returning visitor: the box is empty, their stored profile selected; that is what comes back.
     returning = ui.use_persona(studio, owner, "Lincoln", "", "", None, "", own_id, None)[5]
-    assert returning == {"history": "", "files": None, "name": "", "profile_id": own_id}
+    assert returning == {"history": "", "files": None, "name": "", "profile_id": own_id, "request": ""}
     # ... but not when the profile selected is a persona's from an earlier visit: nothing of theirs to give back.
     theirs = studio.compute_profile(owner, "FDR", personas.persona_items("fdr")).profile_id
     assert studio.persona_of(owner, theirs) == "fdr" and studio.persona_of(owner, own_id) is None
@@ -146,9 +148,10 @@ def test_a_persona_click_keeps_what_the_visitor_wrote_and_gives_it_back(page, st
     assert ui.use_persona(studio, owner, "FDR", "", lincoln, uploads, "Lincoln", "persona-profile", kept)[5]["files"] == uploads
     # Back: the writing, the profile they had selected, and none of the persona's answers.
     restore = handler(page, "restore_writing")
-    (history, files, name, kept_after, button, profiles, selected, generate, status, personalized, generic, other,
-     notes, why) = restore(owner, kept)
-    assert (history, files, name, kept_after, button["visible"]) == (mine, None, "My blog", None, False)
+    (history, files, name, request, kept_after, button, profiles, selected, generate, status, personalized, generic,
+     other, notes, why) = restore(owner, kept)
+    assert (history, files, name, request, kept_after, button["visible"]) == (mine, None, "My blog", "My own request",
+                                                                              None, False)
     assert profiles["value"] == selected == own_id and generate["interactive"] is True
     assert status == personalized["value"] == generic == other == notes == "" and why["visible"] is False
     # A visitor who had not computed a profile (or deleted it since) is left with none selected.

@@ -311,7 +311,7 @@ def use_persona(studio: Studio, owner, label: str, request: str, history: str, f
     text = (history or "").strip()
     if text not in theirs | {""} or files or (kept is None and profile_id and not text
                                                and studio.persona_of(owner, profile_id) is None):
-        kept = {"history": history, "files": files, "name": name, "profile_id": profile_id}
+        kept = {"history": history, "files": files, "name": name, "profile_id": profile_id, "request": request}
     return (personas.persona_text(persona), None, label, request or EXAMPLE_REQUESTS[0], None, kept,
             gr.update(visible=bool(kept), interactive=False), label)
 
@@ -323,9 +323,9 @@ def ready_to_restore(label: str, latest: str | None):
 
 
 def restore_writing(studio: Studio, owner, kept):
-    """"Put my own writing back" -> (history, files, profile name, kept, the button, profile list, profile id,
-    Generate button, then the compute status, answer columns, notes and "why", emptied): the page as before
-    the persona (whose "embedding is ready" line goes too), with
+    """"Put my own writing back" -> (history, files, profile name, request, kept, the button, profile list,
+    profile id, Generate button, then the compute status, answer columns, notes and "why", emptied): the page as
+    before the persona (whose "embedding is ready" line goes too, and whose example request), with
     the profile the visitor had selected (none if they had not computed one, or deleted it since), and no
     persona answer left under it. Uploads that Gradio's cache has deleted since (after an hour) are not put
     back."""
@@ -334,8 +334,9 @@ def restore_writing(studio: Studio, owner, kept):
     mine = kept.get("profile_id")
     if not owner or mine not in [p["id"] for p in studio.list_profiles(owner)]:
         mine = None
-    return (kept.get("history", ""), files, kept.get("name", ""), None, gr.update(visible=False),
-            gr.update(value=mine), mine, gr.update(interactive=mine is not None), "", *answers_cleared())
+    return (kept.get("history", ""), files, kept.get("name", ""), kept.get("request", ""), None,
+            gr.update(visible=False), gr.update(value=mine), mine, gr.update(interactive=mine is not None), "",
+            *answers_cleared())
 
 
 def on_delete(studio: Studio, owner):
@@ -666,8 +667,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                          cancels=persona_answers, **answers)
                  for trigger in (ui.generate_btn.click, ui.request.submit)]
     measure(ui.restore_btn.click(bind(restore_writing, studio), [ui.owner, ui.kept],
-                                 [ui.history, ui.files, ui.name, ui.kept, ui.restore_btn, ui.profiles, ui.profile_id,
-                                  ui.generate_btn, ui.status, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
+                                 [ui.history, ui.files, ui.name, ui.request, ui.kept, ui.restore_btn, ui.profiles,
+                                  ui.profile_id, ui.generate_btn, ui.status, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
                                  **PRIVATE).then(selected, *selected_io, **PRIVATE))
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.
