@@ -103,7 +103,8 @@ def show_preview(studio: Studio, owner, text, files, column, user):
 def profile_choices(studio: Studio, owner: str | None, selected: str | None = None):
     """-> (profile list, selected profile id, Generate button)."""
     profiles = studio.list_profiles(owner) if owner else []
-    choices = [(f"{p['name']} · {plural(p['n_items'], 'item')} · {p['created_at'][:16].replace('T', ' ')}", p["id"]) for p in profiles]
+    choices = [(f"{p['name']} · {plural(p['n_items'], 'item')} · {p['created_at'][:16].replace('T', ' ')}", p["id"])
+               for p in profiles]
     ids = [c[1] for c in choices]
     value = selected if selected in ids else (ids[0] if ids else None)
     return gr.update(choices=choices, value=value), value, gr.update(interactive=value is not None)
@@ -127,8 +128,8 @@ def on_compute(studio: Studio, owner, text, files, column, user, name, progress=
         status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, the same writing you saved "
                   "under this name before: that profile is selected, not saved twice. Your PPlug embedding is ready.")
     else:
-        status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded:,} encoded "
-                  f"now ({cached:,} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
+        status = (f"✅ **{markdown_text(result.name)}**: {plural(result.n_items, 'item')}, {result.n_encoded:,} "
+                  f"encoded now ({cached:,} from the cache) in {result.seconds:.1f} s. Your PPlug embedding is ready.")
     return message(), status, *profile_choices(studio, owner, result.profile_id)
 
 
@@ -306,7 +307,7 @@ def use_persona(studio: Studio, owner, label: str, request: str, history: str, f
     another persona keeps what was kept before.
     The button waits, not clickable, until the persona's answer is in (``ready_to_restore``): a click
     before would be overtaken by the persona's compute and answer still under way."""
-    persona = next(n for n in personas.persona_names() if personas.persona_label(n) == label)
+    persona = personas.persona_named(label)
     theirs = {personas.persona_text(n).strip() for n in personas.persona_names()}
     text = (history or "").strip()
     if text not in theirs | {""} or files or (kept is None and profile_id and not text
@@ -403,7 +404,8 @@ def results_in_brief(results: dict) -> str:
 def plug_report(studio: Studio) -> str:
     """What the plug is, how it was made, and the committed evaluation and benchmark tables."""
     config = studio.plug.config
-    brief = [results_in_brief(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))), ""] if RESULTS_JSON.is_file() else []
+    brief = ([results_in_brief(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))), ""]
+             if RESULTS_JSON.is_file() else [])
     lines = [*brief, studio.plug_description, "",
              f"Made for `{config.encoder_id}` and `{config.llm_id}`; aggregator temperature {config.tau:g}. Under the "
              "hood: a frozen sentence encoder embeds each item of your writing, the items are weighed by how related "
@@ -668,7 +670,8 @@ def _wire(demo: gr.Blocks, studio: Studio, ui: SimpleNamespace, identity: Identi
                  for trigger in (ui.generate_btn.click, ui.request.submit)]
     measure(ui.restore_btn.click(bind(restore_writing, studio), [ui.owner, ui.kept],
                                  [ui.history, ui.files, ui.name, ui.request, ui.kept, ui.restore_btn, ui.profiles,
-                                  ui.profile_id, ui.generate_btn, ui.status, ui.personalized, ui.generic, ui.other, ui.notes, ui.why],
+                                  ui.profile_id, ui.generate_btn, ui.status, ui.personalized, ui.generic, ui.other,
+                                  ui.notes, ui.why],
                                  **PRIVATE).then(selected, *selected_io, **PRIVATE))
     ui.control.change(show_control, ui.control, ui.other, **PRIVATE)
     # Deleting everything takes a tick first; the tick goes again once it is done.

@@ -19,6 +19,11 @@ def persona_label(name: str) -> str:
     return name.upper() if len(name) <= 3 else name.replace("_", " ").title()
 
 
+def persona_named(label: str) -> str | None:
+    """The persona shown as ``label`` ("Food Blogger" -> "food_blogger"), or None."""
+    return next((n for n in persona_names() if persona_label(n) == label), None)
+
+
 def persona_text(name: str) -> str:
     """The persona's history as pasted text. Raises KeyError for an unknown name."""
     if name not in persona_names():

@@ -446,15 +446,11 @@ class Studio:
         """The example persona whose writing this profile of the owner's holds (one a persona's button
         saved), else None: a profile of the visitor's own, or none at all."""
         profile = self.store.get_profile(profile_id, owner) if owner and profile_id else None
-        if profile is None:
+        name = personas.persona_named(profile["name"]) if profile else None
+        if name is None:
             return None
-        texts = None
-        for name in personas.persona_names():
-            if profile["name"] == personas.persona_label(name):
-                texts = texts or [row["text"] for row in self.store.profile_items(profile_id)]
-                if texts == personas.persona_items(name):
-                    return name
-        return None
+        texts = [row["text"] for row in self.store.profile_items(profile_id)]
+        return name if texts == personas.persona_items(name) else None
 
     def strangers(self, texts: list[str], limit: int = 4) -> list[str]:
         """Personas whose writing is not this history (a persona shares at most a few items with it)."""
